@@ -1,0 +1,53 @@
+# Two commands do everything on a fresh machine: `make study` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+RUN    ?= demo
+CONFIG ?= configs/demo.yaml
+
+.PHONY: study test install bench data-coco weights shared-coco isegm policy clean-venv
+
+# Install into .venv when the pins changed (pip takes torch/torchvision from this machine's disk).
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The whole study on the embedded synthetic default -> results/demo/report/index.html
+study: $(STAMP)
+	$(VENV)/bin/samstudy run --config $(CONFIG) --run $(RUN)
+
+## Unit, property and pipeline tests (installs first when needed)
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## Benchmarks (print measured ratios; not part of `make test`)
+bench: $(STAMP)
+	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_custom.py
+
+## Real-image runs (need ../shared/data or a downloaded COCO)
+shared-coco: $(STAMP)
+	$(VENV)/bin/samstudy run --config configs/shared-coco.yaml --run shared-coco
+
+isegm: $(STAMP)
+	$(VENV)/bin/samstudy run --config configs/isegm.yaml --run isegm
+
+policy: $(STAMP)
+	$(VENV)/bin/samstudy run --config configs/policy-automotive.yaml --run policy-automotive
+
+## Downloads for the real study (need internet)
+data-coco: $(STAMP)
+	$(VENV)/bin/samstudy download coco --dest data/coco
+
+weights: $(STAMP)
+	$(VENV)/bin/samstudy download sam --model $${MODEL:-vit_h} --dest data/weights
+
+clean-venv:
+	rm -rf $(VENV)
