@@ -1,0 +1,105 @@
+"""The one interface every promptable segmenter implements (SAM, LiteMedSAM, ...).
+
+``encode`` runs the expensive image encoder once per image; ``decode`` turns a batch of prompts on
+that image into masks. Coordinates are always in the *original* image frame: boxes ``(N, 4)`` xyxy
+float pixels, points ``(N, K, 2)`` as ``(x, y)``; the model maps them to its own input frame.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # only for annotations: decode reads .box/.points/.labels (duck typing)
+    from ..prompts import Prompt
+
+
+class CheckpointError(RuntimeError):
+    """A weights file exists but cannot be used (truncated, not a state dict, wrong keys/shapes).
+
+    The message always names the file and, when known, the model it was loaded for.
+    """
+
+
+@dataclass
+class Embedding:
+    """Output of the image encoder for one image.
+
+    features: float32 tensor ``(1, C, h, w)`` (SAM: ``(1, 256, 64, 64)``), on CPU when cached.
+    original_hw: ``(H, W)`` of the image given to ``encode``.
+    input_hw: ``(h, w)`` of the image after the model's resize, before padding to its square input.
+    model_key: ``cache_key`` of the model that produced it (``decode`` refuses another model's
+        embedding when set; ``None`` for embeddings built by hand).
+    """
+
+    features: torch.Tensor
+    original_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    model_key: str | None = None
+
+
+@dataclass
+class Decoded:
+    """Output of ``decode`` for ``N`` prompts with ``K`` masks each (K = 1, or 3 with multimask).
+
+    masks: bool ``(N, K, H, W)`` at the original image resolution (logits > 0).
+    iou_pred: float32 ``(N, K)``, the model's own IoU estimate.
+    low_res_logits: float32 ``(N, K, 256, 256)``, fed back as ``mask_inputs`` for the next click.
+    """
+
+    masks: np.ndarray
+    iou_pred: np.ndarray
+    low_res_logits: np.ndarray
+
+
+class PromptableSegmenter(ABC):
+    """A promptable segmenter. Subclasses set the identity attributes below.
+
+    name: registry key (``"litemedsam"``, ``"sam_vit_b"``...).
+    label: how reports name it; LiteMedSAM is never called "SAM".
+    checkpoint_sha256: SHA-256 of the weights file (``"random-init"`` for untrained weights).
+    preprocess_id: short id of the image preprocessing (part of the embedding cache key).
+    """
+
+    name: str
+    label: str
+    checkpoint_sha256: str
+    preprocess_id: str
+    device: torch.device
+
+    @abstractmethod
+    def encode(self, image: np.ndarray) -> Embedding:
+        """Encode an RGB ``uint8 (H, W, 3)`` image."""
+
+    @abstractmethod
+    def decode(self, embedding: Embedding, prompts: Sequence[Prompt], multimask: bool = False,
+               mask_inputs: np.ndarray | None = None) -> Decoded:
+        """Decode ``N = len(prompts)`` prompts on one image.
+
+        Prompts may mix box / no box and differ in point count: the SAM-family implementations
+        decode each group of prompts with the same (has box, number of points) together, so every
+        result equals decoding that prompt alone. (Padding shorter point lists with SAM's label -1
+        would *not* be neutral: each extra "not a point" token changes the decoder's attention;
+        measured on a small SAM.)
+        mask_inputs: optional float32 ``(N, 1, 256, 256)`` low-res logits from a previous decode.
+        """
+
+    @property
+    def cache_key(self) -> str:
+        """Identity of the embedding: weights + preprocessing (the image hash is added by the cache)."""
+        return f"{self.name}-{self.checkpoint_sha256[:16]}-{self.preprocess_id}"
+
+
+def check_rgb_uint8(image: np.ndarray, model_name: str) -> np.ndarray:
+    """Return ``image`` as a C-contiguous ``uint8 (H, W, 3)`` array or raise ``ValueError``."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{model_name}: encode expects an RGB image of shape (H, W, 3), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{model_name}: encode expects dtype uint8 (0..255), got {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"{model_name}: empty image of shape {image.shape}")
+    return np.ascontiguousarray(image)
