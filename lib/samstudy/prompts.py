@@ -21,8 +21,8 @@ Definitions (identical to ``docs/STUDY.md``):
   ``w += U(-1, 1) * s * w`` (same for y/h), then clipped to the image with every side at least 1 px.
 - **Extreme points**: left-, right-, top- and bottom-most pixels of the mask as in DEXTR
   (:func:`extreme_points`); during training, a random mask pixel near each extreme.
-- **Centre point**: the mask pixel farthest from the mask boundary (:func:`interior_point`); this is
-  also exactly the first simulated RITM click on an empty prediction.
+- **Centre point**: the mask pixel farthest from the mask boundary (:func:`interior_point`); up to
+  tie-breaking this is the first simulated RITM click on an empty prediction.
 
 Degenerate masks: an empty mask raises ``ValueError`` everywhere (it has no box, no extreme points,
 no interior). A 1-pixel mask is valid: its box is 1 x 1, its four extreme points and its interior
@@ -39,6 +39,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from samstudy.clicks import next_click
 from samstudy.masks import mask_box_xyxy
 
 __all__ = [
@@ -215,17 +216,22 @@ def interior_point(mask: np.ndarray) -> np.ndarray:
     """The mask pixel farthest from the mask boundary: ``float64 (1, 2)`` ``(x, y)``.
 
     Distance is the Euclidean distance transform (``scipy.ndimage.distance_transform_edt``) of the
-    mask zero-padded by 1 pixel, so the image border counts as boundary. Ties go to the first pixel
-    in row-major order (smallest row, then smallest column). This is the RITM first click on an
-    empty prediction. Raises ``ValueError`` on an empty mask.
+    mask zero-padded by 1 pixel, so the image border counts as boundary. Ties (a ridge of equal
+    maxima, e.g. the middle line of a non-square rectangle) go to the tied pixel nearest the mean
+    position of all tied pixels, then to the first in row-major order; so a rectangle gives its
+    centre pixel (lower-middle pixel for even sides) and a long strip its middle, not an end.
+    This is the RITM first click on an empty prediction up to that tie rule (RITM takes the first
+    row-major maximum; see :mod:`samstudy.clicks`). Raises ``ValueError`` on an empty mask.
     """
     mask = _as_mask(mask)
     _require_nonempty(mask, "interior point")
     r0, c0, r1, c1 = _nonzero_bounds(mask)
     # Crop to the mask's box + 1 px of zeros: identical distances, much less work.
     dist = ndimage.distance_transform_edt(np.pad(mask[r0:r1, c0:c1], 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return np.array([[c + c0, r + r0]], dtype=np.float64)
+    rr, cc = np.nonzero(dist == dist.max())  # row-major order
+    d2 = (rr - rr.mean()) ** 2 + (cc - cc.mean()) ** 2
+    k = int(np.argmin(d2))  # first of the nearest-to-mean ties
+    return np.array([[cc[k] + c0, rr[k] + r0]], dtype=np.float64)
 
 
 def _nonzero_bounds(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -449,8 +455,9 @@ def make_prompt(mode: PromptMode | str, mask: np.ndarray, image_hw: Sequence[int
     - ``center_point``: 1 positive point, :func:`interior_point`.
     - ``box_center_point``: tight box + 1 positive point, :func:`interior_point`.
     - ``clicks``: the *initial* prompt of a click session; the engine then drives
-      :class:`samstudy.clicks.ClickSimulator`. ``start="click"``: the first RITM click on an empty
-      prediction, which is :func:`interior_point` (positive); ``start="box"``: the tight box.
+      :class:`samstudy.clicks.ClickSimulator`. ``start="click"``: the first RITM click
+      (:func:`samstudy.clicks.next_click`) on an empty prediction, always positive;
+      ``start="box"``: the tight box.
 
     Raises ``ValueError`` on an empty mask or a mask whose shape differs from ``image_hw``.
     """
@@ -478,7 +485,10 @@ def make_prompt(mode: PromptMode | str, mask: np.ndarray, image_hw: Sequence[int
         kw["points"], kw["labels"] = pts, np.ones(4, dtype=np.int64)
         if mode.name == "extreme_points_box":
             kw["box"] = extreme_points_box(pts)
-    elif mode.name in ("center_point", "box_center_point", "clicks"):
+    elif mode.name == "clicks":  # start == "click"
+        first = next_click(mask, np.zeros_like(mask))
+        kw["points"], kw["labels"] = np.array([[first.x, first.y]], float), np.ones(1, dtype=np.int64)
+    elif mode.name in ("center_point", "box_center_point"):
         if mode.name == "box_center_point":
             kw["box"] = tight_box(mask)
         kw["points"], kw["labels"] = interior_point(mask), np.ones(1, dtype=np.int64)
