@@ -235,6 +235,7 @@ def test_default_mode_keys():
 @pytest.mark.parametrize("mode", DEFAULT_MODES, ids=lambda m: m.key)
 def test_key_round_trip(mode):
     assert parse_modes([mode.key]) == [mode]
+    assert {mode: 1}[parse_modes([mode.key])[0]] == 1   # hashable, usable as a dict key
 
 
 def test_parse_modes_forms():

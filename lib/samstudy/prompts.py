@@ -380,6 +380,9 @@ class PromptMode:
     def __str__(self) -> str:
         return self.key
 
+    def __hash__(self) -> int:  # params is a dict; the key identifies the mode
+        return hash(self.key)
+
 
 _KEY_RE = re.compile(r"^\s*([a-z_]+)\s*(?:\[(.*)\])?\s*$")
 
