@@ -108,15 +108,13 @@ def _ratio(num: int, den: int) -> float:
     return 1.0 if den == 0 else num / den
 
 
-def _masked_iou(a: np.ndarray, b: np.ndarray, keep: np.ndarray | None) -> float:
-    """IoU of two same-shape ``uint8``/``bool`` 0-1 arrays, counting only pixels where ``keep``."""
-    a = a.view(bool) if a.dtype == np.uint8 else a
-    b = b.view(bool) if b.dtype == np.uint8 else b
-    inter, union = a & b, a | b
-    if keep is not None:
-        inter &= keep
-        union &= keep
-    return _ratio(int(np.count_nonzero(inter)), int(np.count_nonzero(union)))
+def _masked_iou(a: np.ndarray, b: np.ndarray, ignore: np.ndarray | None) -> float:
+    """IoU of two same-shape ``uint8`` 0/1 arrays, not counting pixels where ``ignore`` (``uint8`` 0/1) is 1."""
+    # cv2 bitwise ops take strided crops without copies and avoid numpy temporaries.
+    inter, union = cv2.bitwise_and(a, b), cv2.bitwise_or(a, b)
+    if ignore is not None:  # x & ~ignore == saturating x - ignore for 0/1 values
+        inter, union = cv2.subtract(inter, ignore), cv2.subtract(union, ignore)
+    return _ratio(cv2.countNonZero(inter), cv2.countNonZero(union))
 
 
 def band_width(shape: Sequence[int], dilation_ratio: float = DEFAULT_DILATION_RATIO) -> int:
@@ -128,7 +126,7 @@ def band_width(shape: Sequence[int], dilation_ratio: float = DEFAULT_DILATION_RA
 def _inner_band(m: np.ndarray, d: int) -> np.ndarray:
     """Inner boundary band of a crop ``uint8 (h, w)`` that contains the mask's bounding box.
 
-    Returns ``bool (h, w)``. The crop is zero-padded by one pixel on every side, then eroded with a
+    Returns ``uint8 (h, w)`` 0/1. The crop is zero-padded by one pixel on every side, then eroded with a
     ``(2d+1)`` square whose out-of-array border never erodes (cv2's default border value).
 
     Why this equals the full-image definition: a mask pixel ``p`` is in the band iff its
@@ -142,27 +140,27 @@ def _inner_band(m: np.ndarray, d: int) -> np.ndarray:
     padded = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * d + 1, 2 * d + 1))
     eroded = cv2.erode(padded, kernel)[1:-1, 1:-1]
-    return m.view(bool) & (eroded == 0)
+    return cv2.subtract(m, eroded)  # eroded ⊆ m, so m - eroded = m & ~eroded
 
 
-def _holes(m: np.ndarray) -> tuple[np.ndarray, int, int]:
+def _holes(m: np.ndarray) -> tuple[np.ndarray | None, int, int]:
     """Holes of a crop ``uint8 (h, w)`` that contains the mask's bounding box.
 
-    Returns ``(hole_pixels bool (h, w), n_holes, hole_area)``. The crop is zero-padded by one pixel;
-    the padding ring is one background component standing for "outside": every image pixel outside
-    the mask's bounding box reaches the image border along a straight line of background, and a
-    crop side on the image border is the image border, so a background component is a hole in the
-    full image iff it is not 4-connected to the ring.
+    Returns ``(hole_pixels, n_holes, hole_area)``; ``hole_pixels`` is ``uint8 (h, w)`` 0/1, or ``None``
+    when there is no hole. The crop is zero-padded by one pixel and the background 4-connected to
+    that ring is flood-filled: the ring stands for "outside" because every image pixel outside the
+    mask's bounding box reaches the image border along a straight line of background, and a crop
+    side on the image border is the image border. What stays 0 is exactly the full image's holes.
     """
-    padded = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(1 - padded, connectivity=4)
-    outside = labels[0, 0]
-    # label 0 = mask pixels; labels 1..n-1 = background components, one of them the outside.
-    n_holes = n_labels - 2
-    hole_area = int(stats[1:, cv2.CC_STAT_AREA].sum() - stats[outside, cv2.CC_STAT_AREA])
-    inner = labels[1:-1, 1:-1]
-    hole_pixels = (inner != 0) & (inner != outside) if n_holes else np.zeros(m.shape, bool)
-    return hole_pixels, n_holes, hole_area
+    filled = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(filled, None, (0, 0), 1, flags=4)  # a flood fill is ~10x cheaper than labelling
+    hole_area = filled.size - cv2.countNonZero(filled)
+    if hole_area == 0:  # the common case: no labelling needed
+        return None, 0, 0
+    hole_pixels = (filled[1:-1, 1:-1] == 0).view(np.uint8)
+    r0, r1, c0, c1 = _bbox(hole_pixels)  # label only the holes' bounding box
+    n_labels = cv2.connectedComponents(hole_pixels[r0:r1, c0:c1], connectivity=4)[0]
+    return hole_pixels, n_labels - 1, int(hole_area)
 
 
 # ----------------------------------------------------------------------------- IoU
@@ -176,9 +174,8 @@ def iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> f
     box = _union_bbox(_bbox(p), _bbox(g))
     if box is None:
         return 1.0
-    x = None if ignore is None else _as_u8(ignore, "ignore")
-    keep = None if x is None else ~_crop(x, box).view(bool)
-    return _masked_iou(_crop(p, box), _crop(g, box), keep)
+    x = None if ignore is None else _crop(_as_u8(ignore, "ignore"), box)
+    return _masked_iou(_crop(p, box), _crop(g, box), x)
 
 
 # ----------------------------------------------------------------------------- boundary IoU
@@ -191,7 +188,8 @@ def boundary_band(mask: np.ndarray, dilation_ratio: float = DEFAULT_DILATION_RAT
     out = np.zeros(m.shape, bool)
     box = _bbox(m)
     if box is not None:
-        out[box[0]:box[1], box[2]:box[3]] = _inner_band(_crop(m, box), band_width(m.shape, dilation_ratio))
+        band = _inner_band(_crop(m, box), band_width(m.shape, dilation_ratio))
+        out[box[0]:box[1], box[2]:box[3]] = band.view(bool)
     return out
 
 
@@ -209,8 +207,8 @@ def boundary_iou(pred: np.ndarray, gt: np.ndarray, dilation_ratio: float = DEFAU
     if box is None:
         return 1.0
     d = band_width(p.shape, dilation_ratio)
-    keep = None if ignore is None else ~_crop(_as_u8(ignore, "ignore"), box).view(bool)
-    return _masked_iou(_inner_band(_crop(p, box), d), _inner_band(_crop(g, box), d), keep)
+    x = None if ignore is None else _crop(_as_u8(ignore, "ignore"), box)
+    return _masked_iou(_inner_band(_crop(p, box), d), _inner_band(_crop(g, box), d), x)
 
 
 # ----------------------------------------------------------------------------- holes
@@ -220,7 +218,9 @@ def hole_mask(mask: np.ndarray) -> np.ndarray:
     out = np.zeros(m.shape, bool)
     box = _bbox(m)
     if box is not None:
-        out[box[0]:box[1], box[2]:box[3]] = _holes(_crop(m, box))[0]
+        holes = _holes(_crop(m, box))[0]
+        if holes is not None:
+            out[box[0]:box[1], box[2]:box[3]] = holes.view(bool)
     return out
 
 
@@ -237,7 +237,10 @@ def hole_stats(mask: np.ndarray) -> tuple[int, int]:
 def _hole_pair_in_crop(p: np.ndarray, g: np.ndarray) -> dict[str, float | int]:
     p_holes, p_n, p_area = _holes(p)
     g_holes, g_n, g_area = _holes(g)
-    agreement = 1.0 if (p_n == 0 and g_n == 0) else _masked_iou(p_holes, g_holes, None)
+    if p_holes is None or g_holes is None:  # at most one side has holes: IoU is 0, or 1 if neither
+        agreement = 1.0 if p_holes is g_holes else 0.0
+    else:
+        agreement = _masked_iou(p_holes, g_holes, None)
     return {"gt_holes": g_n, "pred_holes": p_n, "gt_hole_area": g_area, "pred_hole_area": p_area,
             "hole_fill_agreement": agreement}
 
@@ -363,12 +366,12 @@ def object_metrics(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None =
         return {"iou": 1.0, "boundary_iou": 1.0, "gt_holes": 0, "pred_holes": 0, "gt_hole_area": 0,
                 "pred_hole_area": 0, "hole_fill_agreement": 1.0, "pred_area": 0}
     pc, gc = _crop(p, box), _crop(g, box)
-    keep = None if ignore is None else ~_crop(_as_u8(ignore, "ignore"), box).view(bool)
+    x = None if ignore is None else _crop(_as_u8(ignore, "ignore"), box)
     d = band_width(p.shape, dilation_ratio)
     out: dict[str, float | int] = {
-        "iou": _masked_iou(pc, gc, keep),
-        "boundary_iou": _masked_iou(_inner_band(pc, d), _inner_band(gc, d), keep),
+        "iou": _masked_iou(pc, gc, x),
+        "boundary_iou": _masked_iou(_inner_band(pc, d), _inner_band(gc, d), x),
     }
     out.update(_hole_pair_in_crop(pc, gc))
-    out["pred_area"] = int(np.count_nonzero(pc)) if pb is not None else 0
+    out["pred_area"] = cv2.countNonZero(pc) if pb is not None else 0
     return {k: out[k] for k in METRIC_KEYS}
