@@ -54,9 +54,12 @@ def random_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     m = np.zeros((h, w), bool)
     for k in range(rng.integers(0, 5)):
         r0, c0 = rng.integers(0, h), rng.integers(0, w)
-        r1, c1 = rng.integers(r0, h + 1), rng.integers(c0, w + 1)
+        r1, c1 = rng.integers(r0, h), rng.integers(c0, w)
+        # snap sides to the image border often: border-touching masks are the delicate case
+        r0, c0 = (0 if rng.random() < 0.25 else r0), (0 if rng.random() < 0.25 else c0)
+        r1, c1 = (h - 1 if rng.random() < 0.25 else r1), (w - 1 if rng.random() < 0.25 else c1)
         m[r0:r1 + 1, c0:c1 + 1] = k != 3  # the 4th rectangle carves (makes holes and notches)
-    if rng.random() < 0.5:
+    if rng.random() < 0.3:
         m ^= rng.random((h, w)) < 0.03
     return m
 

@@ -320,8 +320,9 @@ def noc_table(df, thresholds: Sequence[float] = (0.85, 0.9), max_clicks: int = D
 
     ``df``: a ``pandas.DataFrame`` with columns ``click`` (1..20 for click sequences, 0 for one-shot
     prompts, which are ignored), ``iou`` and the grouping columns ``by`` (default: those of
-    ``NOC_OBJECT_KEYS`` present in ``df``). Returns one row per sequence with the ``by`` columns,
-    ``n_clicks`` (number of click rows), ``final_iou`` (IoU at the last click) and, per threshold
+    ``NOC_OBJECT_KEYS`` present in ``df``; ``prompt_params`` is not a key because it changes from
+    click to click). Returns one row per sequence with the ``by`` columns, ``n_clicks`` (number of
+    click rows), ``final_iou`` (IoU at the last click with a non-missing IoU) and, per threshold
     ``t`` (tag ``85`` for 0.85), ``noc_<tag>`` (int, :func:`noc`) and ``reached_<tag>`` (bool,
     :func:`reached`). Raises ``ValueError`` when a group holds the same click twice (grouping
     keys missing).
