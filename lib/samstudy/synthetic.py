@@ -28,8 +28,9 @@ Ground-truth conventions (same as :mod:`samstudy.masks`): masks are exact binary
 the tight box (``x + w`` = last column + 1); ``area`` is the pixel count. Overlapping instances
 follow a z-order (later = in front), so every pixel belongs to at most one instance, as in COCO.
 Extra annotation fields: ``tags`` (list of str), ``group_id`` (the disc group, else the
-annotation's own id), ``amodal_area`` (pixel count of the whole shape before occlusion) and
-``occluded_by`` (ids of instances in front of it). Images get ``background`` and ``low_contrast``.
+annotation's own id), ``amodal_area`` (pixel count of the whole shape before occlusion),
+``occluded_by`` (ids of instances in front of it) and ``hole_area`` (enclosed background pixels,
+see :func:`hole_area`). Images get ``background`` and ``low_contrast``.
 
 Shapes have fixed pixel sizes (tuned for the 320 x 240 default); larger images just hold them
 with more room. Objects never touch the image border nor (except within a disc group) each other:
@@ -41,13 +42,15 @@ Layout on disk (``generate_probe_set(config, out_dir)``)::
     out_dir/instances.json          COCO (images, categories, annotations)
     out_dir/manifest.json           config, generator version, library versions, sha256 per file
 
-Determinism: everything derives from ``numpy.random.default_rng([seed, ...])``; image ``i`` uses
-its own stream ``[seed, 2, i]`` and does not depend on the other images. Same config and
+Determinism: everything derives from ``numpy.random.default_rng([seed, ...])``: the plan of all
+images (:func:`plan_images`) from ``[seed, 1]``, then image ``i`` from its own stream
+``[seed, 2, i]`` given its plan. Same config and
 library versions -> byte-identical files.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -472,6 +475,12 @@ def has_any_hole(mask: np.ndarray) -> bool:
     return bool((ndimage.binary_fill_holes(mask) != mask).any())
 
 
+def hole_area(mask: np.ndarray) -> int:
+    """Pixels of background enclosed by ``mask`` (``bool (H, W)``): what
+    ``scipy.ndimage.binary_fill_holes`` (4-connected background) adds."""
+    return int(ndimage.binary_fill_holes(mask).sum() - mask.sum())
+
+
 def thin_part_size(mask: np.ndarray, width: int = THIN_OPEN) -> int:
     """Pixels of the largest 8-connected part that an opening with a ``width x width`` square
     removes from ``mask``: every band narrower than ``width`` px (any angle) is removed."""
@@ -484,6 +493,16 @@ def thin_part_size(mask: np.ndarray, width: int = THIN_OPEN) -> int:
 def n_components(mask: np.ndarray) -> int:
     """Number of 8-connected foreground components."""
     return int(ndimage.label(mask, structure=_EIGHT)[1])
+
+
+def boundary_excess(mask: np.ndarray) -> float:
+    """Outer contour length over its convex hull's length (1.0 for convex shapes; jagged > 1).
+
+    ``mask``: ``bool (H, W)`` with one component; lengths from OpenCV's 8-connected contour.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    c = max(contours, key=len)
+    return float(cv2.arcLength(c, True) / max(cv2.arcLength(cv2.convexHull(c), True), 1e-9))
 
 
 def _piece_ok(category: str, piece: _Piece) -> bool:
@@ -499,6 +518,8 @@ def _piece_ok(category: str, piece: _Piece) -> bool:
         elif has_any_hole(v):
             return False
         if "thin" in tags and thin_part_size(m) < 15:
+            return False
+        if "fine_boundary" in tags and boundary_excess(m) < 1.25:
             return False
         if "small" in tags and (max(m.shape) > SMALL_MAX_SIDE or m.sum() < 12):
             return False
@@ -712,6 +733,10 @@ def _find_position(blocked: np.ndarray, union: np.ndarray, border: int, rng: np.
     ny, nx = H - h - 2 * border + 1, W - w - 2 * border + 1
     if ny <= 0 or nx <= 0:
         return None
+    for _ in range(40):  # cheap random tries first; the exhaustive search below is ~100x dearer
+        r, c = int(rng.integers(ny)) + border, int(rng.integers(nx)) + border
+        if not (blocked[r:r + h, c:c + w].astype(bool) & union).any():
+            return r, c
     # Correlation with anchor (0, 0): hits[r, c] = blocked pixels under the shape placed at (r, c).
     hits = cv2.filter2D(blocked.astype(np.float32), -1, union.astype(np.float32), anchor=(0, 0),
                         borderType=cv2.BORDER_CONSTANT)
@@ -806,9 +831,16 @@ MANIFEST_FILE = "manifest.json"
 IMAGES_DIR = "images"
 
 
+@functools.lru_cache(maxsize=1)
+def _source_sha256() -> str:
+    return _sha256(Path(__file__))
+
+
 def _environment() -> dict[str, str]:
-    """Library versions that can change pixels; part of the cache key."""
-    return {"numpy": np.__version__, "opencv": cv2.__version__}
+    """What can change the output besides the config: library versions and this module's source
+    (so an edited generator never serves a stale cached set). Part of the cache key."""
+    return {"numpy": np.__version__, "opencv": cv2.__version__,
+            "generator_source_sha256": _source_sha256()}
 
 
 def _sha256(path: Path) -> str:
@@ -821,7 +853,7 @@ def _json_bytes(obj: Any) -> bytes:
 
 def _png_bytes(image: np.ndarray) -> bytes:
     """Lossless PNG of an RGB ``uint8 (H, W, 3)`` image; no timestamp chunk, so deterministic."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:  # pragma: no cover
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -878,6 +910,7 @@ def _write_set(config: SyntheticConfig, out: Path) -> dict[str, Any]:
                 "iscrowd": 0, "tags": list(obj.tags),
                 "group_id": group_first.setdefault(obj.group, ann_id),
                 "amodal_area": obj.amodal_area, "occluded_by": [first_id + j for j in obj.occluded_by],
+                "hole_area": hole_area(obj.mask),
             })
     coco = {
         "info": {"description": "samstudy synthetic probe set (every failure mode with exact ground truth)",
