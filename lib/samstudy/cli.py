@@ -1,0 +1,133 @@
+"""Command line: ``samstudy run | download | synth``.
+
+    samstudy run --config configs/demo.yaml [--run NAME] [--only STAGE ...] [--force] [--dry-run]
+    samstudy download coco --dest data/coco [--splits val2017 train2017]
+    samstudy download sam --model vit_h --dest data/weights
+    samstudy synth --out DIR [--seed N]
+
+``run`` executes the study notebooks into ``results/<run>/`` and writes ``results/<run>/report/``;
+it exits 1 when a stage fails (naming the stage and the cell) and 2 on a bad config or selection.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _repo_root() -> Path:
+    from .config import find_repo_root
+
+    return find_repo_root(Path.cwd())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .pipeline import PipelineError, _skip_reason, run_study
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"samstudy: config error: {e}", file=sys.stderr)
+        return 2
+    run_name = args.run or cfg.name
+    only = [s for item in (args.only or []) for s in item.split(",") if s]
+    if args.dry_run:
+        return _dry_run(cfg, run_name, only, args)
+    try:
+        result = run_study(cfg, run_name, results_root=Path(args.results) if args.results else None,
+                           only=only or None, force=args.force, progress=not args.quiet)
+    except PipelineError as e:
+        print(f"samstudy: {e}", file=sys.stderr)
+        return 2
+    for o in result.outcomes:
+        print(f"  {o.stage:16s} {o.status:12s} {o.seconds:7.1f} s")
+    print(f"report: {result.layout.index}")
+    if result.failure is not None:
+        print(f"samstudy: {result.failure}", file=sys.stderr)
+        print("Fix the cause and rerun the same command; completed stages are skipped.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) -> int:
+    """Print, per stage, whether it would run and why (assuming upstream stages keep their outputs)."""
+    from .pipeline import (PipelineError, RunLayout, _skip_reason, _upstream_hashes, active_stages,
+                           stage_input_hash, stage_parameters, validate_parameters)
+
+    root = (Path(args.results) if args.results else cfg.repo_root / "results").resolve()
+    layout = RunLayout(root / run_name)
+    nb_dir = cfg.repo_root / "notebooks"
+    for s in active_stages(cfg):
+        params = stage_parameters(cfg, s, layout)
+        try:
+            validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))
+            if only and s.name not in only:
+                print(f"  {s.name:16s} not selected")
+                continue
+            h = stage_input_hash(nb_dir / s.notebook, params, _upstream_hashes(layout, s))
+            reason = "forced" if args.force else _skip_reason(layout, s, h)
+        except PipelineError as e:
+            reason = str(e)
+        print(f"  {s.name:16s} {'skip (unchanged)' if reason is None else 'run: ' + reason}")
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .models import download
+
+    dest = Path(args.dest)
+    if args.what == "coco":
+        paths = download.download_coco(dest, splits=tuple(args.splits))
+    else:
+        paths = download.download_sam_checkpoint(args.model, dest)
+    print(paths)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from . import synthetic
+
+    cfg = synthetic.SyntheticConfig(seed=args.seed) if args.seed is not None else synthetic.SyntheticConfig()
+    out = synthetic.generate_probe_set(cfg, Path(args.out))
+    print(synthetic.describe_probe_set(out) if hasattr(synthetic, "describe_probe_set") else out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samstudy", description="Is SAM all you need for ML-assisted annotation?")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run (or resume) the study notebooks and write the HTML report")
+    r.add_argument("--config", default="configs/demo.yaml", help="study config YAML (default: %(default)s)")
+    r.add_argument("--run", help="run name: results/<run>/ (default: the config's name)")
+    r.add_argument("--only", action="append", metavar="STAGE",
+                   help="run only this stage (repeatable or comma-separated); upstream stages must have run")
+    r.add_argument("--force", action="store_true", help="rerun selected stages even when unchanged")
+    r.add_argument("--dry-run", action="store_true", help="show what would run and why, run nothing")
+    r.add_argument("--results", help="results root (default: <repo>/results)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_run)
+
+    d = sub.add_parser("download", help="download COCO or a SAM checkpoint (needs internet)")
+    d.add_argument("what", choices=["coco", "sam"])
+    d.add_argument("--dest", required=True)
+    d.add_argument("--model", default="vit_h", choices=["vit_b", "vit_l", "vit_h"], help="SAM checkpoint")
+    d.add_argument("--splits", nargs="+", default=["val2017", "train2017"], help="COCO splits")
+    d.set_defaults(func=_cmd_download)
+
+    s = sub.add_parser("synth", help="write the synthetic probe set (COCO json + images) to a folder")
+    s.add_argument("--out", required=True)
+    s.add_argument("--seed", type=int)
+    s.set_defaults(func=_cmd_synth)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

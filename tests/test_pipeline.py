@@ -1,0 +1,252 @@
+"""Orchestration: config validation, parameter checking, skip-by-hash, failure and resume, report.
+
+The orchestration tests run the real DAG and parameter plumbing on tiny stand-in notebooks written
+into ``tmp_path`` (each declares exactly the parameters its stage receives and writes a small
+output); ``test_real_notebooks_tiny`` runs the study's own notebooks on a tiny synthetic config.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from samstudy import cli
+from samstudy.config import ConfigError, load_config
+from samstudy.pipeline import (STAGES, ParameterError, RunLayout, active_stages, defined_names, read_json,
+                               run_study, stage_parameters, validate_parameters)
+from samstudy.report import read_records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _write_config(tmp: Path, extra: dict | None = None, name: str = "tiny") -> Path:
+    cfg = {"name": name, "description": "orchestration test", "seed": 0,
+           "data": {"source": "synthetic", "limit_images": 4, "split": {"test_fraction": 0.5, "seed": 1}},
+           "foundation": {"models": [{"name": "litemedsam"}], "modes": ["tight_box", "loose_box[b=0.2]"]},
+           "custom": {"enabled": True, "minutes": 0.1},
+           "compare": {"n_boot": 200}}
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    path = tmp / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    (tmp / "pyproject.toml").touch()  # marks tmp as the repo root
+    return path
+
+
+_BODY = '''
+import json, pathlib
+out = pathlib.Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+from samstudy.report import record
+(out / "params.json").write_text(json.dumps({"stage": STAGE, "marker": marker}, sort_keys=True))
+record(out_dir, "stage", STAGE)
+print("SECRET_CODE_LINE")
+'''
+_COMPARE = '''
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import display
+head = pd.DataFrame({"arm": ["custom", "tight box", "loose box"], "mIoU": [0.8, 0.7, 0.6]})
+head.to_csv(out / "headline.csv", index=False)
+record(out_dir, "protocol", "Protocol: per-object mIoU (test).")
+fig, ax = plt.subplots(figsize=(2, 2)); ax.bar(head.arm, head.mIoU); plt.show()
+display(head)
+'''
+
+
+def _dummy_notebook(path: Path, stage: str, param_names: list[str]) -> None:
+    """A stand-in notebook: parameters cell declaring ``param_names`` (+ marker, fail), a body, a failing cell."""
+    nb = nbformat.v4.new_notebook()
+    params = "\n".join(f"{n} = None" for n in param_names) + "\nmarker = 0\nfail = False\n"
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {stage}"),
+                nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(f"STAGE = {stage!r}\n" + _BODY)]
+    if stage == "compare":
+        nb.cells.append(nbformat.v4.new_code_cell(_COMPARE))
+    nb.cells.append(nbformat.v4.new_code_cell("# the failing cell\nif fail:\n    raise RuntimeError('boom in ' + STAGE)"))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _dummy_notebooks(tmp: Path, cfg_path: Path) -> Path:
+    cfg = load_config(cfg_path)
+    layout = RunLayout(tmp / "results" / "x")
+    nb_dir = tmp / "notebooks"
+    nb_dir.mkdir(exist_ok=True)
+    for s in STAGES:
+        _dummy_notebook(nb_dir / s.notebook, s.name, sorted(stage_parameters(cfg, s, layout)))
+    return nb_dir
+
+
+def _run(tmp: Path, cfg_path: Path, nb_dir: Path, **kw):
+    return run_study(load_config(cfg_path), "x", results_root=tmp / "results", notebooks_dir=nb_dir,
+                     progress=False, log=lambda m: None, **kw)
+
+
+def _statuses(result) -> dict[str, str]:
+    return {o.stage: o.status for o in result.outcomes}
+
+
+# ------------------------------------------------------------------------------------------- config
+def test_config_unknown_key_names_key_and_file(tmp_path):
+    p = _write_config(tmp_path, {"data": {"sourse": "coco"}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "sourse" in str(e.value) and str(p) in str(e.value)
+    p = _write_config(tmp_path, {"bogus_section": 1})
+    with pytest.raises(ConfigError, match="bogus_section"):
+        load_config(p)
+    p = _write_config(tmp_path, {"foundation": {"models": [{"name": "litemedsam", "chekpoint": "x"}]}})
+    with pytest.raises(ConfigError, match="chekpoint"):
+        load_config(p)
+    p = _write_config(tmp_path, {"notebook_params": {"no_such_stage": {"a": 1}}})
+    with pytest.raises(ConfigError, match="no_such_stage"):
+        load_config(p)
+
+
+def test_config_paths_resolve_against_repo_root(tmp_path):
+    p = _write_config(tmp_path, {"data": {"source": "coco", "annotations": "../shared/data/coco-sample/instances.json",
+                                          "images": "../shared/data/coco-sample/images"}})
+    cfg = load_config(p)
+    assert cfg.repo_root == tmp_path.resolve()
+    assert cfg.resolve(cfg.data.annotations) == str((tmp_path.parent / "shared/data/coco-sample/instances.json").resolve())
+    with pytest.raises(ConfigError, match="annotations"):
+        load_config(_write_config(tmp_path, {"data": {"source": "coco", "annotations": None, "images": None}}))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_shipped_configs_are_valid(name):
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.repo_root == REPO
+    for s in active_stages(cfg):  # every parameter a shipped config passes exists in its notebook
+        validate_parameters(REPO / "notebooks" / s.notebook, stage_parameters(cfg, s, RunLayout(REPO / "results" / "t")))
+
+
+def test_custom_disabled_drops_custom_stages(tmp_path):
+    cfg = load_config(_write_config(tmp_path, {"custom": {"enabled": False}}))
+    names = [s.name for s in active_stages(cfg)]
+    assert names == ["data", "foundation", "compare", "gallery", "explore"]
+    compare = next(s for s in active_stages(cfg) if s.name == "compare")
+    params = stage_parameters(cfg, compare, RunLayout(tmp_path / "r"))
+    assert params["evaluate_custom_dir"] == "" and params["custom_enabled"] is False
+
+
+# ------------------------------------------------------------------------------------- parameters
+def test_defined_names():
+    src = "a = 1\nb: int = 2\nc, (d, e) = 3, (4, 5)\n# f = 6\nif True:\n    g = 7\n"
+    assert defined_names(src) == {"a", "b", "c", "d", "e"}
+
+
+def test_unknown_parameter_is_an_error(tmp_path):
+    nb = tmp_path / "n.ipynb"
+    _dummy_notebook(nb, "data", ["out_dir"])
+    validate_parameters(nb, {"out_dir": "x", "marker": 1})
+    with pytest.raises(ParameterError, match="typo_param"):
+        validate_parameters(nb, {"out_dir": "x", "typo_param": 1})
+
+
+def test_unknown_notebook_param_fails_before_anything_runs(tmp_path):
+    nb_dir = _dummy_notebooks(tmp_path, _write_config(tmp_path))
+    cfg_path = _write_config(tmp_path, {"notebook_params": {"compare": {"n_bootz": 5}}})
+    with pytest.raises(ParameterError, match="n_bootz"):
+        _run(tmp_path, cfg_path, nb_dir)
+    assert not (tmp_path / "results" / "x" / "stages").exists()
+
+
+# ------------------------------------------------------------------------- run, skip, rerun, report
+@pytest.mark.slow
+def test_run_skip_rerun_and_report(tmp_path):
+    cfg_path = _write_config(tmp_path)
+    nb_dir = _dummy_notebooks(tmp_path, cfg_path)
+    layout = RunLayout(tmp_path / "results" / "x")
+
+    r1 = _run(tmp_path, cfg_path, nb_dir)
+    assert r1.ok and set(_statuses(r1).values()) == {"ran"}
+    for s in STAGES:
+        m = read_json(layout.stage_manifest(s.name))
+        assert m["status"] == "ok" and m["outputs"] and m["parameters"]["out_dir"] == str(layout.stage_dir(s.name))
+        assert layout.notebook(s).is_file() and layout.html(s).is_file()
+        assert read_records(layout.stage_dir(s.name))["stage"] == s.name
+    run_m = read_json(layout.manifest)
+    assert run_m["status"] == "ok" and run_m["packages"]["papermill"] and "commit" in run_m["git"]
+    assert run_m["config"]["name"] == "tiny" and all(v["seconds"] is not None for v in run_m["stages"].values())
+    compare_html = layout.html(next(s for s in STAGES if s.name == "compare")).read_text()
+    assert "SECRET_CODE_LINE" in compare_html  # printed output is shown...
+    assert "print(&quot;SECRET_CODE_LINE&quot;)" not in compare_html and 'print("SECRET' not in compare_html  # ...code is not
+    assert "data:image/png;base64," in compare_html
+    assert "cdnjs" not in compare_html and "unpkg" not in compare_html  # nothing fetched from the internet
+    index = layout.index.read_text()
+    assert "headline-table" in index and "loose box" in index and "Protocol: per-object" in index
+    for s in STAGES:
+        assert f'href="{layout.html(s).name}"' in index
+
+    r2 = _run(tmp_path, cfg_path, nb_dir)  # nothing changed: everything skipped
+    assert set(_statuses(r2).values()) == {"skipped"}
+
+    # a compare-only parameter reruns compare alone (its siblings and upstream are unchanged)
+    cfg_path = _write_config(tmp_path, {"notebook_params": {"compare": {"marker": 1}}})
+    r3 = _run(tmp_path, cfg_path, nb_dir)
+    assert [k for k, v in _statuses(r3).items() if v == "ran"] == ["compare"]
+
+    # a data parameter changes data's outputs, so every downstream stage reruns
+    cfg_path = _write_config(tmp_path, {"notebook_params": {"compare": {"marker": 1}, "data": {"marker": 2}}})
+    r4 = _run(tmp_path, cfg_path, nb_dir)
+    assert set(_statuses(r4).values()) == {"ran"}
+
+    # --only selects, --force reruns even when unchanged
+    r5 = _run(tmp_path, cfg_path, nb_dir, only=["gallery"])
+    assert _statuses(r5)["gallery"] == "skipped" and _statuses(r5)["data"] == "not selected"
+    r6 = _run(tmp_path, cfg_path, nb_dir, only=["gallery"], force=True)
+    assert _statuses(r6)["gallery"] == "ran"
+
+    # outputs tampered with on disk: the stage reruns
+    (layout.stage_dir("explore") / "params.json").write_text("{}")
+    r7 = _run(tmp_path, cfg_path, nb_dir)
+    assert [k for k, v in _statuses(r7).items() if v == "ran"] == ["explore"]
+
+
+@pytest.mark.slow
+def test_failure_names_stage_and_cell_then_resumes(tmp_path, capsys):
+    nb_dir = _dummy_notebooks(tmp_path, _write_config(tmp_path))
+    cfg_path = _write_config(tmp_path, {"custom": {"enabled": False},
+                                        "notebook_params": {"gallery": {"fail": True}}})
+    layout = RunLayout(tmp_path / "results" / "x")
+    # through the CLI: exit code 1, the stage and the cell named on stderr
+    assert cli.main(["run", "--config", str(cfg_path), "--run", "x", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "'gallery' failed" in err and "# the failing cell" in err and "boom in gallery" in err
+    r1 = _run(tmp_path, cfg_path, nb_dir)  # same failure through the API (earlier stages now skipped)
+    assert not r1.ok
+    f = r1.failure
+    assert f.stage == "gallery" and f.cell_first_line == "# the failing cell" and "boom in gallery" in f.error
+    assert "gallery" in str(f) and "# the failing cell" in str(f)
+    st = _statuses(r1)
+    assert st == {"data": "skipped", "foundation": "skipped", "compare": "skipped", "gallery": "failed"}
+    partial = nbformat.read(layout.notebook(next(s for s in STAGES if s.name == "gallery")), as_version=4)
+    assert any(o.get("ename") == "RuntimeError" for c in partial.cells if c.cell_type == "code"
+               for o in c.get("outputs", []))
+    m = read_json(layout.stage_manifest("gallery"))
+    assert m["status"] == "failed" and m["error"]["cell_first_line"] == "# the failing cell"
+    assert "failure" in layout.index.read_text() and read_json(layout.manifest)["status"] == "failed"
+
+    cfg_path = _write_config(tmp_path, {"custom": {"enabled": False}})  # fixed: resume at gallery
+    r2 = _run(tmp_path, cfg_path, nb_dir)
+    assert r2.ok and _statuses(r2) == {"data": "skipped", "foundation": "skipped", "compare": "skipped",
+                                       "gallery": "ran", "explore": "ran"}
+
+
+@pytest.mark.slow
+def test_cli_exit_codes(tmp_path, capsys):
+    bad = _write_config(tmp_path, {"typo": 1}, name="bad")
+    assert cli.main(["run", "--config", str(bad), "--quiet"]) == 2
+    assert "typo" in capsys.readouterr().err
