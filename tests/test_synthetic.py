@@ -37,6 +37,17 @@ def masks(coco) -> dict[int, np.ndarray]:
     return {aid: coco.annToMask(a).astype(bool) for aid, a in coco.anns.items()}
 
 
+@pytest.fixture(scope="session")
+def local(coco, masks) -> dict[int, np.ndarray]:
+    """ann id -> its mask cropped to the bbox grown by 8 px (objects are >= 2 px off the border, so
+    the crop may be clipped there; every per-object check below is unaffected by clipping)."""
+    out = {}
+    for aid, a in coco.anns.items():
+        x, y, w, h = map(int, a["bbox"])
+        out[aid] = masks[aid][max(y - 8, 0):y + h + 8, max(x - 8, 0):x + w + 8]
+    return out
+
+
 def anns_with(coco: COCO, tag: str) -> list[dict]:
     return [a for a in coco.anns.values() if tag in a["tags"]]
 
@@ -163,7 +174,6 @@ def test_coco_fields_area_and_tight_bbox(coco, masks):
         assert a["area"] == int(m.sum()) > 0
         rows, cols = np.nonzero(m)
         assert a["bbox"] == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
-        assert a["hole_area"] == int(ndimage.binary_fill_holes(m).sum() - m.sum())
         assert a["amodal_area"] >= a["area"]
 
 
@@ -204,22 +214,23 @@ def test_every_failure_mode_is_present_several_times(coco):
     assert {img["background"] for img in coco.imgs.values()} == set(syn.BACKGROUNDS)
 
 
-def test_holed_objects_have_holes_and_others_do_not(coco, masks):
+def test_holed_objects_have_holes_and_others_do_not(coco, local):
     for a in coco.anns.values():
-        m = masks[a["id"]]
+        m = local[a["id"]]
         filled = ndimage.binary_fill_holes(m)
         if "holes" in a["tags"]:
             # Enclosed even for 8-connected background: no diagonal leak to the outside.
             assert ndimage.binary_fill_holes(m, structure=EIGHT).sum() > m.sum()
             assert filled.sum() - m.sum() == a["hole_area"] > 0
         else:
+            assert a["hole_area"] == 0
             assert (filled == m).all(), a["id"]
 
 
-def test_ring_hole_is_one_enclosed_component(coco, masks):
+def test_ring_hole_is_one_enclosed_component(coco, local):
     rings = [a for a in coco.anns.values() if coco.cats[a["category_id"]]["name"] in ("ring", "frame")]
     for a in rings:
-        m = masks[a["id"]]
+        m = local[a["id"]]
         holes = ndimage.binary_fill_holes(m) & ~m
         assert ndimage.label(holes)[1] == 1
 
@@ -232,9 +243,9 @@ def test_small_objects_are_in_the_coco_small_bucket(coco):
         assert a["bbox"][2] < 32 and a["bbox"][3] < 32
 
 
-def test_thin_objects_have_parts_at_most_4_px_wide(coco, masks):
+def test_thin_objects_have_parts_at_most_4_px_wide(coco, local):
     for a in anns_with(coco, "thin"):
-        m = np.pad(masks[a["id"]], 6)
+        m = np.pad(local[a["id"]], 6)
         # An opening with a 5x5 square deletes every band narrower than 5 px, at any angle.
         residue = m & ~ndimage.binary_opening(m, np.ones((5, 5), bool))
         lab, n = ndimage.label(residue, EIGHT)
@@ -243,17 +254,17 @@ def test_thin_objects_have_parts_at_most_4_px_wide(coco, masks):
         assert ndimage.binary_opening(m, np.ones((2, 2), bool)).sum() > 0.9 * m.sum()
 
 
-def test_every_instance_is_one_connected_piece(coco, masks):
+def test_every_instance_is_one_connected_piece(coco, local):
     for a in coco.anns.values():
-        assert ndimage.label(masks[a["id"]], EIGHT)[1] == 1, a["id"]
+        assert ndimage.label(local[a["id"]], EIGHT)[1] == 1, a["id"]
 
 
-def test_fine_boundaries_are_long_and_controls_convex(coco, masks):
+def test_fine_boundaries_are_long_and_controls_convex(coco, local):
     for a in anns_with(coco, "fine_boundary"):
-        m = masks[a["id"]]
+        m = local[a["id"]]
         assert perimeter(m) > 1.15 * perimeter(convex_hull_image(m)), a["id"]
     for a in anns_with(coco, "control"):
-        m = masks[a["id"]]
+        m = local[a["id"]]
         assert m.sum() >= 0.9 * convex_hull_image(m).sum(), a["id"]
 
 
@@ -287,17 +298,22 @@ def test_overlapping_instances_were_occluded_by_a_front_member(coco, masks):
     assert groups == {a["group_id"] for a in occluded}
 
 
-def test_low_contrast_objects_are_close_to_their_surroundings(default_set, coco, masks):
+def test_low_contrast_objects_are_close_to_their_surroundings(default_set, coco, local):
+    images = {i: np.asarray(Image.open(default_set / "images" / img["file_name"]), float)
+              for i, img in coco.imgs.items()}
+
     def contrast(a):
-        img = np.asarray(Image.open(default_set / "images" / coco.imgs[a["image_id"]]["file_name"]), float)
-        m = masks[a["id"]]
+        x, y, w, h = map(int, a["bbox"])
+        img = images[a["image_id"]][max(y - 8, 0):y + h + 8, max(x - 8, 0):x + w + 8]
+        m = local[a["id"]]
         inner = ndimage.binary_erosion(m, iterations=2)
         ring = ndimage.binary_dilation(m, iterations=4) & ~ndimage.binary_dilation(m, iterations=2)
         if inner.sum() < 5:
             inner = m
         return np.linalg.norm(img[inner].mean(0) - img[ring].mean(0))
 
-    sample = [a for a in coco.anns.values() if "disc" != coco.cats[a["category_id"]]["name"]]
+    # Disc groups excluded: their surroundings include the other (similarly coloured) discs.
+    sample = [a for a in coco.anns.values() if coco.cats[a["category_id"]]["name"] != "disc"]
     low = [contrast(a) for a in sample if "low_contrast" in a["tags"]]
     high = [contrast(a) for a in sample if "low_contrast" not in a["tags"]]
     assert np.median(low) < 30 < np.median(high)
