@@ -71,9 +71,11 @@ SKIP_REASONS = (
     "bad_annotation", "duplicate_ann_id", "missing_image", "image_skipped", "missing_category",
     "category_skipped", "degenerate_polygon", "rle_size_mismatch", "bad_segmentation",
     "empty_mask", "bad_bbox", "bbox_outside_image",
+    # single-object benchmarks (samstudy.isegm)
+    "mask_missing", "mask_unreadable", "image_ambiguous",
 )
 NOTE_REASONS = ("exif_orientation_applied", "annotations_exif_transposed",
-                "degenerate_polygon_part", "bbox_clipped")
+                "degenerate_polygon_part", "bbox_clipped", "mask_unexpected_values")
 SKIP_COLUMNS = ("source", "image_id", "ann_id", "reason", "detail")
 
 
@@ -336,8 +338,8 @@ def exif_transpose_mask(mask: np.ndarray, orientation: int) -> np.ndarray:
 # COCO loading
 
 
-class _Log:
-    """Collects skip and note rows for one source file."""
+class SkipLog:
+    """Collects skip and note rows (columns ``SKIP_COLUMNS``) for one source file."""
 
     def __init__(self, source: str):
         self.source = source
@@ -404,7 +406,7 @@ def _duplicates(ids: Iterable[Any]) -> set[Any]:
     return dup
 
 
-def _parse_categories(entries: list[Any], log: _Log) -> tuple[dict[int, str], set[int]]:
+def _parse_categories(entries: list[Any], log: SkipLog) -> tuple[dict[int, str], set[int]]:
     """Returns ``(categories, skipped_ids)``."""
     valid = []
     for c in entries:
@@ -430,7 +432,7 @@ class _Frame:
     transpose_orientation: int  # 1 = none
 
 
-def _parse_images(entries: list[Any], image_dir: Path, check_images: bool, log: _Log
+def _parse_images(entries: list[Any], image_dir: Path, check_images: bool, log: SkipLog
                   ) -> tuple[dict[int, ImageRecord], dict[int, _Frame], dict[int, str]]:
     """Returns ``(records, frames, skipped)`` with ``skipped[image_id] = reason``."""
     valid = []
@@ -564,7 +566,7 @@ def _check_bbox(bbox: Any, hw: tuple[int, int]) -> tuple[str, str]:
     return "", ""
 
 
-def _parse_annotation(a: dict[str, Any], frame: _Frame, log: _Log) -> tuple[RLE | None, str, str]:
+def _parse_annotation(a: dict[str, Any], frame: _Frame, log: SkipLog) -> tuple[RLE | None, str, str]:
     """Rasterise one annotation's segmentation into a compressed RLE of the displayed frame."""
     hw = frame.json_hw
     seg = a["segmentation"]
@@ -611,7 +613,7 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path, name: str | No
     """
     path = Path(annotation_json)
     raw = _read_json(path)
-    log = _Log(str(path))
+    log = SkipLog(str(path))
     categories, bad_cats = _parse_categories(raw["categories"], log)
     records, frames, skipped_images = _parse_images(raw["images"], Path(image_dir), check_images, log)
     json_image_ids = {e.get("id") for e in raw["images"] if isinstance(e, dict)}
@@ -640,7 +642,7 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path, name: str | No
 
 def _annotation_to_instance(a: dict[str, Any], dup_ann: set[int], json_image_ids: set[Any],
                             skipped_images: dict[int, str], frames: dict[int, _Frame],
-                            categories: dict[int, str], bad_cats: set[int], log: _Log) -> Instance | None:
+                            categories: dict[int, str], bad_cats: set[int], log: SkipLog) -> Instance | None:
     ann_id, image_id, cat_id = a["id"], a.get("image_id"), a.get("category_id")
     iscrowd = a.get("iscrowd", 0)
     problems = []
