@@ -428,3 +428,22 @@ def test_real_coco_sample_matches_pycocotools(coco_sample_dir):
     # images are readable and their size is the record's
     rec = ds.images[sorted(ds.images)[0]]
     assert read_image(rec.path).shape == (rec.height, rec.width, 3)
+
+
+def test_read_image_more_modes_and_trailing_bytes(tmp_path):
+    arr = _gradient()
+    data = _save_jpeg(tmp_path / "t.jpg", arr).read_bytes()
+    (tmp_path / "trail.jpg").write_bytes(data + b"trailing vendor data")  # valid JPEG, junk after EOI
+    assert read_image(tmp_path / "trail.jpg").shape == (H, W, 3)
+    Image.fromarray(arr).convert("CMYK").save(tmp_path / "c.jpg", quality=95)
+    out = read_image(tmp_path / "c.jpg")
+    assert out.shape == (H, W, 3) and np.abs(out.astype(int) - arr.astype(int)).mean() < 12
+    la = Image.fromarray(np.stack([np.full((H, W), 77, np.uint8), np.zeros((H, W), np.uint8)], 2), mode="LA")
+    la.save(tmp_path / "la.png")
+    assert (read_image(tmp_path / "la.png") == 77).all()
+    Image.fromarray(np.eye(H, W, dtype=bool)).save(tmp_path / "b.png")  # 1-bit
+    out = read_image(tmp_path / "b.png")
+    assert (out[..., 0] == np.eye(H, W) * 255).all()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="empty.jpg"):
+        read_image(tmp_path / "empty.jpg")

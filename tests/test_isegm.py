@@ -169,3 +169,13 @@ def test_shared_berkeley(isegm_dir):
     t = next(t for t in ds.instances if t.ann_id == 1890111)
     raw = np.asarray(Image.open(isegm_dir / "Berkeley" / "masks" / "189011a.png").convert("RGB")).max(axis=2)
     assert (t.mask() == (raw > 127)).all()
+
+
+def test_grabcut_round_trips_through_coco(tmp_path):
+    root = tmp_path / "GrabCut"
+    _img(root / "data_GT" / "banana1.bmp")
+    _mask(root / "boundary_GT" / "banana1.bmp", _grabcut_values())
+    from samstudy.data import load_coco, write_coco
+    ds = load_grabcut(root)
+    back = load_coco(write_coco(ds, tmp_path / "gc.json"), root)
+    assert back.instances == ds.instances and back.images == ds.images and back.categories == ds.categories

@@ -258,3 +258,25 @@ def test_merge_groups_equal_8_connected_components_of_union(rects):
 def test_fill_agrees_with_metrics_hole_definition(m):
     metrics = pytest.importorskip("samstudy.metrics")
     assert (fill_hole_mask(m) == (m | metrics.hole_mask(m))).all()
+
+
+def test_automotive_on_real_coco_sample(coco_sample_dir):
+    """On real masks: no holes remain, no two same-category objects of an image overlap or touch."""
+    from samstudy.data import load_coco
+    full = load_coco(coco_sample_dir / "instances.json", coco_sample_dir / "images", check_images=False)
+    ds = full.subset(sorted(full.images)[:60])
+    out = apply_policy(ds, "automotive")
+    assert {t.category for t in out.instances} <= set(PRESETS["automotive"].categories)
+    assert not any(t.iscrowd for t in out.instances)
+    for t in out.instances:
+        m = t.mask()
+        assert (fill_hole_mask(m) == m).all()
+    groups: dict[tuple[int, int], list] = {}
+    for t in out.instances:
+        groups.setdefault((t.image_id, t.category_id), []).append(t.mask())
+    for masks in groups.values():
+        for i in range(len(masks)):
+            grown = ndimage.binary_dilation(masks[i], structure=np.ones((3, 3), bool))
+            assert not any((grown & masks[j]).any() for j in range(len(masks)) if j != i)
+    kept = [t for t in ds.instances if t.category in PRESETS["automotive"].categories and not t.iscrowd]
+    assert sorted(s for t in out.instances for s in t.source_ann_ids) == sorted(t.ann_id for t in kept)

@@ -234,7 +234,9 @@ def read_image(path: str | Path) -> np.ndarray:
 
     Grey, grey+alpha, RGBA, palette, 1-bit, CMYK and 16-bit grey images are converted (see
     :func:`_to_rgb_uint8`). Raises :class:`DataError` naming the file when it is missing, not an
-    image, or truncated.
+    image, or truncated. Truncation of JPEG/PNG is detected from the end marker when present and
+    otherwise by PIL's decoder, which raises unless someone set
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` (this module never does).
     """
     path = Path(path)
     if not path.is_file():
