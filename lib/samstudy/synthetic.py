@@ -227,7 +227,7 @@ def _ellipse_mask(a: float, b: float, angle_deg: float) -> np.ndarray:
 
 
 def _make_ring(rng: np.random.Generator) -> _Piece:
-    a = rng.uniform(16, 40)
+    a = rng.uniform(18, 48)
     b = a * rng.uniform(0.7, 1.0)
     width = rng.uniform(5, 0.5 * b)  # >= 5 px: a ring is a "holes" probe, not a "thin" one
     ang = rng.uniform(0, 180)
@@ -240,7 +240,7 @@ def _make_ring(rng: np.random.Generator) -> _Piece:
 
 
 def _make_frame(rng: np.random.Generator) -> _Piece:
-    w, h = rng.uniform(30, 80), rng.uniform(30, 80)
+    w, h = rng.uniform(30, 100), rng.uniform(30, 100)
     t = rng.uniform(5, min(w, h) / 4)
     ang = rng.uniform(0, np.pi / 2)
     r = int(np.hypot(w, h) / 2) + 3
@@ -271,7 +271,7 @@ def _make_letter(rng: np.random.Generator) -> _Piece:
 
 
 def _make_small(rng: np.random.Generator) -> _Piece:
-    side = rng.uniform(6, SMALL_MAX_SIDE)
+    side = rng.uniform(8, SMALL_MAX_SIDE)
     kind = rng.choice(["ellipse", "rectangle", "triangle"])
     if kind == "ellipse":
         m = _ellipse_mask(side / 2, side / 2 * rng.uniform(0.5, 1.0), rng.uniform(0, 180))
@@ -285,9 +285,7 @@ def _make_small(rng: np.random.Generator) -> _Piece:
             pts = np.stack([np.cos(ang), np.sin(ang)], 1) * side / 2 + c
         _fill_poly(patch, pts)
         m = _crop(patch)
-    # Rotations can grow the box past the limit; shrinking by cropping would cut the shape, so clip
-    # the patch instead (keeps it a valid, still "small" object).
-    return _Piece([_crop(m[:SMALL_MAX_SIDE, :SMALL_MAX_SIDE])])
+    return _Piece([m])  # a rotated box over SMALL_MAX_SIDE is rejected by _piece_ok and redrawn
 
 
 def _thin_width(rng: np.random.Generator) -> int:
@@ -298,10 +296,10 @@ def _make_thin(rng: np.random.Generator) -> _Piece:
     kind = rng.choice(["L", "T", "stick", "bug"])
     if kind in ("L", "T"):
         w1 = _thin_width(rng)
-        w2 = _thin_width(rng) if rng.random() < 0.5 else int(rng.integers(7, 15))  # one arm may be thick
+        w2 = _thin_width(rng) if rng.random() < 0.3 else int(rng.integers(8, 19))  # one arm may be thick
         if rng.random() < 0.5:
             w1, w2 = w2, w1
-        l1, l2 = int(rng.integers(30, 71)), int(rng.integers(25, 61))
+        l1, l2 = int(rng.integers(35, 91)), int(rng.integers(30, 71))
         if kind == "L":  # vertical arm (width w1, height l1) + bottom arm (width w2, length l2)
             m = np.zeros((l1, max(l2, w1)), bool)
             m[:, :w1] = True
@@ -316,11 +314,11 @@ def _make_thin(rng: np.random.Generator) -> _Piece:
             m = m[:, ::-1]
         return _Piece([_crop(np.ascontiguousarray(m))])
     # Stick figure or bug: filled body + thin limbs drawn as exact-width bands (axis-free angles).
-    patch = np.zeros((120, 120), np.uint8)
-    c = np.array([60.0, 60.0])
+    patch = np.zeros((150, 150), np.uint8)
+    c = np.array([75.0, 75.0])
     limbs: list[tuple[np.ndarray, np.ndarray]] = []
     if kind == "stick":  # filled head on a thin body with two arms and two legs
-        head_r, body = rng.uniform(5, 9), rng.uniform(20, 35)
+        head_r, body = rng.uniform(7, 13), rng.uniform(22, 38)
         top, bottom = c - [0, body / 2], c + [0, body / 2]
         head = top - [0, head_r - 1]
         cv2.circle(patch, (int(head[0] * 16), int(head[1] * 16)), int(head_r * 16), 1, -1, cv2.LINE_8, 4)
@@ -330,12 +328,12 @@ def _make_thin(rng: np.random.Generator) -> _Piece:
             limbs.append((shoulder, shoulder + [sx * rng.uniform(10, 20), rng.uniform(-12, 10)]))
             limbs.append((bottom, bottom + [sx * rng.uniform(5, 14), rng.uniform(15, 25)]))
     else:  # bug: elliptic body, two antennas, 0-3 pairs of legs
-        a, b = rng.uniform(12, 20), rng.uniform(7, 12)
+        a, b = rng.uniform(16, 30), rng.uniform(9, 18)
         cv2.ellipse(patch, (int(c[0] * 16), int(c[1] * 16)), (int(a * 16), int(b * 16)), 0, 0, 360, 1, -1,
                     cv2.LINE_8, 4)
         for sx in (-1, 1):
             root = c + [sx * a * 0.5, -b * 0.6]
-            limbs.append((root, root + [sx * rng.uniform(4, 14), -rng.uniform(14, 28)]))
+            limbs.append((root, root + [sx * rng.uniform(4, 14), -rng.uniform(14, 30)]))
         for x in np.linspace(-0.5, 0.5, int(rng.integers(0, 4))) * a:
             root = c + [x, b * 0.6]
             limbs.append((root, root + [rng.uniform(-6, 6), rng.uniform(10, 16)]))
@@ -348,7 +346,7 @@ def _make_thin(rng: np.random.Generator) -> _Piece:
 
 
 def _make_jagged(rng: np.random.Generator) -> _Piece:
-    R = rng.uniform(20, 40)
+    R = rng.uniform(20, 50)
     if rng.random() < 0.5:  # star with many spikes
         n = int(rng.integers(9, 25))
         theta = np.linspace(0, 2 * np.pi, 2 * n, endpoint=False) + rng.uniform(0, np.pi)
@@ -438,13 +436,20 @@ def _group_tags(masks: list[np.ndarray]) -> list[list[str]]:
     return tags
 
 
+LARGE_CONTROL_P = 0.3  # share of control shapes drawn in COCO's "large" bucket (>= 96^2 px)
+
+
 def _make_ellipse(rng: np.random.Generator) -> _Piece:
-    a = rng.uniform(12, 40)
+    if rng.random() < LARGE_CONTROL_P:
+        a = rng.uniform(60, 80)
+        return _Piece([_ellipse_mask(a, a * rng.uniform(0.85, 1.0), rng.uniform(0, 180))])
+    a = rng.uniform(12, 50)
     return _Piece([_ellipse_mask(a, a * rng.uniform(0.4, 1.0), rng.uniform(0, 180))])
 
 
 def _make_rectangle(rng: np.random.Generator) -> _Piece:
-    w, h = rng.uniform(20, 70), rng.uniform(20, 70)
+    lo, hi = (100, 130) if rng.random() < LARGE_CONTROL_P else (20, 80)
+    w, h = rng.uniform(lo, hi), rng.uniform(lo, hi)
     r = int(np.hypot(w, h) / 2) + 3
     patch = np.zeros((2 * r + 1, 2 * r + 1), np.uint8)
     _fill_poly(patch, _rect_pts(w, h, rng.uniform(0, np.pi / 2), r, r))
@@ -478,7 +483,12 @@ def has_any_hole(mask: np.ndarray) -> bool:
 def hole_area(mask: np.ndarray) -> int:
     """Pixels of background enclosed by ``mask`` (``bool (H, W)``): what
     ``scipy.ndimage.binary_fill_holes`` (4-connected background) adds."""
-    return int(ndimage.binary_fill_holes(mask).sum() - mask.sum())
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return 0
+    # Crop to the box plus a 1-px frame: same answer, far cheaper than filling the whole image.
+    m = np.pad(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], 1)
+    return int(ndimage.binary_fill_holes(m).sum() - m.sum())
 
 
 def thin_part_size(mask: np.ndarray, width: int = THIN_OPEN) -> int:
@@ -771,8 +781,9 @@ def render_image(config: SyntheticConfig, plan: ImagePlan) -> tuple[np.ndarray, 
     """Render one image of the probe set.
 
     Returns ``(image, objects, dropped)``: ``image`` RGB ``uint8 (H, W, 3)``; ``objects`` in
-    annotation order (slot by slot, back to front within a disc group), masks pairwise disjoint;
-    ``dropped`` = slots that found no free place (0 in the default config).
+    annotation order (slots in placement order, largest first; back to front within a disc
+    group), masks pairwise disjoint;
+    ``dropped`` = slots that found no free place even after 8 redraws (0 in the default config).
     """
     H, W = config.height, config.width
     rng = np.random.default_rng([config.seed, 2, plan.index])
@@ -787,8 +798,12 @@ def render_image(config: SyntheticConfig, plan: ImagePlan) -> tuple[np.ndarray, 
     dropped = 0
     for group, i in enumerate(order):
         cat, piece = pieces[i]
-        union = np.logical_or.reduce(piece.masks)
-        pos = _find_position(blocked, union, config.border_px, rng)
+        for _ in range(8):  # no room: redraw the shape (a new draw is often smaller)
+            union = np.logical_or.reduce(piece.masks)
+            pos = _find_position(blocked, union, config.border_px, rng)
+            if pos is not None:
+                break
+            piece = _make_piece(cat, rng)
         if pos is None:
             dropped += 1
             continue
