@@ -160,6 +160,21 @@ def test_config_validation_and_category_subset(tmp_path):
     assert {c.cats[a["category_id"]]["name"] for a in c.anns.values()} == {"ring"}
     assert all(img["background"] == "flat" and not img["low_contrast"] for img in c.imgs.values())
     assert SyntheticConfig.from_dict(cfg.to_dict()) == cfg
+    assert SyntheticConfig(seed=np.int64(4), objects_per_image=[2, 3]) == SyntheticConfig(seed=4, objects_per_image=(2, 3))
+
+
+def test_project_loader_reads_the_set_without_skips(default_set, coco):
+    data = pytest.importorskip("samstudy.data")
+    if not hasattr(data, "load_coco"):
+        pytest.skip("samstudy.data.load_coco not available")
+    ds = data.load_coco(default_set / "instances.json", default_set / "images")
+    assert not ds.skips
+    assert len(ds.images) == 60 and len(ds.instances) == len(coco.anns)
+    by_id = {t.ann_id: t for t in ds.instances}
+    for aid, a in coco.anns.items():
+        assert by_id[aid].tags == tuple(a["tags"]) and by_id[aid].area == a["area"]
+        x, y, w, h = a["bbox"]
+        assert by_id[aid].box_xyxy == (x, y, x + w, y + h)
 
 
 # ---------------------------------------------------------------------------- COCO validity

@@ -145,8 +145,11 @@ class SyntheticConfig:
             raise ValueError(f"n_images must be >= 1, got {self.n_images}")
         if self.width < 96 or self.height < 96:
             raise ValueError(f"image size must be at least 96 x 96, got {self.width} x {self.height}")
-        if not (isinstance(self.seed, int) and self.seed >= 0):
+        if isinstance(self.seed, (bool, float)) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))  # numpy ints -> int (JSON manifest)
+        if self.min_gap_px < 1 or self.border_px < 0:
+            raise ValueError("min_gap_px must be >= 1 (else separate objects may touch) and border_px >= 0")
         lo, hi = self.objects_per_image
         if not 1 <= lo <= hi:
             raise ValueError(f"objects_per_image must satisfy 1 <= min <= max, got {self.objects_per_image}")
@@ -1063,8 +1066,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'up to date' if cached else 'generated'}: {out} ({man['n_images']} images, "
           f"{man['n_annotations']} annotations, {man['dropped_slots']} dropped slots) in {dt:.1f} s")
     df = describe_probe_set(out / INSTANCES_FILE)
-    with __import__("pandas").option_context("display.max_rows", 500, "display.width", 120):
-        print(df[df["tag"] != "*"].to_string(index=False, float_format=lambda v: f"{v:.0f}"))
+    table = df[(df["tag"] == "*") | (df["category"] == "*")]  # per category, then per tag
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.0f}"))
     return 0
 
 
