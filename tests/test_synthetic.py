@@ -117,6 +117,18 @@ def test_interrupted_generation_leaves_previous_set_intact(tmp_path, monkeypatch
     assert not (tmp_path / "fresh").exists()
 
 
+def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
+    import os
+    stale = tmp_path / ".set.tmp-killed"
+    (stale / "set" / "images").mkdir(parents=True)
+    live = tmp_path / ".set.tmp-live"  # a concurrent run's folder: recent, must stay
+    live.mkdir()
+    old = stale.stat().st_mtime - 2 * syn.STALE_TEMP_S
+    os.utime(stale, (old, old))
+    generate_probe_set(SyntheticConfig(n_images=1), tmp_path / "set")
+    assert not stale.exists() and live.exists()
+
+
 def test_refuses_to_replace_a_foreign_folder(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")

@@ -958,6 +958,21 @@ def _is_ours_or_empty(path: Path) -> bool:
         return False
 
 
+STALE_TEMP_S = 3600.0  # temporaries older than this were left by a killed run, not a live one
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.<name>.tmp-*`` / ``.<name>.old-*`` siblings of ``out`` left by a killed run."""
+    now = time.time()
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        if p.name.startswith((f".{out.name}.tmp-", f".{out.name}.old-")) and p.is_dir():
+            try:
+                if now - p.stat().st_mtime > STALE_TEMP_S:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
+
+
 def generate_probe_set(config: SyntheticConfig | None = None, out_dir: str | os.PathLike = "data/synthetic",
                        *, force: bool = False) -> Path:
     """Generate the probe set into ``out_dir`` and return ``out_dir`` (a ``Path``).
@@ -976,6 +991,7 @@ def generate_probe_set(config: SyntheticConfig | None = None, out_dir: str | os.
     if not _is_ours_or_empty(out):
         raise FileExistsError(f"{out} exists and is not a samstudy probe set; refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     old: Path | None = None
     try:
