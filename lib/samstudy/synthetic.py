@@ -14,8 +14,8 @@ category            what it is                                                  
 ``disc``            groups of 2-3 discs of one category that touch or overlap              ``touching`` or
                                                                                            ``overlapping`` (+
                                                                                            ``occluded`` if behind)
-``ellipse``         plain ellipse (convex control)                                         ``control``
-``rectangle``       plain rotated rectangle (convex control)                               ``control``
+``ellipse``         plain ellipse (convex control; ~30% in COCO's "large" bucket)          ``control``
+``rectangle``       plain rotated rectangle (convex control; ~30% "large")                 ``control``
 ==================  =====================================================================  ==========================
 
 Each annotation's ``tags`` also name its image's background (``bg_flat``, ``bg_gradient``,
