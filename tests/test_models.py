@@ -43,7 +43,9 @@ def tiny_ckpt(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def tiny(tiny_ckpt) -> SamSegmenter:
-    return sam_segmenter_from_checkpoint(tiny_ckpt, TINY, name="sam_tiny")
+    # decode_chunk=64: exercise real batching (the CPU default decodes prompts one by one);
+    # num_threads=1: tiny ops on a shared 2-core machine are far slower with 2 OpenMP threads
+    return sam_segmenter_from_checkpoint(tiny_ckpt, TINY, name="sam_tiny", decode_chunk=64, num_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -135,10 +137,13 @@ def test_encode_decode_shapes_and_dtypes(tiny, tiny_emb):
     assert np.array_equal(single.masks, tiny.postprocess(torch.from_numpy(single.low_res_logits), (41, 64), (45, 70)))
 
 
-def test_batched_decode_equals_decoding_each_prompt_alone(tiny, tiny_emb):
+def test_batched_decode_equals_decoding_each_prompt_alone(tiny, tiny_emb, tiny_ckpt):
     prompts = [box(5, 5, 30, 40), pts([[10, 12]], [1]), pts([[10, 12], [50, 30], [3, 3]], [1, 0, 1]),
                box(10, 2, 60, 20), pts([[40, 20]], [0], bx=[20, 5, 65, 40]), pts([[20, 30]], [1])]
     batch = tiny.decode(tiny_emb, prompts, multimask=True)
+    chunked = sam_segmenter_from_checkpoint(tiny_ckpt, TINY, name="sam_tiny", decode_chunk=2, num_threads=1)
+    np.testing.assert_allclose(chunked.decode(tiny_emb, prompts, multimask=True).low_res_logits,
+                               batch.low_res_logits, rtol=1e-4, atol=1e-5)
     for i, p in enumerate(prompts):
         alone = tiny.decode(tiny_emb, [p], multimask=True)
         np.testing.assert_allclose(batch.low_res_logits[i], alone.low_res_logits[0], rtol=1e-4, atol=1e-5)
@@ -185,8 +190,9 @@ def test_coordinates_follow_resize_longest_side(tiny):
 
 
 def test_random_init_vit_b_is_labelled_as_benchmark_only():
-    from samstudy.models.sam import SAM_LABELS
-    m = build_model("sam_vit_b", random_init=True)
+    from samstudy.models.sam import SAM_LABELS, torch_threads
+    with torch_threads(1):
+        m = build_model("sam_vit_b", random_init=True)
     assert m.label == f"{SAM_LABELS['vit_b']} (random init, benchmark only)" and m.checkpoint_sha256 == "random-init"
     assert m.name == "sam_vit_b_random" and m.img_size == 1024
 
@@ -194,7 +200,7 @@ def test_random_init_vit_b_is_labelled_as_benchmark_only():
 # -------------------------------------------------------------------------------------- LiteMedSAM
 @pytest.fixture(scope="module")
 def litemedsam():
-    return build_model("litemedsam")
+    return build_model("litemedsam", num_threads=1)
 
 
 def _square_image(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -214,8 +220,8 @@ def test_litemedsam_identity_and_tight_box_on_a_drawn_square(litemedsam):
     image, truth = _square_image(np.random.default_rng(3))
     emb = m.encode(image)
     assert emb.features.shape == (1, 256, 64, 64) and emb.input_hw == (192, 256)
-    out = m.decode(emb, [box(110, 70, 215, 170), box(110, 70, 215, 170), pts([[160, 120]], [1])], multimask=True)
-    assert out.masks.shape == (3, 3, 240, 320) and out.low_res_logits.shape == (3, 3, 256, 256)
+    out = m.decode(emb, [box(110, 70, 215, 170), pts([[160, 120]], [1])], multimask=True)
+    assert out.masks.shape == (2, 3, 240, 320) and out.low_res_logits.shape == (2, 3, 256, 256)
     single = m.decode(emb, [box(110, 70, 215, 170)])
     pred = single.masks[0, 0]
     iou = (pred & truth).sum() / (pred | truth).sum()
