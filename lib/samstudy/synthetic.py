@@ -67,6 +67,7 @@ import numpy as np
 from scipy import ndimage
 
 from .masks import encode_rle
+from .metrics import size_bucket
 
 GENERATOR = "samstudy.synthetic"
 GENERATOR_VERSION = "1"
@@ -1016,11 +1017,6 @@ def generate_probe_set(config: SyntheticConfig | None = None, out_dir: str | os.
 # Description
 # ----------------------------------------------------------------------------------------------
 
-def _size_bucket(area: float) -> str:
-    """COCO size bucket: small (< 32^2 px), medium (< 96^2), large."""
-    return "small" if area < 32 ** 2 else "medium" if area < 96 ** 2 else "large"
-
-
 def describe_probe_set(instances_json: str | os.PathLike | dict[str, Any]):
     """Counts per category and tag of a probe set (or any COCO file with ``tags``).
 
@@ -1042,7 +1038,7 @@ def describe_probe_set(instances_json: str | os.PathLike | dict[str, Any]):
         for tag in ["*", *a.get("tags", [])]:
             for cat in (names[a["category_id"]], "*"):
                 rows.append({"category": cat, "tag": tag, "area": float(a["area"]),
-                             "bucket": _size_bucket(a["area"])})
+                             "bucket": size_bucket(a["area"])})
     cols = ["category", "tag", "count", "mean_area", "small", "medium", "large"]
     if not rows:
         return pd.DataFrame(columns=cols)
