@@ -173,3 +173,5 @@ def test_download_coco_extracts_atomically_and_skips_done_parts(server, tmp_path
     assert len(server.requests) == n  # already done: no request
     with pytest.raises(ValueError, match="unknown COCO part"):
         download_coco(tmp_path / "coco", parts=("test2099",), files=files)
+    with pytest.raises(ValueError, match=r"unknown COCO part\(s\) \['annotations'\]"):  # splits= adds annotations
+        download_coco(tmp_path / "coco", splits=("val2017",), files=files)

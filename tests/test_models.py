@@ -182,6 +182,26 @@ def test_bad_inputs_give_clear_errors(tiny, tiny_emb):
         tiny.decode(foreign, [box(1, 1, 5, 5)])
 
 
+def test_matches_segment_anything_sam_predictor(tiny):
+    """Same image + prompts through segment_anything.SamPredictor give the same logits and masks."""
+    from segment_anything import SamPredictor
+    image = np.random.default_rng(5).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    predictor = SamPredictor(tiny.model)
+    predictor.set_image(image)
+    emb = tiny.encode(image)
+    torch.testing.assert_close(emb.features, predictor.get_image_embedding(), rtol=1e-5, atol=1e-5)
+    cases = [dict(box=np.array([5.0, 5, 30, 40])),
+             dict(point_coords=np.array([[10.0, 12], [50, 30]]), point_labels=np.array([1, 0])),
+             dict(box=np.array([20.0, 5, 65, 40]), point_coords=np.array([[40.0, 20]]), point_labels=np.array([0]))]
+    for case in cases:
+        ref_masks, ref_iou, ref_low = predictor.predict(**case, multimask_output=True)
+        prompt = Prompt(mode="x", box=case.get("box"), points=case.get("point_coords"), labels=case.get("point_labels"))
+        out = tiny.decode(emb, [prompt], multimask=True)
+        np.testing.assert_allclose(out.low_res_logits[0], ref_low, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out.iou_pred[0], ref_iou, rtol=1e-4, atol=1e-5)
+        assert (out.masks[0] != ref_masks).mean() < 1e-3
+
+
 def test_coordinates_follow_resize_longest_side(tiny):
     from segment_anything.utils.transforms import ResizeLongestSide
     xy = np.array([[13.0, 7.5], [69.9, 44.0]])

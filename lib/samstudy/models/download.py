@@ -276,14 +276,20 @@ def extract_zip_atomic(archive: str | os.PathLike, dest: str | os.PathLike) -> l
 
 def download_coco(dest: str | os.PathLike = "data/coco", parts: Sequence[str] = ("val2017", "annotations"),
                   progress: bool = True, keep_zips: bool = True,
-                  files: Mapping[str, RemoteFile] = COCO_FILES) -> dict[str, Path]:
+                  files: Mapping[str, RemoteFile] = COCO_FILES, *,
+                  splits: Sequence[str] | None = None) -> dict[str, Path]:
     """Download and extract COCO 2017 ``parts`` into ``dest`` (``make data-coco``).
+
+    ``splits`` (as the CLI's ``--splits val2017 train2017``) selects image splits and always adds
+    ``"annotations"``; it replaces ``parts`` when given.
 
     Zips go to ``dest/zips/`` (verified by size and MD5, resumable); each extracts atomically to
     ``dest/<dir>`` (``val2017/``, ``train2017/``, ``annotations/``). Parts already extracted (marker
     ``dest/.<part>.done``) are skipped. Returns ``{part: extracted folder}``.
     """
     dest = Path(dest)
+    if splits is not None:
+        parts = [*dict.fromkeys([*splits, "annotations"])]
     unknown = [p for p in parts if p not in files]
     if unknown:
         raise ValueError(f"unknown COCO part(s) {unknown}; known: {', '.join(files)}")
