@@ -257,3 +257,19 @@ def test_litemedsam_custom_checkpoint_errors_name_the_file(tmp_path):
     bad.write_bytes(b"\x80\x02garbage")
     with pytest.raises(CheckpointError, match="broken_lite.pth"):
         build_model("litemedsam", checkpoint=bad)
+
+
+def test_litemedsam_preprocessing_keeps_aspect_normalises_and_pads(litemedsam):
+    from samstudy.models.litemedsam import LiteMedSamSegmenter
+    image = np.random.default_rng(2).integers(40, 200, (100, 50, 3), dtype=np.uint8)  # H=100, W=50
+    x = litemedsam.preprocess(image)
+    assert x.shape == (1, 3, 256, 256) and x.dtype == torch.float32
+    assert litemedsam.input_hw((100, 50)) == (256, 128)
+    assert float(x[..., :, :128].min()) == 0.0 and float(x[..., :, :128].max()) == 1.0  # min-max per image
+    assert float(x[..., :, 128:].abs().max()) == 0.0  # zero padding on the right
+    np.testing.assert_allclose(litemedsam.to_input_frame(np.array([[50.0, 100.0]]), (100, 50), (256, 128)),
+                               [[128.0, 256.0]])
+    alt = LiteMedSamSegmenter(litemedsam.model, intensity="div255", name="litemedsam", label=litemedsam.label,
+                              checkpoint_sha256=litemedsam.checkpoint_sha256)
+    assert alt.cache_key != litemedsam.cache_key  # another preprocessing never shares cached embeddings
+    assert float(alt.preprocess(image)[..., :, :128].max()) <= 200 / 255 + 1e-6

@@ -2,7 +2,18 @@
 
 A builder is ``fn(checkpoint=None, device="cpu", **kwargs) -> PromptableSegmenter``. New models
 (MobileSAM, SAM 2, ...) register one with ``@register_model("name")`` in their own module and are
-then usable by name everywhere (configs, engine) without touching the experiment code.
+then usable by name everywhere (configs, engine) without touching the experiment code. A
+SAM-architecture model only needs its module wrapped, e.g. MobileSAM (TinyViT at 1024 px, SAM's
+preprocessing)::
+
+    @register_model("mobile_sam")
+    def build_mobile_sam(checkpoint=None, device="cpu", **kw):
+        from mobile_sam import sam_model_registry          # the MobileSAM package
+        sam = sam_model_registry["vit_t"](checkpoint=checkpoint)
+        return SamSegmenter(sam, name="mobile_sam", label="MobileSAM",
+                            checkpoint_sha256=cached_file_sha256(checkpoint), device=device, **kw)
+
+Other families (SAM 2) implement :class:`PromptableSegmenter` directly.
 """
 from __future__ import annotations
 
