@@ -130,6 +130,10 @@ def test_checksum_mismatch_raises_and_leaves_no_file(payload, tmp_path):
     msg = str(err.value)
     assert "model.pth" in msg and wrong in msg and sha in msg
     assert not dest.exists() and not (tmp_path / "model.pth.part").exists()
+    dest.write_bytes(b"someone else's file")
+    with pytest.raises(ChecksumError, match="delete it and run again"):
+        download_file(url, dest, sha256=sha, progress=False)
+    assert dest.read_bytes() == b"someone else's file"  # never deleted silently
 
 
 def test_offline_error_says_where_to_put_the_file(tmp_path):

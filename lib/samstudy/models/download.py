@@ -165,7 +165,10 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
     """
     dest = Path(dest)
     if dest.exists():
-        got = _verify(dest, dest, sha256, md5, expected_size)
+        try:
+            got = _verify(dest, dest, sha256, md5, expected_size)
+        except ChecksumError as err:
+            raise ChecksumError(f"{err}; the existing file is not the published one: delete it and run again") from None
         if got is not None:
             _write_sidecar(dest, got)
         return dest
