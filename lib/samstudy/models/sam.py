@@ -101,8 +101,9 @@ class SamSegmenter(PromptableSegmenter):
 
     model: e.g. ``segment_anything.modeling.Sam``; must expose ``image_encoder.img_size`` and, for
         the default preprocessing, ``pixel_mean``/``pixel_std`` buffers ``(3, 1, 1)``.
-    channels_last: run the image encoder on a channels-last input (helps conv-heavy encoders on
-        some CPUs; measured as no gain for SAM's ViT here).
+    channels_last: run the image encoder on a channels-last input (meant for conv-heavy encoders;
+        LiteMedSAM encode, 1 thread, busy machine: 5.35 s -> 4.95 s best of 3, within the noise
+        of other runs; not measured for SAM's ViT). Off by default.
     decode_chunk: prompts per mask-decoder call (default: 1 on CPU, 64 on CUDA; see below).
     num_threads: torch intra-op threads while encoding/decoding (set and restored around each call;
         ``None`` = leave torch's default, ``torch.get_num_threads()``). On a shared 2-core machine
