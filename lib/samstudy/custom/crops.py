@@ -42,7 +42,7 @@ import numpy as np
 from ..prompts import extreme_points_box
 
 __all__ = ["CropSpec", "crop_spec", "crop_matrix", "crop_image", "crop_mask", "points_to_crop",
-           "paste_back", "point_heatmap", "box_channel"]
+           "box_to_crop", "paste_back"]
 
 
 @dataclass(frozen=True)
@@ -206,23 +206,8 @@ def paste_back(crop_logits: np.ndarray, spec: CropSpec, threshold: float = 0.0) 
     return out
 
 
-def point_heatmap(points_crop: np.ndarray, size: int, sigma: float) -> np.ndarray:
-    """DEXTR-style heatmap ``float32 (size, size)``: max over points of ``exp(-d^2 / (2 sigma^2))``.
-
-    ``points_crop``: ``(K, 2)`` crop pixel-index xy (from :func:`points_to_crop`); peaks (value 1)
-    at the pixels nearest the points. Points outside the crop still contribute their tails.
-    """
-    pts = np.asarray(points_crop, dtype=np.float64).reshape(-1, 2)
-    grid = np.arange(size, dtype=np.float64)
-    gx = np.exp(-((grid[None, :] - pts[:, :1]) ** 2) / (2 * sigma ** 2))  # (K, S) over cols
-    gy = np.exp(-((grid[None, :] - pts[:, 1:]) ** 2) / (2 * sigma ** 2))  # (K, S) over rows
-    return (gy[:, :, None] * gx[:, None, :]).max(axis=0).astype(np.float32)
-
-
-def box_channel(spec: CropSpec, size: int) -> np.ndarray:
-    """``float32 (size, size)``: 1 on crop pixels whose centre is inside the extreme points' box."""
-    pb = points_to_crop(spec.points_box.reshape(2, 2) - 0.5, spec, size)  # edges -> index coords
-    grid = np.arange(size, dtype=np.float64)
-    inx = (grid >= pb[0, 0]) & (grid < pb[1, 0])
-    iny = (grid >= pb[0, 1]) & (grid < pb[1, 1])
-    return (iny[:, None] & inx[None, :]).astype(np.float32)
+def box_to_crop(box: np.ndarray, spec: CropSpec, size: int) -> np.ndarray:
+    """Box ``(4,)`` xyxy in image edge coordinates -> crop edge coordinates ``float64 (4,)``."""
+    x0, y0, x1, y1 = spec.box
+    s = np.array([(x1 - x0) / size, (y1 - y0) / size] * 2)
+    return (np.asarray(box, dtype=np.float64) - np.array([x0, y0, x0, y0])) / s

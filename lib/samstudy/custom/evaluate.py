@@ -40,7 +40,7 @@ from ..engine import PRED_SCHEMA, PRED_SORT_KEYS, ROW_SCHEMA, SORT_KEYS
 from ..masks import encode_rle
 from ..metrics import METRIC_KEYS, object_metrics, size_bucket
 from ..prompts import PromptMode, extreme_points, tight_box
-from .model import CustomSegmenter
+from .model import CustomSegmenter, torch_settings
 
 __all__ = ["STAGE_MODELS", "evaluate_custom"]
 
@@ -134,16 +134,31 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
 
 def evaluate_custom(dataset: Dataset, segmenter: CustomSegmenter, out_dir: str | os.PathLike,
                     split: str = "test", policy: str = "raw", min_box_side: float = 2,
-                    progress: bool = True, store_predictions: bool = True) -> pd.DataFrame:
+                    progress: bool = True, store_predictions: bool = True, num_threads: int | None = None
+                    ) -> pd.DataFrame:
     """Score ``segmenter`` on every object of ``dataset`` (already the test split under ``policy``).
 
     Writes ``out_dir/results.parquet`` (engine row schema, sorted like the engine's) and
     ``out_dir/predictions.parquet``; returns the rows as a DataFrame (nullable-int metric columns).
+    ``num_threads``: CPU threads while evaluating (default the model config's ``num_threads``).
     """
-    from tqdm.auto import tqdm
-
+    with torch_settings(segmenter.config.num_threads if num_threads is None else num_threads):
+        rows, preds = _evaluate_all(dataset, segmenter, split, policy, min_box_side, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA).sort_by([(k, "ascending") for k in SORT_KEYS + ["model"]])
+    _write_parquet(table, out / "results.parquet")
+    if store_predictions:
+        ptable = pa.Table.from_pylist(preds, schema=PRED_SCHEMA).sort_by(
+            [(k, "ascending") for k in PRED_SORT_KEYS + ["model"]])
+        _write_parquet(ptable, out / "predictions.parquet")
+    return table.to_pandas().astype({c: "Int64" for c in _NULLABLE_INT})
+
+
+def _evaluate_all(dataset: Dataset, segmenter: CustomSegmenter, split: str, policy: str, min_box_side: float,
+                  progress: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from tqdm.auto import tqdm
+
     rows: list[dict[str, Any]] = []
     preds: list[dict[str, Any]] = []
     by_image = dataset.instances_by_image()
@@ -160,10 +175,4 @@ def evaluate_custom(dataset: Dataset, segmenter: CustomSegmenter, out_dir: str |
                               min_box_side=min_box_side, read_error=err)
         rows += r
         preds += p
-    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA).sort_by([(k, "ascending") for k in SORT_KEYS + ["model"]])
-    _write_parquet(table, out / "results.parquet")
-    if store_predictions:
-        ptable = pa.Table.from_pylist(preds, schema=PRED_SCHEMA).sort_by(
-            [(k, "ascending") for k in PRED_SORT_KEYS + ["model"]])
-        _write_parquet(ptable, out / "predictions.parquet")
-    return table.to_pandas().astype({c: "Int64" for c in _NULLABLE_INT})
+    return rows, preds

@@ -36,20 +36,21 @@ import io
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .crops import CropSpec, crop_image, crop_spec, paste_back, points_to_crop
+from .crops import CropSpec, box_to_crop, crop_image, crop_spec, paste_back, points_to_crop
 
 __all__ = ["CustomConfig", "Stage1Net", "Stage2Net", "CustomModel", "build_custom_model",
            "prepare_inputs", "CheckpointError", "save_checkpoint", "read_checkpoint", "load_custom",
-           "CustomSegmenter", "stage_stats", "resolve_device", "CHECKPOINT_FORMAT", "INITS"]
+           "CustomSegmenter", "stage_stats", "resolve_device", "torch_settings", "CHECKPOINT_FORMAT", "INITS"]
 
 CHECKPOINT_FORMAT = "samstudy-custom/1"
 INITS = ("scratch", "litemedsam_stem")
@@ -134,6 +135,21 @@ class CustomConfig:
                 "affinity_sigma", "widths1", "widths2", "init")
         d = self.to_dict()
         return {k: d[k] for k in keys}
+
+
+@contextmanager
+def torch_settings(num_threads: int, deterministic: bool = False) -> Iterator[None]:
+    """Run a block with ``num_threads`` CPU threads (and deterministic algorithms if asked);
+    the previous global torch settings are restored afterwards."""
+    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(max(1, int(num_threads)))
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -424,8 +440,16 @@ def colour_affinity(rgb: torch.Tensor, points: torch.Tensor, sigma: float) -> to
     ix = points[..., 0].round().long().clamp(0, w - 1)
     iy = points[..., 1].round().long().clamp(0, h - 1)
     colours = rgb[torch.arange(b, device=rgb.device)[:, None], :, iy, ix]  # (B, K, 3)
-    d2 = ((rgb[:, None] - colours[:, :, :, None, None]) ** 2).sum(dim=2)  # (B, K, h, w)
-    return torch.exp(-d2.amin(dim=1, keepdim=True) / (2 * sigma ** 2))
+    return torch.exp(-_min_sq_distance(rgb, colours) / (2 * sigma ** 2))
+
+
+def _min_sq_distance(rgb: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, h, w)`` min over ``colours (B, K, 3)`` of the squared RGB distance to each pixel,
+    as ``|x|^2 + |c|^2 - 2 x.c`` with one batched matrix product (the fast path on CPU)."""
+    b, _, h, w = rgb.shape
+    x = rgb.reshape(b, 3, h * w)
+    d2 = (x * x).sum(1, keepdim=True) + (colours * colours).sum(2)[:, :, None] - 2 * torch.bmm(colours, x)
+    return d2.amin(dim=1).clamp_(min=0).reshape(b, 1, h, w)
 
 
 def border_affinity(rgb: torch.Tensor, sigma: float, n_samples: int = 32) -> torch.Tensor:
@@ -443,8 +467,7 @@ def border_affinity(rgb: torch.Tensor, sigma: float, n_samples: int = 32) -> tor
     ys = torch.where(side == 0, torch.zeros_like(f), torch.where(side == 1, f * (h - 1),
                      torch.where(side == 2, torch.full_like(f, h - 1), (1 - f) * (h - 1)))).round().long()
     colours = rgb[:, :, ys, xs].permute(0, 2, 1)  # (B, n, 3)
-    d2 = ((rgb[:, None] - colours[:, :, :, None, None]) ** 2).sum(dim=2)
-    return torch.exp(-d2.amin(dim=1, keepdim=True) / (2 * sigma ** 2))
+    return torch.exp(-_min_sq_distance(rgb, colours) / (2 * sigma ** 2))
 
 
 def quad_mask(points: torch.Tensor, size: int) -> torch.Tensor:
@@ -481,11 +504,12 @@ def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tenso
     points1 = (points2 + 0.5) / 2 - 0.5
     heat1 = _gaussian_heatmap(points1, s, config.heatmap_sigma)
     heat2 = _gaussian_heatmap(points2, 2 * s, 2 * config.heatmap_sigma)
-    aff2 = torch.cat([colour_affinity(rgb2, points2, config.affinity_sigma),
-                      border_affinity(rgb2, config.affinity_sigma)], dim=1)
+    fg2 = colour_affinity(rgb2, points2, config.affinity_sigma)
+    bg1 = border_affinity(rgb1, config.affinity_sigma, 24)  # at S: a smooth map, 4x cheaper
+    bg2 = F.interpolate(bg1, scale_factor=2, mode="bilinear", align_corners=False)
     x1 = torch.cat([(rgb1 - mean) / std, heat1, _box_mask(pbox2 / 2, s), quad_mask(points1, s),
-                    F.avg_pool2d(aff2, 2)], dim=1)
-    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, 2 * s), aff2], dim=1)
+                    F.avg_pool2d(fg2, 2), bg1], dim=1)
+    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, 2 * s), fg2, bg2], dim=1)
     out = {"x1": x1, "x2": x2}
     if config.init == "litemedsam_stem":
         out["rgb01_half"] = F.avg_pool2d(rgb1, 2)
@@ -620,7 +644,7 @@ class CustomSegmenter:
         specs = [self.crop_spec(image.shape[:2], p) for p in points_list]
         crops = np.stack([crop_image(image, sp, s2) for sp in specs])
         pts = np.stack([points_to_crop(p, sp, s2) for p, sp in zip(points_list, specs)])
-        pbox = np.stack([_edges_to_crop(sp.points_box, sp, s2) for sp in specs])
+        pbox = np.stack([box_to_crop(sp.points_box, sp, s2) for sp in specs])
         rgb2 = torch.from_numpy(crops).to(self._device).permute(0, 3, 1, 2).float().div_(255.0)
         inputs = prepare_inputs(rgb2, torch.from_numpy(pts).float().to(self._device),
                                 torch.from_numpy(pbox).float().to(self._device), self.config)
@@ -664,10 +688,3 @@ class CustomSegmenter:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
         return self.predict_many(image, [np.asarray(extreme_points, dtype=np.float64).reshape(4, 2)])[0]
-
-
-def _edges_to_crop(box: np.ndarray, spec: CropSpec, size: int) -> np.ndarray:
-    """Box ``(4,)`` xyxy image edge coordinates -> crop edge coordinates ``float64 (4,)``."""
-    x0, y0, x1, y1 = spec.box
-    s = np.array([(x1 - x0) / size, (y1 - y0) / size] * 2)
-    return (np.asarray(box, dtype=np.float64) - np.array([x0, y0, x0, y0])) / s

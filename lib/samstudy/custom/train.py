@@ -44,10 +44,9 @@ import json
 import math
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -56,10 +55,10 @@ import torch.nn.functional as F
 from ..data import Dataset, Instance, read_image
 from ..masks import decode_rle
 from ..prompts import extreme_points
-from .crops import crop_image, crop_mask, crop_spec, points_to_crop
+from .crops import box_to_crop, crop_image, crop_mask, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
                     prepare_inputs, read_state_file, resolve_device, save_checkpoint, stage_stats,
-                    _edges_to_crop)
+                    torch_settings)
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
            "train_custom", "main"]
@@ -169,7 +168,7 @@ def make_sample(obj: TrainObject, image: np.ndarray, config: CustomConfig,
     rgb = crop_image(image, spec, s2)
     mask = crop_mask(obj.window, spec, s2, obj.offset)
     points = points_to_crop(pts, spec, s2)
-    pbox = _edges_to_crop(spec.points_box, spec, s2)
+    pbox = box_to_crop(spec.points_box, spec, s2)
     if rng is not None and rng.random() < 0.5:  # horizontal flip
         rgb, mask = rgb[:, ::-1], mask[:, ::-1]
         points = points.copy()
@@ -243,19 +242,6 @@ def stage_losses(logits1: torch.Tensor, logits2: torch.Tensor, target2: torch.Te
 
 
 # ----------------------------------------------------------------------------- helpers
-@contextmanager
-def _torch_settings(num_threads: int) -> Iterator[None]:
-    """Thread count and deterministic algorithms for the run; previous values restored after."""
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, int(num_threads)))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-
-
 def _lr_at(progress: float, peak: float) -> float:
     """One-cycle: linear warm-up over the first 5%, cosine decay to 1% of ``peak``."""
     if progress < 0.05:
@@ -335,7 +321,7 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
     device = resolve_device(config.device)
-    with _torch_settings(config.num_threads):
+    with torch_settings(config.num_threads, deterministic=True):
         state = None
         if last_path.exists():
             state = read_state_file(last_path, "training checkpoint")

@@ -1,0 +1,250 @@
+"""Tests of the custom extreme-point model: crop geometry, input encodings, degenerate-input rules,
+training (loss goes down, resume is bit-identical), checkpoint errors, size limits, result rows.
+
+Everything runs on tiny models and tiny synthetic images made here (seconds on a 2-core CPU).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from samstudy.custom.crops import CropSpec, crop_image, crop_mask, crop_spec, paste_back, points_to_crop
+from samstudy.custom.model import (MAX_STAGE_BYTES, MAX_STAGE_PARAMS, CheckpointError, CustomConfig, CustomModel,
+                                   CustomSegmenter, build_custom_model, load_custom, prepare_inputs, quad_mask,
+                                   stage_stats)
+from samstudy.custom.train import train_custom
+from samstudy.custom.evaluate import STAGE_MODELS, evaluate_custom
+from samstudy.data import Dataset, ImageRecord, Instance
+from samstudy.engine import ROW_COLUMNS
+from samstudy.masks import encode_rle, mask_box_xyxy
+from samstudy.prompts import extreme_points
+
+TINY = dict(crop_size=32, widths1=(8, 8, 16, 16), widths2=(4, 4, 8, 8), batch_size=8, stage2_patch=32,
+            lr=5e-3, num_threads=1)
+
+
+def _disc(h: int, w: int, cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+
+# ----------------------------------------------------------------------------- geometry
+def test_crop_paste_round_trip_is_exact_at_scale_one():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 50), bool)
+    mask[10:30, 12:35] = rng.random((20, 23)) > 0.4
+    spec = CropSpec(box=np.array([6.0, 5.0, 38.0, 37.0]), points_box=np.array([12.0, 10.0, 35.0, 30.0]),
+                    image_hw=(40, 50), rule="margin")
+    crop = crop_mask(mask, spec, 32)
+    assert np.array_equal(crop > 0.5, mask[5:37, 6:38])
+    assert np.array_equal(paste_back(np.where(crop > 0.5, 1.0, -1.0).astype(np.float32), spec), mask)
+    # crop pixel (j, i) is image pixel (j + x0, i + y0)
+    assert np.allclose(points_to_crop(np.array([[12.0, 10.0]]), spec, 32), [[6.0, 5.0]])
+
+
+def test_crop_paste_round_trip_up_to_resize_error():
+    mask = _disc(120, 160, 80.3, 60.7, 33.0)
+    pts = extreme_points(mask)
+    spec = crop_spec(pts, mask.shape, margin=0.15)
+    for size in (32, 64, 256):  # down- and upsampling
+        crop = crop_mask(mask, spec, size)
+        back = paste_back((crop - 0.5).astype(np.float32), spec)
+        iou = (back & mask).sum() / (back | mask).sum()
+        assert iou > (0.95 if size == 32 else 0.98), (size, iou)
+
+
+def test_window_crop_equals_full_mask_crop():
+    mask = _disc(60, 70, 30, 25, 12)
+    box = mask_box_xyxy(mask).astype(int)
+    window = mask[box[1]:box[3], box[0]:box[2]]
+    spec = crop_spec(extreme_points(mask), mask.shape)
+    np.testing.assert_allclose(crop_mask(window, spec, 48, (box[0], box[1])), crop_mask(mask, spec, 48), atol=1e-4)
+
+
+def test_heatmap_peaks_at_the_extreme_points():
+    cfg = CustomConfig(**TINY)
+    s2 = 2 * cfg.crop_size
+    points2 = torch.tensor([[[10.0, 30.0], [50.0, 31.0], [29.0, 8.0], [33.0, 55.0]]])
+    pbox = torch.tensor([[10.0, 8.0, 51.0, 56.0]])
+    inputs = prepare_inputs(torch.rand(1, 3, s2, s2), points2, pbox, cfg)
+    heat2 = inputs["x2"][0, 3]  # channels: RGB, heatmap, quad, affinities
+    for x, y in points2[0].long().tolist():
+        assert heat2[y, x] == pytest.approx(1.0, abs=1e-6)
+        assert heat2[y, x] >= heat2[max(0, y - 2):y + 3, max(0, x - 2):x + 3].max()
+    heat1 = inputs["x1"][0, 3]
+    for x, y in ((points2[0] + 0.5) / 2 - 0.5).round().long().tolist():
+        assert heat1[y, x] > 0.85  # the S-grid point falls between pixels: near 1
+    assert heat2[0, s2 - 1] < 1e-3
+
+
+def test_quad_prior_contains_the_points_and_centre():
+    pts = torch.tensor([[[2.0, 10.0], [28.0, 12.0], [14.0, 1.0], [16.0, 30.0]]])
+    q = quad_mask(pts, 32)[0, 0]
+    for x, y in pts[0].long().tolist():
+        assert q[y, x] == 1
+    assert q[15, 15] == 1 and q[0, 0] == 0 and q[31, 31] == 0
+
+
+# ----------------------------------------------------------------------------- degenerate input
+def test_collapsed_points_give_a_min_side_square():
+    spec = crop_spec(np.full((4, 2), [20.0, 30.0]), (100, 100), min_side=16)
+    assert spec.rule == "collapsed_points"
+    x0, y0, x1, y1 = spec.box
+    assert x1 - x0 == pytest.approx(16) and y1 - y0 == pytest.approx(16)
+    assert (x0 + x1) / 2 == pytest.approx(20.5) and (y0 + y1) / 2 == pytest.approx(30.5)  # pixel centre
+
+
+def test_tiny_object_gets_the_min_side_and_aspect_rules():
+    pts = np.array([[10.0, 12.0], [12.0, 12.0], [11.0, 12.0], [11.0, 12.0]])  # 3 x 1 px object
+    spec = crop_spec(pts, (50, 50), min_side=16)
+    assert spec.rule == "min_side"
+    assert spec.box[2] - spec.box[0] >= 16 and spec.box[3] - spec.box[1] >= 16
+    thin = crop_spec(np.array([[0.0, 20.0], [99.0, 21.0], [50.0, 19.0], [50.0, 22.0]]), (60, 100), max_aspect=2.0)
+    w, h = thin.box[2] - thin.box[0], thin.box[3] - thin.box[1]
+    assert w / h <= 2.0 + 1e-9
+    assert thin.rule == "margin+padded"
+
+
+def test_image_smaller_than_crop_is_zero_padded():
+    image = np.full((6, 5, 3), 200, np.uint8)
+    spec = crop_spec(np.array([[1.0, 3.0], [3.0, 3.0], [2.0, 1.0], [2.0, 4.0]]), (6, 5), min_side=16)
+    assert spec.padded and spec.rule.startswith("min_side")
+    crop = crop_image(image, spec, 32)
+    assert crop.shape == (32, 32, 3) and crop[0, 0].sum() == 0 and crop[16, 16].min() == 200
+
+
+def test_segmenter_handles_degenerate_inputs_without_crashing():
+    seg = CustomSegmenter(build_custom_model(CustomConfig(**TINY)))
+    cases = [(np.zeros((40, 40, 3), np.uint8), np.full((4, 2), 7.0)),            # collapsed points
+             (np.zeros((5, 7, 3), np.uint8), np.array([[0, 2], [6, 2], [3, 0], [3, 4]], float)),  # tiny image
+             (np.zeros((30, 30, 3), np.uint8), np.array([[0, 0], [1, 0], [0, 0], [0, 1]], float))]  # corner
+    for image, pts in cases:
+        out = seg.predict(image, pts)
+        assert out["stage1"].shape == image.shape[:2] and out["stage1"].dtype == bool
+        assert out["stage2"].shape == image.shape[:2] and out["stage2"].dtype == bool
+        assert out["crop_rule"] in {"collapsed_points+padded", "min_side+padded", "margin+padded",
+                                    "collapsed_points", "min_side", "margin"}
+
+
+# ----------------------------------------------------------------------------- data for training
+def _disc_dataset(tmp: Path, n_images: int = 8, seed: int = 0) -> Dataset:
+    """Bright discs on a dark noisy background: trivially learnable."""
+    rng = np.random.default_rng(seed)
+    images, instances = {}, []
+    ann = 1
+    for i in range(1, n_images + 1):
+        h, w = 48, 64
+        img = rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+        for _ in range(2):
+            m = _disc(h, w, rng.uniform(14, w - 14), rng.uniform(14, h - 14), rng.uniform(5, 11))
+            img[m] = rng.integers(180, 256, 3)
+            rle = encode_rle(m)
+            instances.append(Instance(image_id=i, ann_id=ann, category_id=1, category="disc", rle=rle,
+                                      area=int(m.sum()), box_xyxy=tuple(mask_box_xyxy(m)), tags=("disc",)))
+            ann += 1
+        path = tmp / f"{i:03d}.png"
+        cv2.imwrite(str(path), img[:, :, ::-1])
+        images[i] = ImageRecord(image_id=i, file_name=path.name, path=path, height=h, width=w)
+    # later discs may cover earlier ones: recompute visible masks (one owner per pixel)
+    owner = {}
+    for inst in instances:
+        owner.setdefault(inst.image_id, []).append(inst)
+    fixed = []
+    for image_id, insts in owner.items():
+        cover = np.zeros((48, 64), bool)
+        for inst in reversed(insts):
+            m = inst.mask() & ~cover
+            cover |= inst.mask()
+            if m.any():
+                fixed.append(inst.with_(rle=encode_rle(m), area=int(m.sum()), box_xyxy=tuple(mask_box_xyxy(m))))
+    return Dataset(name="discs", images=images, categories={1: "disc"}, instances=sorted(fixed, key=lambda t: t.ann_id))
+
+
+@pytest.fixture(scope="module")
+def discs(tmp_path_factory) -> Dataset:
+    return _disc_dataset(tmp_path_factory.mktemp("discs"))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {f"{s}.{k}": v for s in ("stage1", "stage2") for k, v in state[s].items()}
+
+
+# ----------------------------------------------------------------------------- training
+def test_training_reduces_loss_and_resume_is_identical(discs, tmp_path):
+    cfg = CustomConfig(**TINY, epochs=6, seed=3)
+    full = tmp_path / "full"
+    best = train_custom(discs, cfg, full, val_fraction=0.25, progress=False)
+    curve = pd.read_csv(full / "curve.csv")
+    assert list(curve.epoch) == [1, 2, 3, 4, 5, 6]
+    assert curve.train_loss.iloc[-1] < 0.8 * curve.train_loss.iloc[0]
+    assert best == full / "best.pt" and best.exists()
+
+    killed = tmp_path / "killed"
+    train_custom(discs, cfg, killed, val_fraction=0.25, progress=False, stop_after_epochs=2)  # "killed"
+    assert len(pd.read_csv(killed / "curve.csv")) == 2
+    train_custom(discs, cfg, killed, val_fraction=0.25, progress=False)  # resumes at epoch 3
+    a, b = _weights(full / "last.pt"), _weights(killed / "last.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = pd.read_csv(killed / "curve.csv")
+    pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), curve.drop(columns="seconds"))
+
+
+def test_resume_with_another_config_names_the_file(discs, tmp_path):
+    train_custom(discs, CustomConfig(**TINY, epochs=1), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="last.pt.*margin"):
+        train_custom(discs, CustomConfig(**{**TINY, "margin": 0.3}, epochs=1), tmp_path, progress=False)
+
+
+def test_evaluation_rows_join_the_engine_schema(discs, tmp_path):
+    best = train_custom(discs, CustomConfig(**TINY, epochs=1), tmp_path / "t", progress=False)
+    seg = load_custom(best)
+    df = evaluate_custom(discs, seg, tmp_path / "e", split="test", policy="raw", progress=False)
+    assert tuple(df.columns) == ROW_COLUMNS
+    assert set(df.model) == {m for m, _ in STAGE_MODELS.values()}
+    assert set(df.prompt_mode) == {"extreme_points"}
+    assert len(df) == 2 * len(discs.instances)
+    ok = df[df.status == "ok"]
+    assert ok.iou.between(0, 1).all() and ok.checkpoint_sha256.eq(seg.checkpoint_sha256).all()
+    assert pd.read_parquet(tmp_path / "e" / "predictions.parquet").shape[0] == len(ok)
+
+
+# ----------------------------------------------------------------------------- checkpoints and size
+def test_corrupt_or_mismatched_checkpoint_errors_name_the_file(discs, tmp_path):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt.pt"):
+        load_custom(bad)
+    with pytest.raises(CheckpointError, match="missing.pt"):
+        load_custom(tmp_path / "missing.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"model": {}}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt.*not a custom-model checkpoint"):
+        load_custom(foreign)
+    best = train_custom(discs, CustomConfig(**TINY, epochs=1), tmp_path / "t", progress=False)
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    state["config"]["widths1"] = [8, 16, 16, 32]  # weights no longer fit the architecture
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(state, mismatched)
+    with pytest.raises(CheckpointError, match="mismatched.pt.*stage1"):
+        load_custom(mismatched)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(best.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated.pt"):
+        load_custom(truncated)
+
+
+@pytest.mark.parametrize("init", ["scratch", "litemedsam_stem"])
+def test_default_stages_fit_the_size_limits(init):
+    with torch.random.fork_rng(devices=[]):
+        model = CustomModel(CustomConfig(init=init))  # no pretrained file needed to count
+    stats = stage_stats(model)
+    for stage in ("stage1", "stage2"):
+        assert stats[stage]["params"] <= MAX_STAGE_PARAMS
+        assert stats[stage]["bytes"] <= MAX_STAGE_BYTES
