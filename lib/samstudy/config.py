@@ -95,20 +95,19 @@ class FoundationConfig:
     """The SAM-family experiment (``engine.run_foundation_experiment``).
 
     modes: prompt mode specs as accepted by ``prompts.parse_modes`` (key strings or dicts).
+    multimask: one-shot multimask policies of the engine: ``single`` (SAM's single output) and/or
+        ``best_of_3`` (highest predicted IoU of 3 masks); the headline uses ``compare.multimask``.
     gt_variants: score against the policy ground truth, the raw one, or both.
     cache_dir: embedding cache shared across runs.
-    limit_objects: score at most N objects (tiny runs); None = all.
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec("litemedsam"),)
     modes: tuple[Any, ...] = ("tight_box", "loose_box[b=0.2]")
     buffer_sweep: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
-    max_clicks: int = 20
-    multimask: bool = False
-    gt_variants: tuple[str, ...] = ("policy",)
+    multimask: tuple[str, ...] = ("single",)
+    gt_variants: tuple[str, ...] = ("policy",)  # the policy GT is always scored; add "raw" to also score raw GT
     cache_dir: str = ".cache/embeddings"
     device: str = "cpu"
-    limit_objects: int | None = None
 
 
 @dataclass(frozen=True)
@@ -125,8 +124,9 @@ class CompareConfig:
     """Comparison notebook: bootstrap size, which arms make the headline, published reference."""
 
     n_boot: int = 2000
-    tight_mode: str = "tight_box"
-    loose_mode: str = "loose_box[b=0.2]"
+    tight_mode: str | None = "tight_box"   # null: no box arms (e.g. the click-only isegm run)
+    loose_mode: str | None = "loose_box[b=0.2]"
+    multimask: str = "single"
     reference: str = "coco"
 
 
@@ -223,16 +223,27 @@ def _build(cls: type, d: Mapping[str, Any], where: str, file: Path) -> Any:
     return cls(**kw)
 
 
-def _check_passthrough(d: Mapping[str, Any], module: str, cls_name: str, where: str, file: Path) -> None:
-    """Check a section's keys against a library dataclass, when that module can be imported."""
+def _check_passthrough(d: Mapping[str, Any], module: str, builder: str, where: str, file: Path) -> None:
+    """Validate a section with the library's own constructor (``module.builder``) when it is importable.
+
+    ``builder`` is ``"Class"`` (called with ``**d``) or ``"Class.method"`` (called with ``d``).
+    Unknown keys and bad values then fail here, at load time, naming the section and the file.
+    """
     if not d:
         return
+    cls_name, _, method = builder.partition(".")
     try:
         cls = getattr(importlib.import_module(module), cls_name)
     except (ImportError, AttributeError):  # the library piece is not there: checked at run time
         return
-    if dataclasses.is_dataclass(cls):
-        _check_keys(d, _fields(cls), where, file)
+    try:
+        getattr(cls, method)(dict(d)) if method else cls(**dict(d))
+    except TypeError as e:  # dataclass(**d) with an unknown keyword
+        unknown = sorted(set(d) - _fields(cls)) if dataclasses.is_dataclass(cls) else []
+        key = f" {unknown[0]!r}" if unknown else ""
+        raise ConfigError(f"{file}: unknown key{key} in {where} ({e})") from None
+    except ValueError as e:
+        raise ConfigError(f"{file}: {where}: {e}") from None
 
 
 def _require(cond: bool, file: Path, msg: str) -> None:
@@ -260,7 +271,7 @@ def _parse_data(d: dict[str, Any], file: Path) -> DataConfig:
             raise ConfigError(f"{file}: data.{k} must be a mapping")
         d[k] = dict(d.get(k) or {})
     _check_passthrough(d["synthetic"], "samstudy.synthetic", "SyntheticConfig", "data.synthetic", file)
-    _check_passthrough(d["policy"], "samstudy.policies", "PolicyConfig", "data.policy", file)
+    _check_passthrough(d["policy"], "samstudy.policies", "PolicyConfig.from_dict", "data.policy", file)
     data = _build(DataConfig, d, "data", file)
     _require(data.source in SOURCES, file, f"data.source must be one of {SOURCES}, got {data.source!r}")
     if data.source == "coco":
@@ -284,10 +295,11 @@ def _parse_foundation(d: dict[str, Any], file: Path) -> FoundationConfig:
     fc = _build(FoundationConfig, d, "foundation", file)
     _require(len(fc.modes) > 0, file, "foundation.modes must list at least one prompt mode")
     bad = [v for v in fc.gt_variants if v not in GT_VARIANTS]
-    _require(not bad and len(fc.gt_variants) > 0, file,
-             f"foundation.gt_variants must be a non-empty subset of {GT_VARIANTS}, got {list(fc.gt_variants)}")
+    _require(not bad and "policy" in fc.gt_variants, file,
+             f"foundation.gt_variants must contain 'policy' (and may add 'raw'), got {list(fc.gt_variants)}")
     _require(all(0.0 <= float(b) <= 2.0 for b in fc.buffer_sweep), file, "foundation.buffer_sweep values must be in [0, 2]")
-    _require(1 <= fc.max_clicks <= 100, file, "foundation.max_clicks must be in [1, 100]")
+    _require(bool(fc.multimask) and all(m in ("single", "best_of_3") for m in fc.multimask), file,
+             f"foundation.multimask must list 'single' and/or 'best_of_3', got {list(fc.multimask)}")
     try:  # validate modes with the library's own parser when it is there
         from .prompts import parse_modes
         parse_modes(_plain(list(fc.modes)))
@@ -307,6 +319,32 @@ def _parse_stage_params(d: Mapping[str, Any], file: Path, stage_names: tuple[str
     return out
 
 
+def _check_arms(compare: CompareConfig, fc: FoundationConfig, file: Path) -> CompareConfig:
+    """The headline's tight and loose arms must be among the foundation modes; returns their canonical keys."""
+    _require(compare.multimask in fc.multimask, file,
+             f"compare.multimask {compare.multimask!r} is not in foundation.multimask {list(fc.multimask)}")
+    try:
+        from .prompts import parse_modes
+    except ImportError:
+        return compare
+    keys = {m.key for m in parse_modes(_plain(list(fc.modes)))}
+    if fc.buffer_sweep:
+        keys |= {m.key for m in parse_modes([{"name": "loose_box", "buffer": list(fc.buffer_sweep)}])}
+    canon: dict[str, str | None] = {}
+    for what in ("tight_mode", "loose_mode"):
+        spec = getattr(compare, what)
+        if spec is None:
+            canon[what] = None
+            continue
+        try:
+            key = parse_modes([spec])[0].key
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{file}: compare.{what}: {e}") from None
+        _require(key in keys, file, f"compare.{what} {key!r} is not among the foundation modes {sorted(keys)}")
+        canon[what] = key
+    return dataclasses.replace(compare, **canon)
+
+
 TOP_KEYS = {"name", "description", "seed", "data", "foundation", "custom", "compare", "gallery",
             "notebook_params"}
 
@@ -322,7 +360,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     custom = _section(raw, "custom", file)
     _check_keys(custom, _fields(CustomSection), "custom", file)
     custom_cfg = CustomSection(**custom)
-    _check_passthrough(custom_cfg.options, "samstudy.custom", "CustomConfig", "custom.options", file)
+    _check_passthrough(custom_cfg.options, "samstudy.custom.model", "CustomConfig.from_dict", "custom.options", file)
     _require(custom_cfg.minutes > 0, file, "custom.minutes must be > 0")
     gallery = _build(GalleryConfig, _section(raw, "gallery", file), "gallery", file)
     bad = [m for m in gallery.failure_modes if m not in FAILURE_MODES]
@@ -330,13 +368,15 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     compare = _build(CompareConfig, _section(raw, "compare", file), "compare", file)
     _require(compare.reference in REFERENCES, file, f"compare.reference must be one of {REFERENCES}")
     _require(compare.n_boot >= 100, file, "compare.n_boot must be >= 100")
+    foundation = _parse_foundation(_section(raw, "foundation", file), file)
+    compare = _check_arms(compare, foundation, file)
     name = str(raw.get("name") or file.stem)
     return StudyConfig(
         name=name,
         description=str(raw.get("description") or ""),
         seed=int(raw.get("seed", 0)),
         data=_parse_data(_section(raw, "data", file), file),
-        foundation=_parse_foundation(_section(raw, "foundation", file), file),
+        foundation=foundation,
         custom=custom_cfg,
         compare=compare,
         gallery=gallery,

@@ -1,0 +1,194 @@
+"""The exported report opened in a real headless browser (Debian's ``chromium``).
+
+Chromium is driven over the DevTools protocol (``websocket-client``, a Jupyter dependency): every
+page of a report is loaded from disk, JavaScript exceptions and console errors are collected, the
+headline table's on-screen box is measured and a screenshot is written next to the report.
+
+Set-up: when ``chromium`` is missing and the tests run as root (CI), it is installed with
+``apt-get install -y chromium``; otherwise the tests skip with the reason. The report comes from a
+run of stand-in notebooks (``test_pipeline._dummy_notebooks``) through the real export path; when
+``SAMSTUDY_REPORT`` names an ``index.html`` (e.g. of ``make study``), that report is checked too.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test_pipeline import _dummy_notebooks, _run, _write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _find_chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Path of the chromium binary, installed with apt when missing and running as root."""
+    exe = _find_chromium()
+    if exe is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if r.returncode != 0:
+                pytest.skip(f"could not install chromium ({' '.join(cmd)}): {r.stderr[-500:]}")
+        exe = _find_chromium()
+    if exe is None:
+        pytest.skip("chromium not installed (install Debian's 'chromium' package, as root: apt-get install -y chromium)")
+    return exe
+
+
+class Browser:
+    """A headless chromium process and one DevTools websocket to its first page."""
+
+    def __init__(self, exe: str, profile: Path):
+        import urllib.request
+
+        import websocket  # websocket-client
+
+        self.proc = subprocess.Popen(
+            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--no-first-run", "--no-default-browser-check", "--remote-debugging-port=0",
+             f"--user-data-dir={profile}", "--window-size=1280,1600", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.is_file() or not port_file.read_text().strip():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("chromium did not start its DevTools endpoint")
+            time.sleep(0.2)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as r:
+            page = next(t for t in json.load(r) if t["type"] == "page")
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=60, suppress_origin=True)
+        self.next_id = 0
+        self.events: list[dict[str, Any]] = []
+        for domain in ("Page", "Runtime", "Log"):
+            self.call(f"{domain}.enable")
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        """Send one command and return its result; events that arrive meanwhile are kept."""
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    def load(self, url: str, timeout: float = 60) -> None:
+        """Navigate and wait for the load event."""
+        self.events.clear()
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not finish loading")
+            self.events.append(json.loads(self.ws.recv()))
+
+    def errors(self) -> list[str]:
+        """JavaScript exceptions, console errors and browser log errors seen since the last load."""
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                out.append(p["exceptionDetails"].get("exception", {}).get("description")
+                           or p["exceptionDetails"].get("text", "exception"))
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
+            elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
+                out.append(f"log ({p['entry'].get('source')}): {p['entry'].get('text')} {p['entry'].get('url', '')}")
+        return out
+
+    def evaluate(self, expression: str) -> Any:
+        r = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in r:
+            raise RuntimeError(f"evaluation failed: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "ws", None) is not None:
+                self.ws.close()
+        finally:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture()
+def browser(chromium, tmp_path):
+    profile = Path(tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path))
+    b = Browser(chromium, profile)
+    yield b
+    b.close()
+
+
+_HEADLINE_BOX = """(() => {
+  const t = document.querySelector('#headline table');
+  if (!t) return null;
+  const r = t.getBoundingClientRect(), s = getComputedStyle(t);
+  return {width: r.width, height: r.height, top: r.top, display: s.display, visibility: s.visibility,
+          rows: t.querySelectorAll('tbody tr').length, text: t.innerText};
+})()"""
+
+
+def check_report(browser: Browser, index: Path, shots: Path) -> dict[str, Any]:
+    """Load the index and every page it links: no JS error anywhere, the headline table on screen."""
+    browser.load(index.resolve().as_uri())
+    assert browser.errors() == [], f"{index}: {browser.errors()}"
+    box = browser.evaluate(_HEADLINE_BOX)
+    assert box is not None, "no headline table in index.html"
+    assert box["display"] != "none" and box["visibility"] == "visible"
+    assert box["width"] > 100 and box["height"] > 20 and box["rows"] >= 1
+    assert 0 <= box["top"] < 1600, "headline table is not in the first screen"
+    browser.screenshot(shots / "index.png")
+    links = browser.evaluate("[...document.querySelectorAll('#pages a')].map(a => a.href)")
+    assert links, "index links no page"
+    for url in links:
+        browser.load(url)
+        assert browser.errors() == [], f"{url}: {browser.errors()}"
+        assert browser.evaluate("document.querySelectorAll('.jp-CodeCell .jp-InputArea, .jp-InputArea-editor').length") == 0, f"{url} shows code"
+        assert browser.evaluate("document.body.innerText.length") > 0
+    browser.load(links[-1])
+    browser.screenshot(shots / "last_page.png")
+    return box
+
+
+def test_report_in_headless_browser(browser, tmp_path):
+    nb_dir = _dummy_notebooks(tmp_path, _write_config(tmp_path))
+    result = _run(tmp_path, _write_config(tmp_path, {"custom": {"enabled": False}}), nb_dir)
+    assert result.ok
+    index = result.layout.index
+    box = check_report(browser, index, index.parent)
+    assert "loose box" in box["text"]
+    png = index.parent / "index.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_given_report_in_headless_browser(browser):
+    given = os.environ.get("SAMSTUDY_REPORT")
+    if not given:
+        pytest.skip("set SAMSTUDY_REPORT=results/<run>/report/index.html to check a real report")
+    index = Path(given)
+    check_report(browser, index, index.parent)
