@@ -134,7 +134,7 @@ from .prompts import DEFAULT_MODES, Prompt, PromptMode, make_prompt, parse_modes
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ENGINE_VERSION", "ROW_COLUMNS", "PRED_COLUMNS", "ONE_SHOT_POLICIES", "CLICK_POLICIES",
+    "EmbeddingCache", "ENGINE_VERSION", "ROW_COLUMNS", "PRED_COLUMNS", "ONE_SHOT_POLICIES", "CLICK_POLICIES",
     "ManifestMismatch", "prompt_rng", "process_image", "run_foundation_experiment", "read_results",
     "prediction_mask",
 ]
@@ -609,6 +609,8 @@ def _prepare_out_dir(out_dir: Path, identity: dict[str, Any], force: bool) -> st
         for name in ("manifest.json", "results.parquet", "predictions.parquet"):
             (out_dir / name).unlink(missing_ok=True)
     parts.mkdir(parents=True, exist_ok=True)
+    for tmp in parts.glob(".tmp-*"):  # left by a killed run (one writer per out_dir)
+        tmp.unlink(missing_ok=True)
     provenance = {"versions": _versions(), "git_commit": _git_commit(),
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run_id = _run_id(identity)
