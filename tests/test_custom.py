@@ -248,3 +248,23 @@ def test_default_stages_fit_the_size_limits(init):
     for stage in ("stage1", "stage2"):
         assert stats[stage]["params"] <= MAX_STAGE_PARAMS
         assert stats[stage]["bytes"] <= MAX_STAGE_BYTES
+
+
+def test_quad_prior_is_orientation_free():
+    pts = torch.tensor([[[2.0, 10.0], [28.0, 12.0], [14.0, 1.0], [16.0, 30.0]]])
+    mirrored = pts[:, [1, 0, 2, 3]].clone()  # left/right swapped (as after a flip without reorder)
+    assert torch.equal(quad_mask(pts, 32), quad_mask(mirrored, 32))
+
+
+def test_flipped_training_sample_keeps_point_order(discs):
+    from samstudy.custom.train import collect_objects, make_sample
+
+    objs, images, _ = collect_objects(discs)
+    cfg = CustomConfig(**TINY)
+    for seed in range(6):  # some draws flip
+        s = make_sample(objs[0], images[objs[0].image_id], cfg, np.random.default_rng(seed))
+        left, right, top, bottom = s["points"]
+        assert left[0] <= right[0] and top[1] <= bottom[1]
+        ys, xs = np.nonzero(s["mask"] > 0.5)
+        tol = 0.25 * (xs.max() - xs.min())  # jitter moves points a few image px along the edge
+        assert abs(left[0] - xs.min()) <= tol and abs(right[0] - xs.max()) <= tol

@@ -42,7 +42,7 @@ import numpy as np
 from ..prompts import extreme_points_box
 
 __all__ = ["CropSpec", "crop_spec", "crop_matrix", "crop_image", "crop_mask", "points_to_crop",
-           "box_to_crop", "paste_back"]
+           "box_to_crop", "crop_scale", "paste_back"]
 
 
 @dataclass(frozen=True)
@@ -211,3 +211,9 @@ def box_to_crop(box: np.ndarray, spec: CropSpec, size: int) -> np.ndarray:
     x0, y0, x1, y1 = spec.box
     s = np.array([(x1 - x0) / size, (y1 - y0) / size] * 2)
     return (np.asarray(box, dtype=np.float64) - np.array([x0, y0, x0, y0])) / s
+
+
+def crop_scale(spec: CropSpec, size: int) -> np.ndarray:
+    """Crop pixels per image pixel, ``float64 (2,)`` in x, y, for a crop of ``size``."""
+    x0, y0, x1, y1 = spec.box
+    return np.array([size / (x1 - x0), size / (y1 - y0)])

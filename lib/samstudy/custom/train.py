@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from ..data import Dataset, Instance, read_image
 from ..masks import decode_rle
 from ..prompts import extreme_points
-from .crops import box_to_crop, crop_image, crop_mask, crop_spec, points_to_crop
+from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
                     prepare_inputs, read_state_file, resolve_device, save_checkpoint, stage_stats,
                     torch_settings)
@@ -152,7 +152,8 @@ def make_sample(obj: TrainObject, image: np.ndarray, config: CustomConfig,
     """One sample at ``2S``; ``rng=None`` gives the un-augmented evaluation sample.
 
     Returns ``rgb uint8 (2S, 2S, 3)``, ``mask float32 (2S, 2S)`` soft target, ``points float64
-    (4, 2)`` (``2S`` crop pixel-index xy), ``pbox float64 (4,)`` (points' box, ``2S`` crop edges).
+    (4, 2)`` (``2S`` crop pixel-index xy), ``pbox float64 (4,)`` (points' box, ``2S`` crop edges),
+    ``scale float64 (2,)`` (crop pixels per image pixel, x and y).
     """
     s2 = 2 * config.crop_size
     h, w = obj.window.shape
@@ -169,18 +170,20 @@ def make_sample(obj: TrainObject, image: np.ndarray, config: CustomConfig,
     mask = crop_mask(obj.window, spec, s2, obj.offset)
     points = points_to_crop(pts, spec, s2)
     pbox = box_to_crop(spec.points_box, spec, s2)
+    scale = crop_scale(spec, s2)
     if rng is not None and rng.random() < 0.5:  # horizontal flip
         rgb, mask = rgb[:, ::-1], mask[:, ::-1]
-        points = points.copy()
+        points = points[[1, 0, 2, 3]].copy()  # the old left point is now the right one
         points[:, 0] = s2 - 1 - points[:, 0]
         pbox = np.array([s2 - pbox[2], pbox[1], s2 - pbox[0], pbox[3]])
-    return {"rgb": np.ascontiguousarray(rgb), "mask": np.ascontiguousarray(mask), "points": points, "pbox": pbox}
+    return {"rgb": np.ascontiguousarray(rgb), "mask": np.ascontiguousarray(mask), "points": points, "pbox": pbox,
+            "scale": scale}
 
 
 def make_batch(samples: Sequence[dict[str, np.ndarray]], rng: np.random.Generator | None,
                device: torch.device) -> dict[str, torch.Tensor]:
     """Stack samples; colour-jitter RGB when ``rng`` is given. ``rgb2`` is ``float32 (B, 3, 2S, 2S)``
-    in ``[0, 1]``, ``mask2 (B, 1, 2S, 2S)``, ``points2 (B, 4, 2)``, ``pbox2 (B, 4)``."""
+    in ``[0, 1]``, ``mask2 (B, 1, 2S, 2S)``, ``points2 (B, 4, 2)``, ``pbox2 (B, 4)``, ``scale2 (B, 2)``."""
     rgb = torch.from_numpy(np.stack([s["rgb"] for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)
     if rng is not None:
         b = len(samples)
@@ -194,7 +197,8 @@ def make_batch(samples: Sequence[dict[str, np.ndarray]], rng: np.random.Generato
     return {"rgb2": rgb.to(device),
             "mask2": torch.from_numpy(np.stack([s["mask"] for s in samples]))[:, None].to(device),
             "points2": torch.from_numpy(np.stack([s["points"] for s in samples])).float().to(device),
-            "pbox2": torch.from_numpy(np.stack([s["pbox"] for s in samples])).float().to(device)}
+            "pbox2": torch.from_numpy(np.stack([s["pbox"] for s in samples])).float().to(device),
+            "scale2": torch.from_numpy(np.stack([s["scale"] for s in samples])).float().to(device)}
 
 
 def boundary_corners(mask2: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
@@ -282,7 +286,7 @@ def validate(model: CustomModel, val_batches: Sequence[dict[str, torch.Tensor]],
     model.eval()
     ious1, ious2 = [], []
     for b in val_batches:
-        inputs = prepare_inputs(b["rgb2"], b["points2"], b["pbox2"], config)
+        inputs = prepare_inputs(b["rgb2"], b["points2"], b["pbox2"], config, b["scale2"])
         logits1, logits2 = model(inputs)
         up1 = F.interpolate(logits1, size=logits2.shape[-2:], mode="bilinear", align_corners=False)
         gt = b["mask2"] > 0.5
@@ -438,7 +442,7 @@ def _count(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                 config: CustomConfig, rng: np.random.Generator) -> tuple[float, float, float]:
-    inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config)
+    inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
     s2 = 2 * config.crop_size
     target = batch["mask2"]
     if config.stage2_patch < s2:
