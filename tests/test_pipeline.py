@@ -250,3 +250,74 @@ def test_cli_exit_codes(tmp_path, capsys):
     bad = _write_config(tmp_path, {"typo": 1}, name="bad")
     assert cli.main(["run", "--config", str(bad), "--quiet"]) == 2
     assert "typo" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ the real notebooks, tiny
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The study's own notebooks on ``configs/tiny.yaml`` (shared by the browser test: a second call
+    finds every stage unchanged and skips it)."""
+    root = tmp_path_factory.getbasetemp() / "tiny-run"
+    result = run_study(load_config(REPO / "configs" / "tiny.yaml"), "tiny", results_root=root,
+                       progress=False, log=lambda m: None)
+    assert result.ok, str(result.failure)
+    return result
+
+
+@pytest.mark.slow
+def test_real_notebooks_tiny(tiny_run):
+    import pandas as pd
+
+    from samstudy.prompts import parse_modes
+
+    layout, cfg = tiny_run.layout, load_config(REPO / "configs" / "tiny.yaml")
+    stages = active_stages(cfg)
+    assert {o.stage: o.status for o in tiny_run.outcomes} == {s.name: "ran" for s in stages} or \
+        set(o.status for o in tiny_run.outcomes) == {"skipped"}
+    for s in stages:  # every notebook executed, every page exported
+        assert read_json(layout.stage_manifest(s.name))["status"] == "ok"
+        assert layout.notebook(s).is_file() and layout.html(s).stat().st_size > 10_000
+
+    # rows = objects x prompts x models (one-shot) and objects x clicks (click sequences)
+    test = json.loads((layout.stage_dir("data") / "records.json").read_text())["test_sets"]
+    n_obj = sum(v["objects"] for v in test.values())
+    assert n_obj > 0
+    rows = pd.read_parquet(layout.stage_dir("foundation") / "rows.parquet")
+    modes = parse_modes(list(cfg.foundation.modes) + [{"name": "loose_box", "buffer": [b for b in cfg.foundation.buffer_sweep if b > 0]}])
+    one_shot = [m for m in modes if not m.is_interactive]
+    n_models, n_mm = len(cfg.foundation.models), len(cfg.foundation.multimask)
+    assert len(rows[rows["click"] == 0]) == n_obj * len(one_shot) * n_mm * n_models
+    for m in (m for m in modes if m.is_interactive):
+        assert len(rows[rows["prompt_mode"] == m.key]) == n_obj * m.params["max_clicks"] * n_models
+    assert rows.drop_duplicates(["dataset", "ann_id"]).shape[0] == n_obj
+    assert (rows["model_label"].str.contains("not SAM")).all()  # LiteMedSAM is never called SAM
+    custom = pd.read_parquet(layout.stage_dir("evaluate_custom") / "rows.parquet")
+    assert len(custom) == n_obj * custom["model"].nunique() and custom["model"].nunique() == 2
+
+    # the headline: every arm, the 'all' row over every object, means recomputed from the rows
+    head = pd.read_csv(layout.stage_dir("compare") / "headline.csv")
+    assert head.iloc[0]["category"] == "all" and head.iloc[0]["n"] == n_obj
+    assert head.iloc[1:]["n"].sum() == n_obj
+    ok = rows[(rows["status"] == "ok") & (rows["multimask"] == "single") & (rows["gt_variant"] == "primary")]
+    tight = next(c for c in head.columns if c.endswith("tight box"))
+    assert head.iloc[0][tight] == pytest.approx(ok[ok["prompt_mode"] == "tight_box"]["iou"].mean())
+    refined = next(c for c in head.columns if "1+2" in c)
+    assert head.iloc[0][refined] == pytest.approx(custom[custom["model"] == "custom_stage2"]["iou"].mean())
+    ci = pd.read_csv(layout.stage_dir("compare") / "headline_ci.csv")
+    assert ((ci["lo"] <= ci["mean"]) & (ci["mean"] <= ci["hi"])).all()
+    diffs = pd.read_csv(layout.stage_dir("compare") / "paired_differences.csv")
+    assert len(diffs) and diffs["diff"].notna().all()
+
+    # figures present
+    figs = {p.stem for d in ("data", "train_custom", "compare", "gallery", "explore")
+            for p in (layout.stage_dir(d) / "figures").glob("*.png")}
+    assert {"objects_per_category", "training_curves", "miou_by_category", "miou_by_size", "buffer_sweep",
+            "boundary_iou", "click_curves", "paired_differences", "gallery_holes", "gallery_small",
+            "gallery_boundary", "largest_gaps"} <= figs
+    for s in ("compare", "gallery"):
+        assert layout.html(next(x for x in stages if x.name == s)).read_text().count("data:image/png;base64,") >= 3
+    index = layout.index.read_text()
+    assert "headline-table" in index and "published-table" in index and "Protocol:" in index
+    assert "checkpoint sha256" in index and "not SAM" in index
+    run_m = read_json(layout.manifest)
+    assert any(m.get("checkpoint_sha256") for m in run_m["models"])

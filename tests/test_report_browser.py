@@ -8,6 +8,8 @@ Set-up: when ``chromium`` is missing and the tests run as root (CI), it is insta
 ``apt-get install -y chromium``; otherwise the tests skip with the reason. The report comes from a
 run of stand-in notebooks (``test_pipeline._dummy_notebooks``) through the real export path; when
 ``SAMSTUDY_REPORT`` names an ``index.html`` (e.g. of ``make study``), that report is checked too.
+The study's own report (``configs/tiny.yaml``, fixture ``tiny_run`` of ``test_pipeline``) is checked
+as well; when both modules run, the second use finds every stage unchanged and skips it.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from test_pipeline import _dummy_notebooks, _run, _write_config
+from test_pipeline import _dummy_notebooks, _run, _write_config, tiny_run  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -184,6 +186,13 @@ def test_report_in_headless_browser(browser, tmp_path):
     assert "loose box" in box["text"]
     png = index.parent / "index.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_study_report_in_headless_browser(browser, tiny_run):
+    """The study's own report (tiny config): every page loads without a JavaScript error."""
+    index = tiny_run.layout.index
+    box = check_report(browser, index, index.parent)
+    assert "tight box" in box["text"] and "Custom" in box["text"]
 
 
 def test_given_report_in_headless_browser(browser):

@@ -3,7 +3,7 @@
     samstudy run --config configs/demo.yaml [--run NAME] [--only STAGE ...] [--force] [--dry-run]
     samstudy download coco --dest data/coco [--splits val2017 train2017]
     samstudy download sam --model vit_h --dest data/weights
-    samstudy synth --out DIR [--seed N]
+    samstudy synth --out DIR [--n-images N --seed S --width W --height H --force]
 
 ``run`` executes the study notebooks into ``results/<run>/`` and writes ``results/<run>/report/``;
 it exits 1 when a stage fails (naming the stage and the cell) and 2 on a bad config or selection.
@@ -24,7 +24,7 @@ def _repo_root() -> Path:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
-    from .pipeline import PipelineError, _skip_reason, run_study
+    from .pipeline import PipelineError, run_study
 
     try:
         cfg = load_config(args.config)
@@ -59,6 +59,7 @@ def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) 
     root = (Path(args.results) if args.results else cfg.repo_root / "results").resolve()
     layout = RunLayout(root / run_name)
     nb_dir = cfg.repo_root / "notebooks"
+    will_run: set[str] = set()
     for s in active_stages(cfg):
         params = stage_parameters(cfg, s, layout)
         try:
@@ -66,33 +67,42 @@ def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) 
             if only and s.name not in only:
                 print(f"  {s.name:16s} not selected")
                 continue
-            h = stage_input_hash(nb_dir / s.notebook, params, _upstream_hashes(layout, s))
-            reason = "forced" if args.force else _skip_reason(layout, s, h)
+            upstream = [d for d in s.deps if d in will_run]
+            if upstream:
+                reason: str | None = f"upstream {', '.join(upstream)} runs"
+            else:
+                h = stage_input_hash(nb_dir / s.notebook, params, _upstream_hashes(layout, s))
+                reason = "forced" if args.force else _skip_reason(layout, s, h)
         except PipelineError as e:
             reason = str(e)
+        if reason is not None:
+            will_run.add(s.name)
         print(f"  {s.name:16s} {'skip (unchanged)' if reason is None else 'run: ' + reason}")
     return 0
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
+    """Delegate to :mod:`samstudy.models.download` (verified, resumable, atomic)."""
     from .models import download
 
-    dest = Path(args.dest)
-    if args.what == "coco":
-        paths = download.download_coco(dest, splits=tuple(args.splits))
-    else:
-        paths = download.download_sam_checkpoint(args.model, dest)
-    print(paths)
+    try:
+        if args.what == "coco":
+            paths = download.download_coco(Path(args.dest), splits=tuple(args.splits))
+            for part, folder in paths.items():
+                print(f"{part}: {folder}")
+        else:
+            print(download.download_sam_checkpoint(args.model, Path(args.dest)))
+    except (download.DownloadError, download.ChecksumError, ValueError) as e:
+        print(f"samstudy download: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
+    """``samstudy synth ...`` is ``python -m samstudy.synthetic ...`` (same options)."""
     from . import synthetic
 
-    cfg = synthetic.SyntheticConfig(seed=args.seed) if args.seed is not None else synthetic.SyntheticConfig()
-    out = synthetic.generate_probe_set(cfg, Path(args.out))
-    print(synthetic.describe_probe_set(out) if hasattr(synthetic, "describe_probe_set") else out)
-    return 0
+    return int(synthetic.main(list(args.args)) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,14 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--splits", nargs="+", default=["val2017", "train2017"], help="COCO splits")
     d.set_defaults(func=_cmd_download)
 
-    s = sub.add_parser("synth", help="write the synthetic probe set (COCO json + images) to a folder")
-    s.add_argument("--out", required=True)
-    s.add_argument("--seed", type=int)
+    s = sub.add_parser("synth", add_help=False,
+                       help="write the synthetic probe set (COCO json + images): --out DIR [--n-images N --seed S ...]")
+    s.add_argument("args", nargs=argparse.REMAINDER)
     s.set_defaults(func=_cmd_synth)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:  # every option (and --help) belongs to the generator's own parser
+        from . import synthetic
+
+        return int(synthetic.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -387,8 +387,9 @@ def execute_stage(stage: Stage, notebook_in: Path, notebook_out: Path, params: M
     notebook_out.parent.mkdir(parents=True, exist_ok=True)
     lib_dir = Path(__file__).resolve().parents[1]
     noise = _PapermillParameterNoise()
-    pm_log = logging.getLogger("papermill")
-    pm_log.addFilter(noise)
+    pm_logs = [logging.getLogger(n) for n in ("papermill", "papermill.translators")]  # filters do not inherit
+    for lg in pm_logs:
+        lg.addFilter(noise)
     try:
         with kernel_import_path(lib_dir):
             pm.execute_notebook(str(notebook_in), str(notebook_out), parameters=dict(params),
@@ -401,7 +402,8 @@ def execute_stage(stage: Stage, notebook_in: Path, notebook_out: Path, params: M
     except Exception as e:  # kernel died, timeout, bad notebook file: still name the stage
         raise StageFailed(stage.name, notebook_out, None, None, "", f"{type(e).__name__}: {e}") from e
     finally:
-        pm_log.removeFilter(noise)
+        for lg in pm_logs:
+            lg.removeFilter(noise)
 
 
 @dataclass

@@ -144,6 +144,7 @@ def paired_diff_plot(diffs: pd.DataFrame, by: str = "category",
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(y, [f"{g} (n={n})" for g, n in zip(d[by], d["n"])], fontsize=7)
     ax.set_xlabel("difference of mean IoU (a − b)")
+    ax.set_ylabel(f"{by} (objects)")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
@@ -167,7 +168,9 @@ def training_curves(history: pd.DataFrame, x: str = "epoch", title: str = "Custo
         d = history[[x, c]].dropna()
         ax.plot(d[x], d[c], "o-" if len(d) < 30 else "-", ms=3, label=c, color=PALETTE[i % len(PALETTE)])
     ax_l.set_title("losses", fontsize=10)
+    ax_l.set_ylabel("training loss")
     ax_r.set_title("other metrics (e.g. validation IoU)", fontsize=10)
+    ax_r.set_ylabel("value (IoU in [0, 1])")
     for ax in (ax_l, ax_r):
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
@@ -192,6 +195,7 @@ def dataset_overview(stats: pd.DataFrame, title: str = "Objects per category and
                      fontsize=9)
         ax.tick_params(axis="x", rotation=60, labelsize=7)
         ax.set_ylabel("objects")
+        ax.set_xlabel("category")
         if i == 0:
             ax.legend(fontsize=7, frameon=False, title="size", title_fontsize=7)
     fig.suptitle(title, fontsize=11)

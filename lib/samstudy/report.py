@@ -320,7 +320,12 @@ def _stage_rows(layout: "RunLayout", stages: Sequence["Stage"]) -> str:
 def _summary_html(manifest: Mapping[str, Any]) -> str:
     git = manifest.get("git") or {}
     pk = manifest.get("packages") or {}
-    cks = list(manifest.get("models") or []) + [c for c in manifest.get("checkpoints") or [] if c.get("sha256")]
+    cks, seen = [], set()
+    for c in list(manifest.get("models") or []) + [c for c in manifest.get("checkpoints") or [] if c.get("sha256")]:
+        key = (c.get("label") or c.get("model") or c.get("name"), c.get("checkpoint_sha256") or c.get("sha256"))
+        if key not in seen:
+            seen.add(key)
+            cks.append(c)
     items = [("config", f"<code>{_esc(manifest.get('config_file'))}</code> (sha256 {_esc(str(manifest.get('config_sha256'))[:12])})"),
              ("git commit", f"<code>{_esc(git.get('commit'))}</code>{' (uncommitted changes)' if git.get('dirty') else ''}"),
              ("started / finished", f"{_esc(manifest.get('started'))} / {_esc(manifest.get('finished'))}"),

@@ -1,0 +1,208 @@
+"""Report tables, figures and the gallery's selection rules on hand-made result rows.
+
+Expected values are computed by hand from the rows below, not by the code under test.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from samstudy import gallery, plots, report
+from samstudy.report import Arm
+
+# Three objects (two images): ids, category, size bucket, area.
+OBJECTS = [("d", 1, 1, "a", "small", 500), ("d", 1, 2, "a", "medium", 5000), ("d", 2, 3, "b", "large", 20000)]
+# IoU / boundary IoU / predicted holes per arm and object.
+IOU = {"custom": [0.9, 0.8, 0.7], "tight": [0.6, 0.9, 0.5], "loose": [0.3, 0.7, 0.4]}
+BIOU = {"custom": [0.8, 0.7, 0.6], "tight": [0.5, 0.6, 0.1], "loose": [0.2, 0.6, 0.3]}
+HOLES = {"custom": [0, 0, 0], "tight": [0, 1, 0], "loose": [0, 0, 0]}
+ARMS = {"custom": ("custom_stage2", "Custom", "extreme_points", "single"),
+        "tight": ("litemedsam", "LiteMedSAM (medical stand-in, not SAM)", "tight_box", "single"),
+        "loose": ("litemedsam", "LiteMedSAM (medical stand-in, not SAM)", "loose_box[b=0.2]", "single")}
+
+
+def _rows() -> pd.DataFrame:
+    out = []
+    for arm, (model, label, mode, mm) in ARMS.items():
+        for k, (ds, img, ann, cat, bucket, area) in enumerate(OBJECTS):
+            for variant, shift in (("primary", 0.0), ("raw", 0.05)):
+                if arm == "custom" and variant == "raw":
+                    continue
+                out.append({"dataset": ds, "image_id": img, "ann_id": ann, "category": cat, "size_bucket": bucket,
+                            "area": area, "tags": "", "model": model, "model_label": label, "prompt_mode": mode,
+                            "multimask": mm, "click": 0, "gt_variant": variant, "status": "ok",
+                            "iou": IOU[arm][k] + shift, "boundary_iou": BIOU[arm][k],
+                            "gt_holes": 1 if ann == 3 else 0, "pred_holes": HOLES[arm][k],
+                            "buffer": {"tight": 0.0, "loose": 0.2}.get(arm, np.nan)})
+    # a skipped row never counts
+    out.append({**out[0], "ann_id": 99, "status": "skipped", "iou": np.nan})
+    # click sequences: 3 clicks on two objects
+    for ann, seq in ((1, [0.5, 0.86, 0.95]), (2, [0.2, 0.3, 0.4])):
+        for c, v in enumerate(seq, start=1):
+            out.append({**out[0], "ann_id": ann, "prompt_mode": "clicks[start=click,max_clicks=3]",
+                        "multimask": "first_best_of_3", "click": c, "iou": v, "buffer": np.nan})
+    return pd.DataFrame(out)
+
+
+def _arms(rows: pd.DataFrame) -> list[Arm]:
+    custom = rows[rows["model"] == "custom_stage2"]
+    found = rows[rows["model"] != "custom_stage2"]
+    return report.headline_arms(found, custom, "tight_box", "loose_box[b=0.2]", "single")
+
+
+def test_headline_arms_and_paired_matrix():
+    rows = _rows()
+    arms = _arms(rows)
+    assert [a.kind for a in arms] == ["custom", "tight", "loose"]
+    assert all("not SAM" in a.label for a in arms[1:])
+    m = report.arm_matrix(rows, arms)
+    assert len(m) == 3  # the skipped object is not an object of any arm
+    t = report.mean_table(m, [a.label for a in arms])
+    assert t.iloc[0]["n"] == 3
+    assert t.iloc[0][arms[0].label] == pytest.approx(0.8)
+    assert t.iloc[0][arms[1].label] == pytest.approx((0.6 + 0.9 + 0.5) / 3)
+    a_row = t[t["category"] == "a"].iloc[0]
+    assert a_row["n"] == 2 and a_row[arms[2].label] == pytest.approx(0.5)
+
+
+def test_bootstrap_tables_bracket_the_mean():
+    rows = _rows()
+    arms = _arms(rows)
+    m = report.arm_matrix(rows, arms)
+    ci = report.ci_table(m, [a.label for a in arms], np.random.default_rng(0), 500)
+    assert ((ci["lo"] <= ci["mean"] + 1e-12) & (ci["mean"] <= ci["hi"] + 1e-12)).all()
+    d = report.paired_diff_table(m, [(arms[0].label, arms[2].label)], np.random.default_rng(0), 500, by=None)
+    assert d.iloc[0]["diff"] == pytest.approx(((0.9 - 0.3) + (0.8 - 0.7) + (0.7 - 0.4)) / 3)
+    assert d.iloc[0]["lo"] > 0  # custom beats the loose box on every object
+
+
+def test_sweep_clicks_noc_and_policy_gap():
+    rows = _rows()
+    sweep = report.buffer_sweep_table(rows, np.random.default_rng(0), 200)
+    assert list(sweep["buffer"]) == [0.0, 0.2]
+    assert sweep.iloc[1]["mean"] == pytest.approx((0.3 + 0.7 + 0.4) / 3)
+    curves = report.click_curve_table(rows)
+    assert list(curves["mean"]) == pytest.approx([0.35, 0.58, 0.675])
+    noc = report.noc_summary(rows)
+    # object 1 reaches 0.85 at click 2 and 0.9 at click 3; object 2 never (capped at 3)
+    assert noc.iloc[0]["NoC@85"] == pytest.approx((2 + 3) / 2) and noc.iloc[0]["NoC@90"] == pytest.approx(3)
+    assert noc.iloc[0]["reached@90 (%)"] == pytest.approx(50.0)
+    gap = report.policy_gap_table(rows, _arms(rows)).set_index("arm")
+    tight = _arms(rows)[1].label
+    assert gap.loc[tight, "lost to the policy"] == pytest.approx(0.05)
+    assert gap.loc[tight, "gap to custom (policy GT)"] == pytest.approx(0.8 - 2.0 / 3)
+    assert gap.loc[tight, "of which mask quality"] == pytest.approx(0.8 - 2.0 / 3 - 0.05)
+
+
+def test_beside_published_keeps_every_reference_number():
+    t = report.beside_published({"tight_box": 0.5}, "automotive", "our protocol", {"tight_box": "X"})
+    assert list(t["published"]) == [0.888, 0.719, 0.637]
+    assert t.loc[t["quantity"] == "mIoU, tight box", "ours"].item() == 0.5 and t.attrs["our protocol"] == "our protocol"
+    assert t["ours"].isna().sum() == 2
+
+
+def test_protocol_names_the_stand_in():
+    s = report.protocol_statement({"litemedsam": "LiteMedSAM (medical stand-in, not SAM)"}, "demo", multimask=False,
+                                  checkpoints={"litemedsam": "79d8c9dca6db" + "0" * 52})
+    assert "per-object IoU" in s and "single-mask" in s and "not SAM" in s and "79d8c9dca6db" in s
+
+
+def test_gallery_rules():
+    rows = _rows()
+    arms = _arms(rows)
+    cases = gallery.case_table(rows, arms)
+    gaps = cases.set_index("ann_id")["iou_gap"]
+    assert gaps.to_dict() == pytest.approx({1: 0.6, 2: 0.2, 3: 0.3})
+    # holes: object 3 (GT hole) and object 2 (a predicted hole); largest IoU gap first
+    assert list(gallery.select_cases(cases, arms, "holes", 5)["ann_id"]) == [3, 2]
+    assert list(gallery.select_cases(cases, arms, "small", 5)["ann_id"]) == [1]
+    # boundary: objects every arm found (IoU >= 0.5): only object 2; object 1 (0.3) and 3 (0.4) fail
+    assert list(gallery.select_cases(cases, arms, "boundary", 5)["ann_id"]) == [2]
+    with pytest.raises(ValueError):
+        gallery.select_cases(cases, arms, "nope", 1)
+
+
+def test_explorer_table_sorted_by_gap():
+    rows = _rows()
+    arms = _arms(rows)
+    t = gallery.explorer_table(rows, arms[0], "litemedsam", "loose_box[b=0.2]", "single")
+    assert list(t["ann_id"]) == [1, 3, 2] and t.iloc[0]["iou_gap"] == pytest.approx(0.6)
+    static = gallery.static_explorer(rows, arms[0], per_category=1)
+    assert set(static["category"]) == {"a", "b"} and static["iou_gap"].notna().all()
+
+
+def _mask(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[box[1]:box[3], box[0]:box[2]] = True
+    return m
+
+
+def test_case_figure_draws_every_arm(tmp_path):
+    from samstudy.data import Dataset, ImageRecord, Instance
+    from samstudy.masks import encode_rle
+    from PIL import Image
+
+    img = np.full((40, 50, 3), 128, np.uint8)
+    Image.fromarray(img).save(tmp_path / "i.png")
+    gt = _mask(40, 50, (10, 10, 30, 30))
+    ds = Dataset("d", {1: ImageRecord(1, "i.png", tmp_path / "i.png", 40, 50)}, {1: "a"},
+                 [Instance(1, 1, 1, "a", encode_rle(gt), int(gt.sum()), (10.0, 10.0, 30.0, 30.0))])
+    rows = _rows()
+    arms = _arms(rows)
+    preds = pd.DataFrame([{"dataset": "d", "image_id": 1, "ann_id": 1, "model": a.model, "prompt_mode": a.prompt_mode,
+                           "multimask": "single", "click": 0, "prompt": json.dumps({"box": [10, 10, 30, 30], "points": None,
+                                                                                   "labels": None}),
+                           "rle": json.dumps(encode_rle(_mask(40, 50, (12, 12, 30, 30))))} for a in arms])
+    cases = gallery.case_table(rows, arms)
+    fig = gallery.case_figure(cases[cases["ann_id"] == 1], arms, gallery.CaseSource({"d": ds}, preds), title="t")
+    assert isinstance(fig, Figure) and len(fig.axes) == 1 + len(arms)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "IoU 0.90" in titles[1] and "BIoU 0.80" in titles[1] and "IoU gap 0.60" in titles[0]
+    assert "(no mask stored)" not in " ".join(titles)
+    fig.savefig(tmp_path / "case.png")
+    assert "chosen by rule" in gallery.gallery_caption("holes", 1, 2)
+
+
+def test_plots_are_pure_and_labelled(tmp_path):
+    import matplotlib.pyplot as plt
+
+    rows = _rows()
+    arms = _arms(rows)
+    m = report.arm_matrix(rows, arms)
+    labels = [a.label for a in arms]
+    rng = np.random.default_rng(0)
+    n_open = len(plt.get_fignums())
+    figs = {
+        "cat": plots.category_bars(report.ci_table(m, labels, rng, 200, by="category")),
+        "size": plots.size_bucket_bars(report.ci_table(m, labels, rng, 200, by="size_bucket")),
+        "biou": plots.boundary_iou_bars(report.ci_table(report.arm_matrix(rows, arms, "boundary_iou"), labels, rng,
+                                                        200, by="category")),
+        "sweep": plots.buffer_sweep_curve(report.buffer_sweep_table(rows, rng, 200)),
+        "clicks": plots.click_curves(report.click_curve_table(rows),
+                                     reference=pd.DataFrame({"label": ["RITM"], "noc90": [1.54]})),
+        "diff": plots.paired_diff_plot(report.paired_diff_table(m, [(labels[0], labels[1])], rng, 200)),
+        "gap": plots.policy_gap_bars(report.policy_gap_table(rows, arms)),
+        "train": plots.training_curves(pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5],
+                                                     "val_miou_stage2": [0.4, 0.6]})),
+        "overview": plots.dataset_overview(pd.DataFrame({"split": ["test"], "category": ["a"], "images": [1],
+                                                         "objects": [3], "small": [1], "medium": [1], "large": [1],
+                                                         "mean area": [10.0]})),
+    }
+    assert len(plt.get_fignums()) == n_open  # nothing registered with pyplot: pure functions
+    for name, fig in figs.items():
+        assert isinstance(fig, Figure)
+        ax = fig.axes[0]
+        assert ax.get_title() or fig.get_suptitle(), name
+        assert ax.get_ylabel(), name
+        fig.savefig(tmp_path / f"{name}.png")
+    # bars: 3 arms x 3 groups (all, a, b); labels name the model as labelled (never bare "SAM")
+    cat_ax = figs["cat"].axes[0]
+    assert len(cat_ax.patches) == 9
+    legend = [t.get_text() for t in cat_ax.get_legend().get_texts()]
+    assert any("not SAM" in t for t in legend)
+    assert figs["sweep"].axes[0].get_xlabel().startswith("box buffer b")
+    assert len(figs["clicks"].axes[0].lines) >= 2
