@@ -315,5 +315,6 @@ def static_explorer(rows: pd.DataFrame, reference: Arm, per_category: int = 3) -
         return pd.DataFrame()
     cols = ["category", "model", "prompt_mode", "dataset", "image_id", "ann_id", "size_bucket", "reference IoU",
             "IoU", "iou_gap"]
-    return pd.concat(out, ignore_index=True)[cols].sort_values(["category", "model", "prompt_mode", "iou_gap"],
-                                                              ascending=[True, True, True, False])
+    t = pd.concat(out, ignore_index=True)[cols].sort_values(["category", "model", "prompt_mode", "iou_gap"],
+                                                           ascending=[True, True, True, False])
+    return t.round({"reference IoU": 3, "IoU": 3, "iou_gap": 3}).reset_index(drop=True)

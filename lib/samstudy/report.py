@@ -6,7 +6,7 @@
 - :func:`export_html` turns an executed notebook into a self-contained page: code hidden, images
   embedded, no script fetched from the internet (no requirejs, MathJax, mermaid or widget manager;
   an interactive widget shows a note pointing to the notebook, next to the static fallback the
-  notebook displays itself).
+  notebook displays itself; only the widgets' model ids are kept).
 - :func:`write_index` writes ``report/index.html``: headline table, protocol, pages, run summary.
 - :data:`PUBLISHED` holds the published reference numbers of ``docs/STUDY.md`` with their
   protocols, and :func:`beside_published` places our numbers next to them.
@@ -105,7 +105,7 @@ def figure_image(fig: "Figure", dpi: int = 100) -> Any:
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return Image(data=buf.getvalue(), format="png")
+    return Image(data=buf.getvalue(), format="png", alt=_figure_title(fig))
 
 
 def show_figure(fig: "Figure", out_dir: str | os.PathLike, name: str, dpi: int = 110) -> Any:
@@ -116,7 +116,13 @@ def show_figure(fig: "Figure", out_dir: str | os.PathLike, name: str, dpi: int =
     """
     from IPython.display import Image
 
-    return Image(filename=str(save_figure(fig, out_dir, name, dpi)))
+    return Image(filename=str(save_figure(fig, out_dir, name, dpi)), alt=_figure_title(fig) or name)
+
+
+def _figure_title(fig: "Figure") -> str:
+    """The figure's title (suptitle, else its first axes' title) as the image's alternative text."""
+    sup = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
+    return sup or next((ax.get_title() for ax in fig.axes if ax.get_title()), "figure")
 
 
 # ------------------------------------------------------------------------------------- HTML pages
@@ -140,10 +146,24 @@ _TEMPLATE = r"""
 <div class="samstudy-widget-note">Interactive widget: open the executed notebook in Jupyter to use it;
 the static fallback is shown below.</div>
 {%- endblock data_widget_view -%}
-{%- block footer -%}
-{{ super() }}
-{%- endblock footer -%}
+{%- block data_png scoped -%}
+{%- set alt = output | get_metadata('alt', 'image/png') -%}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}" alt="{{ (alt or 'figure') | escape_html }}">
+</div>
+{%- endblock data_png -%}
 """
+
+
+_WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _strip_widget_state(nb: Any) -> None:
+    """Keep only the widget model ids: nbconvert then picks the widget view (our template turns it into
+    a note) instead of the widget's text repr, and the page carries no widget payload."""
+    state = nb.metadata.get("widgets", {}).get(_WIDGET_STATE, {}).get("state")
+    if state is not None:
+        nb.metadata["widgets"][_WIDGET_STATE]["state"] = {k: {} for k in state}
 
 
 def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:
@@ -153,7 +173,7 @@ def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, title
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook), as_version=4)
-    nb.metadata.pop("widgets", None)  # widget state would pull a widget manager from a CDN
+    _strip_widget_state(nb)
     if title:
         nb.metadata["title"] = title
     exporter = HTMLExporter(template_name="lab", template_file="samstudy_report.html.j2",
