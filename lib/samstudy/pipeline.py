@@ -378,6 +378,13 @@ class _PapermillParameterNoise(logging.Filter):
         return not (msg.startswith("Passed unknown parameter") or msg.startswith("Unable to parse line"))
 
 
+def _kernel_config() -> Any:
+    """Kernels talk over local IPC sockets: nothing listens on TCP, and ipykernel has nothing to warn about."""
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport": "ipc"}})
+
+
 def execute_stage(stage: Stage, notebook_in: Path, notebook_out: Path, params: Mapping[str, Any],
                   cwd: Path, progress: bool = True, kernel_name: str | None = None) -> None:
     """Execute one notebook with papermill; raise :class:`StageFailed` naming the failing cell."""
@@ -394,7 +401,7 @@ def execute_stage(stage: Stage, notebook_in: Path, notebook_out: Path, params: M
         with kernel_import_path(lib_dir):
             pm.execute_notebook(str(notebook_in), str(notebook_out), parameters=dict(params),
                                 progress_bar=progress, cwd=str(cwd), kernel_name=kernel_name,
-                                request_save_on_cell_execute=True)
+                                request_save_on_cell_execute=True, config=_kernel_config())
     except PapermillExecutionError as e:
         first = next((ln for ln in str(e.source).splitlines() if ln.strip()), "")
         raise StageFailed(stage.name, notebook_out, e.cell_index, e.exec_count, first,

@@ -158,12 +158,41 @@ the static fallback is shown below.</div>
 _WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
-def _strip_widget_state(nb: Any) -> None:
-    """Keep only the widget model ids: nbconvert then picks the widget view (our template turns it into
-    a note) instead of the widget's text repr, and the page carries no widget payload."""
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def _progress_text(state: Mapping[str, Any], model_id: str) -> str | None:
+    """The final text of a tqdm notebook bar (an HBox of HTML, a progress bar, HTML), else ``None``."""
+    import re
+
+    box = state.get(model_id, {})
+    if box.get("model_name") != "HBoxModel":
+        return None
+    kids = [state.get(str(c).removeprefix("IPY_MODEL_"), {}) for c in box.get("state", {}).get("children", [])]
+    bars = [k for k in kids if k.get("model_name") in ("FloatProgressModel", "IntProgressModel")]
+    if not bars:
+        return None
+    texts = [html.unescape(re.sub(r"<[^>]+>", "", str(k.get("state", {}).get("value", ""))))
+             for k in kids if k.get("model_name") == "HTMLModel"]
+    bar = bars[0].get("state", {})
+    frac = float(bar.get("value", 0)) / float(bar.get("max") or 1)
+    return f"{texts[0] if texts else ''} [{'#' * round(20 * frac):<20s}] {' '.join(texts[1:])}".strip()
+
+
+def _static_widgets(nb: Any) -> None:
+    """Make widget outputs static. Progress bars (tqdm in a kernel) become their final text; other
+    widgets keep a view whose model id alone stays in the state, so nbconvert renders the view (our
+    template turns it into a note) rather than the widget's text repr, and the page carries no payload."""
     state = nb.metadata.get("widgets", {}).get(_WIDGET_STATE, {}).get("state")
-    if state is not None:
-        nb.metadata["widgets"][_WIDGET_STATE]["state"] = {k: {} for k in state}
+    if state is None:
+        return
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(_WIDGET_VIEW)
+            text = _progress_text(state, view.get("model_id", "")) if view else None
+            if text is not None:
+                out["data"] = {"text/plain": text}
+    nb.metadata["widgets"][_WIDGET_STATE]["state"] = {k: {} for k in state}
 
 
 def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:
@@ -173,7 +202,7 @@ def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, title
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(notebook), as_version=4)
-    _strip_widget_state(nb)
+    _static_widgets(nb)
     if title:
         nb.metadata["title"] = title
     exporter = HTMLExporter(template_name="lab", template_file="samstudy_report.html.j2",
