@@ -1,18 +1,20 @@
 """The custom extreme-point model: configuration, the two networks, checkpoints, inference.
 
-**Stage 1** (segmentation, :class:`Stage1Net`): input ``float32 (B, 6, S, S)`` = RGB of the crop
+**Stage 1** (segmentation, :class:`Stage1Net`): input ``float32 (B, 9, S, S)`` = RGB of the crop
 around the 4 extreme points (see :mod:`samstudy.custom.crops`; normalised with ImageNet mean/std),
 a DEXTR heatmap channel (max of 4 Gaussians of ``sigma`` crop pixels at the points), a binary
-channel of the points' box and a colour-affinity channel (similarity of each pixel's colour to the
-colours under the 4 points, :func:`colour_affinity`); output mask logits ``(B, 1, S, S)``. A compact residual U-Net with 4
+channel of the points' box, the quadrilateral of the points (shape prior) and 3 colour cues
+(similarity to the colours under the 4 points, to the crop border's colours, and their ratio,
+:func:`colour_channels`); output mask logits ``(B, 1, S, S)``. A compact residual U-Net with 4
 levels (S/2 ... S/16), a global-context term at the bottom and a full-resolution skip; its output is
 added to ``prior_gain * (2 quad - 1)`` (learned gain, initially 2), so the quad prior is the default.
 
 **Stage 2** (refinement, :class:`Stage2Net`): the same crop at ``2S`` (twice the resolution), input
-``(B, 6, 2S, 2S)`` = RGB, heatmap and colour affinity at ``2S`` and the stage-1 probability
+``(B, 9, 2S, 2S)`` = RGB, heatmap, quad prior and colour cues at ``2S`` and the stage-1 probability
 upsampled to ``2S``; output
-``(B, 1, 2S, 2S)`` logits = upsampled stage-1 logits + a learned correction (zero at
-initialisation, so stage 2 starts as "stage 1, upsampled"). Its training loss weights pixels near
+``(B, 1, 2S, 2S)`` logits = upsampled stage-1 logits + a learned correction applied only within
+``refine_band`` px of stage 1's boundary (refinement near the boundary; zero at initialisation, so
+stage 2 starts as "stage 1, upsampled"). Its training loss weights pixels near
 the ground-truth boundary more.
 
 **Initialisation** (``CustomConfig.init``, recorded in every checkpoint):
@@ -58,7 +60,7 @@ INITS = ("scratch", "litemedsam_stem")
 MAX_STAGE_PARAMS = 9_000_000
 MAX_STAGE_BYTES = 40_000_000
 QUAD_CHANNEL = 5  # index of the quad prior in stage 1's input
-IN1, IN2 = 8, 8  # input channels of stage 1 / stage 2 (see prepare_inputs and CustomModel.refine)
+IN1, IN2 = 9, 9  # input channels of stage 1 / stage 2 (see prepare_inputs and CustomModel.refine)
 _MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: a fixed, documented normalisation
 _STD = (0.229, 0.224, 0.225)
 
@@ -70,7 +72,7 @@ class CustomConfig:
     Geometry: ``crop_size`` S (stage 1 input side, px; stage 2 works at ``2 S``), ``margin``
     (relative crop margin per side), ``min_margin_px``, ``min_crop_px`` (minimum crop side in image
     px), ``max_aspect`` (crop aspect limit), ``heatmap_sigma`` (Gaussian sigma in stage-1 crop px),
-    ``affinity_sigma`` (colour-affinity scale, RGB in ``[0, 1]``; :func:`colour_affinity`).
+    ``affinity_sigma`` (colour-affinity scale, RGB in ``[0, 1]``; :func:`colour_channels`).
     Networks: ``widths1`` (stage-1 channels at S/2, S/4, S/8, S/16), ``widths2`` (stage-2 channels at
     2S, S, S/2, S/4), ``init`` (one of ``INITS``).
     Training: ``epochs``, ``max_minutes`` (wall-clock budget of the whole :func:`train_custom` call;
@@ -79,7 +81,8 @@ class CustomConfig:
     side), ``margin_jitter`` (per-side margin drawn in ``margin * [1 - j, 1 + j]``),
     ``boundary_weight`` (extra stage-2 BCE weight within 3 px of the GT boundary),
     ``stage2_patch`` (stage 2 trains on one boundary-centred window of this side per object, in
-    ``2S`` px; ``>= 2S`` = the whole crop), ``seed``,
+    ``2S`` px; ``>= 2S`` = the whole crop), ``refine_band`` (stage 2 only changes pixels within
+    this many ``2S`` px of stage 1's boundary), ``seed``,
     ``device`` (``"auto"``: CUDA when present), ``num_threads`` (CPU threads during training).
     """
 
@@ -99,6 +102,7 @@ class CustomConfig:
     weight_decay: float = 1e-4
     batch_size: int = 16
     stage2_patch: int = 64
+    refine_band: int = 8
     jitter_px: int = 3
     margin_jitter: float = 0.5
     boundary_weight: float = 4.0
@@ -134,7 +138,7 @@ class CustomConfig:
     def model_dict(self) -> dict[str, Any]:
         """The fields that fix the network shapes and inputs (a checkpoint must match these)."""
         keys = ("crop_size", "margin", "min_margin_px", "min_crop_px", "max_aspect", "heatmap_sigma",
-                "affinity_sigma", "widths1", "widths2", "init")
+                "affinity_sigma", "widths1", "widths2", "init", "refine_band")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 
@@ -288,7 +292,7 @@ def load_litemedsam_stem(stem: TinyViTStem, path: str | os.PathLike | None = Non
 
 # ----------------------------------------------------------------------------- the two stages
 class Stage1Net(nn.Module):
-    """Extreme points -> mask. ``(B, 6, S, S)`` (+ RGB ``[0, 1]`` at S/2 for the stem) -> logits ``(B, 1, S, S)``."""
+    """Extreme points -> mask. ``(B, 9, S, S)`` (+ RGB ``[0, 1]`` at S/2 for the stem) -> logits ``(B, 1, S, S)``."""
 
     def __init__(self, widths: Sequence[int], use_stem: bool):
         super().__init__()
@@ -325,7 +329,7 @@ class Stage1Net(nn.Module):
 
 
 class Stage2Net(nn.Module):
-    """Refinement at ``2S``: ``(B, 6, h, w)`` + base logits ``(B, 1, h, w)`` -> logits ``(B, 1, h, w)``.
+    """Refinement at ``2S``: ``(B, 9, h, w)`` + base logits ``(B, 1, h, w)`` -> logits ``(B, 1, h, w)``.
 
     Fully convolutional (no global pooling), so training can use boundary patches of the ``2S``
     crop while inference runs on the whole crop; ``h, w`` must be multiples of 8.
@@ -345,12 +349,13 @@ class Stage2Net(nn.Module):
         nn.init.zeros_(self.head.weight)  # start as the identity refinement
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x2: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    def forward(self, x2: torch.Tensor, base: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+        """``band (B, 1, h, w)`` in {0, 1}: where the correction applies (see :func:`boundary_band`)."""
         f0 = self.full(x2)
         f1 = self.d1(f0)
         f2 = self.d2(f1)
         f3 = self.d3(f2)
-        return base + self.head(self.u0(self.u1(self.u2(f3, f2), f1), f0))
+        return base + self.head(self.u0(self.u1(self.u2(f3, f2), f1), f0)) * band
 
 
 class CustomModel(nn.Module):
@@ -378,9 +383,18 @@ class CustomModel(nn.Module):
         """Stage 2 on stage 1's (detached) logits; see :meth:`forward`."""
         base = F.interpolate(logits1.detach(), size=inputs["x2"].shape[-2:], mode="bilinear", align_corners=False)
         x2 = torch.cat([inputs["x2"], torch.sigmoid(base)], dim=1)
+        band = boundary_band(base > 0, self.config.refine_band).to(base.dtype)
         if patches is not None:
-            x2, base = crop_patches(x2, patches, patch_size), crop_patches(base, patches, patch_size)
-        return self.stage2(x2, base)
+            x2, base, band = (crop_patches(t, patches, patch_size) for t in (x2, base, band))
+        return self.stage2(x2, base, band)
+
+
+def boundary_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """``bool (B, 1, h, w)``: pixels within ``radius`` (chessboard) of the boundary of ``mask``
+    (``bool (B, 1, h, w)``), on both sides: dilation minus erosion."""
+    m = mask.to(torch.float32)
+    k = 2 * radius + 1
+    return (F.max_pool2d(m, k, 1, radius) - (-F.max_pool2d(-m, k, 1, radius))) > 0
 
 
 def crop_patches(x: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:
@@ -437,18 +451,16 @@ def _box_mask(pbox: torch.Tensor, size: int) -> torch.Tensor:
 _INWARD = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])  # left, right, top, bottom
 
 
-def colour_affinity(rgb: torch.Tensor, points: torch.Tensor, sigma: float,
-                    px_per_image_px: torch.Tensor | None = None, steps: int = 3) -> torch.Tensor:
-    """Point-colour affinity ``(B, 1, h, w)``: ``exp(-d^2 / (2 sigma^2))`` with ``d`` the RGB distance
-    (``[0, 1]`` units) of each pixel to the nearest of the colours found at the extreme points.
+def point_colour_sqdist(rgb: torch.Tensor, points: torch.Tensor, px_per_image_px: torch.Tensor | None = None,
+                        steps: int = 3) -> torch.Tensor:
+    """``(B, 1, h, w)`` squared RGB distance (``[0, 1]`` units) of each pixel to the nearest colour
+    found at the extreme points.
 
     rgb: ``(B, 3, h, w)`` in ``[0, 1]``; points: ``(B, 4, 2)`` pixel-index xy of that grid, order
     left, right, top, bottom; px_per_image_px: ``(B, 2)`` grid pixels per image pixel in x, y
     (default 1). Extreme points sit on the object's edge, whose anti-aliased colour mixes in the
     background, so colours are read at the point and ``steps - 1`` image pixels further inward
-    (right of the left point, left of the right point...), nearest pixel each. The points lie on
-    the object: this hands the network "looks like the object" instead of learning it from few
-    samples.
+    (right of the left point, left of the right point...), nearest pixel each.
     """
     b, _, h, w = rgb.shape
     scale = torch.ones(b, 2, dtype=rgb.dtype, device=rgb.device) if px_per_image_px is None else px_per_image_px
@@ -457,7 +469,7 @@ def colour_affinity(rgb: torch.Tensor, points: torch.Tensor, sigma: float,
     ix = pts[..., 0].round().long().clamp(0, w - 1)
     iy = pts[..., 1].round().long().clamp(0, h - 1)
     colours = rgb[torch.arange(b, device=rgb.device)[:, None], :, iy, ix]  # (B, K, 3)
-    return torch.exp(-_min_sq_distance(rgb, colours) / (2 * sigma ** 2))
+    return _min_sq_distance(rgb, colours)
 
 
 def _min_sq_distance(rgb: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
@@ -469,9 +481,9 @@ def _min_sq_distance(rgb: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
     return d2.amin(dim=1).clamp_(min=0).reshape(b, 1, h, w)
 
 
-def border_affinity(rgb: torch.Tensor, sigma: float, n_samples: int = 32) -> torch.Tensor:
-    """Background affinity ``(B, 1, h, w)``: like :func:`colour_affinity` with the colours of
-    ``n_samples`` pixels evenly spaced on the crop's outermost pixel ring.
+def border_colour_sqdist(rgb: torch.Tensor, n_samples: int = 16) -> torch.Tensor:
+    """Like :func:`point_colour_sqdist` with the colours of ``n_samples`` pixels evenly spaced on
+    the crop's outermost pixel ring.
 
     The crop box strictly contains the extreme points' box (margin >= ``min_margin_px``), and no
     object pixel lies outside that box, so the ring is background by construction.
@@ -484,7 +496,20 @@ def border_affinity(rgb: torch.Tensor, sigma: float, n_samples: int = 32) -> tor
     ys = torch.where(side == 0, torch.zeros_like(f), torch.where(side == 1, f * (h - 1),
                      torch.where(side == 2, torch.full_like(f, h - 1), (1 - f) * (h - 1)))).round().long()
     colours = rgb[:, :, ys, xs].permute(0, 2, 1)  # (B, n, 3)
-    return torch.exp(-_min_sq_distance(rgb, colours) / (2 * sigma ** 2))
+    return _min_sq_distance(rgb, colours)
+
+
+def colour_channels(d_fg: torch.Tensor, d_bg: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``(B, 3, h, w)`` colour cues from squared distances to object (``d_fg``) and background
+    (``d_bg``) colours: ``exp(-d_fg / 2 sigma^2)``, ``exp(-d_bg / 2 sigma^2)`` and the
+    contrast-free ratio ``d_bg / (d_fg + d_bg + 1e-4)`` (1 = object-like, 0 = background-like),
+    which still separates low-contrast objects where both affinities saturate.
+
+    They hand the network "looks like the object / the background" instead of learning colour
+    comparison from a few hundred samples.
+    """
+    two_s2 = 2 * sigma ** 2
+    return torch.cat([torch.exp(-d_fg / two_s2), torch.exp(-d_bg / two_s2), d_bg / (d_fg + d_bg + 1e-4)], dim=1)
 
 
 def quad_mask(points: torch.Tensor, size: int) -> torch.Tensor:
@@ -515,9 +540,9 @@ def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tenso
     in ``2S`` crop pixel-index xy; pbox2: ``float32 (B, 4)`` their box in ``2S`` crop edge coordinates;
     scale2: ``float32 (B, 2)`` ``2S`` crop pixels per image pixel in x, y (for the affinity's
     inward steps; default 1).
-    Returns ``x1 (B, 8, S, S)`` (RGB, heatmap, box, quad prior, point-colour and border-colour
-    affinities), ``x2 (B, 7, 2S, 2S)`` (the same without the box; stage-1 probability is added by
-    the model as an 8th channel), and ``rgb01_half (B, 3, S/2, S/2)`` for the pretrained stem. Stage 1's RGB is the
+    Returns ``x1 (B, 9, S, S)`` (RGB, heatmap, box, quad prior, the 3 :func:`colour_channels`),
+    ``x2 (B, 8, 2S, 2S)`` (the same without the box; stage-1 probability is added by the model as
+    a 9th channel), and ``rgb01_half (B, 3, S/2, S/2)`` for the pretrained stem. Stage 1's RGB is the
     2x2 average of the ``2S`` crop, i.e. exactly the crop at ``S``.
     """
     s = config.crop_size
@@ -527,12 +552,11 @@ def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tenso
     points1 = (points2 + 0.5) / 2 - 0.5
     heat1 = _gaussian_heatmap(points1, s, config.heatmap_sigma)
     heat2 = _gaussian_heatmap(points2, 2 * s, 2 * config.heatmap_sigma)
-    fg2 = colour_affinity(rgb2, points2, config.affinity_sigma, scale2)
-    bg1 = border_affinity(rgb1, config.affinity_sigma, 24)  # at S: a smooth map, 4x cheaper
-    bg2 = F.interpolate(bg1, scale_factor=2, mode="bilinear", align_corners=False)
+    col2 = colour_channels(point_colour_sqdist(rgb2, points2, scale2), border_colour_sqdist(rgb2),
+                           config.affinity_sigma)
     x1 = torch.cat([(rgb1 - mean) / std, heat1, _box_mask(pbox2 / 2, s), quad_mask(points1, s),
-                    F.avg_pool2d(fg2, 2), bg1], dim=1)
-    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, 2 * s), fg2, bg2], dim=1)
+                    F.avg_pool2d(col2, 2)], dim=1)
+    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, 2 * s), col2], dim=1)
     out = {"x1": x1, "x2": x2}
     if config.init == "litemedsam_stem":
         out["rgb01_half"] = F.avg_pool2d(rgb1, 2)

@@ -13,8 +13,8 @@
   mask area-averaged = soft target), horizontal flip (p = 0.5), colour jitter (brightness,
   contrast, saturation) in torch.
 - **Loss**: stage 1 BCE + soft Dice at S (targets = 2x2 average of the ``2S`` target); stage 2
-  (on one ``stage2_patch`` window per object centred on a random GT boundary pixel, or the whole
-  crop) BCE weighted ``1 + boundary_weight`` within 3 px of the GT boundary + Dice. Stage 2 gets
+  (on one ``stage2_patch`` window per object centred on a random pixel of the GT boundary or of
+  stage 1's refinement band, or the whole crop) BCE weighted ``1 + boundary_weight`` within 3 px of the GT boundary + Dice. Stage 2 gets
   stage 1's output detached.
 - **Optimiser**: AdamW, one-cycle schedule (5% linear warm-up, cosine decay) over training
   *progress* = ``max(step / (epochs * steps_per_epoch), elapsed / max_minutes)``: with a time
@@ -58,7 +58,7 @@ from ..prompts import extreme_points
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
                     prepare_inputs, read_state_file, resolve_device, save_checkpoint, stage_stats,
-                    torch_settings)
+                    torch_settings, boundary_band, crop_patches)
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
            "train_custom", "main"]
@@ -201,14 +201,13 @@ def make_batch(samples: Sequence[dict[str, np.ndarray]], rng: np.random.Generato
             "scale2": torch.from_numpy(np.stack([s["scale"] for s in samples])).float().to(device)}
 
 
-def boundary_corners(mask2: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
-    """Per object, the top-left ``(x, y)`` of a ``patch`` window centred on a random GT boundary
-    pixel of ``mask2 (B, 1, 2S, 2S)`` (the crop centre when the target has no boundary), clamped
-    inside the crop. Returns ``int64 (B, 2)``."""
-    size = mask2.shape[-1]
-    band = _boundary_band(mask2, 1)[:, 0].cpu().numpy()
-    out = np.empty((mask2.shape[0], 2), dtype=np.int64)
-    for i, b in enumerate(band):
+def boundary_corners(where: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
+    """Per object, the top-left ``(x, y)`` of a ``patch`` window centred on a random pixel of
+    ``where (B, 1, 2S, 2S)`` bool (the crop centre when it is empty), clamped inside the crop.
+    Returns ``int64 (B, 2)``."""
+    size = where.shape[-1]
+    out = np.empty((where.shape[0], 2), dtype=np.int64)
+    for i, b in enumerate(where[:, 0].cpu().numpy()):
         ys, xs = np.nonzero(b)
         if ys.size:
             j = rng.integers(ys.size)
@@ -220,15 +219,6 @@ def boundary_corners(mask2: torch.Tensor, patch: int, rng: np.random.Generator) 
 
 
 # ----------------------------------------------------------------------------- losses
-def _boundary_band(target: torch.Tensor, radius: int) -> torch.Tensor:
-    """Pixels within ``radius`` of the boundary of ``target > 0.5`` (``(B, 1, h, w)`` bool)."""
-    t = (target > 0.5).float()
-    k = 2 * radius + 1
-    dil = F.max_pool2d(t, k, 1, radius)
-    ero = -F.max_pool2d(-t, k, 1, radius)
-    return (dil - ero) > 0
-
-
 def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = torch.sigmoid(logits).flatten(1)
     t = target.flatten(1)
@@ -240,7 +230,7 @@ def stage_losses(logits1: torch.Tensor, logits2: torch.Tensor, target2: torch.Te
     """``(loss1, loss2)``: BCE + Dice at S; boundary-weighted BCE + Dice for stage 2's window."""
     t1 = F.avg_pool2d(target2, 2)
     loss1 = F.binary_cross_entropy_with_logits(logits1, t1) + _dice(logits1, t1)
-    w = 1.0 + boundary_weight * _boundary_band(target2_patch, 3).float()
+    w = 1.0 + boundary_weight * boundary_band(target2_patch > 0.5, 3).float()
     bce = (F.binary_cross_entropy_with_logits(logits2, target2_patch, reduction="none") * w).sum() / w.sum()
     return loss1, bce + _dice(logits2, target2_patch)
 
@@ -445,14 +435,16 @@ def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str,
     inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
     s2 = 2 * config.crop_size
     target = batch["mask2"]
+    logits1 = model.stage1(inputs["x1"], inputs.get("rgb01_half"))
     if config.stage2_patch < s2:
-        from .model import crop_patches
-
-        corners = boundary_corners(target, config.stage2_patch, rng)
-        logits1, logits2 = model(inputs, corners, config.stage2_patch)
+        # Windows centred on the GT boundary or on stage 1's refinement band: where stage 2 acts.
+        up = F.interpolate(logits1.detach(), size=(s2, s2), mode="bilinear", align_corners=False)
+        where = boundary_band(target > 0.5, 1) | boundary_band(up > 0, config.refine_band)
+        corners = boundary_corners(where, config.stage2_patch, rng)
+        logits2 = model.refine(inputs, logits1, corners, config.stage2_patch)
         target_patch = crop_patches(target, corners, config.stage2_patch)
     else:
-        logits1, logits2 = model(inputs)
+        logits2 = model.refine(inputs, logits1)
         target_patch = target
     loss1, loss2 = stage_losses(logits1, logits2, target, target_patch, config.boundary_weight)
     loss = loss1 + loss2
