@@ -390,6 +390,8 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
                     step += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+                if n_steps == 0:  # the budget ended before this epoch's first step
+                    break
                 t_val = time.perf_counter()
                 v1, v2 = validate(model, val_batches, config) if val_batches else (float("nan"), float("nan"))
                 val_s = time.perf_counter() - t_val
