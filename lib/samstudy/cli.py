@@ -41,6 +41,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except PipelineError as e:
         print(f"samstudy: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("samstudy: interrupted; rerun the same command to resume (completed stages are skipped)",
+              file=sys.stderr)
+        return 130
     for o in result.outcomes:
         print(f"  {o.stage:16s} {o.status:12s} {o.seconds:7.1f} s")
     print(f"report: {result.layout.index}")

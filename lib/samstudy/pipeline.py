@@ -555,6 +555,7 @@ def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = No
     result = RunResult(layout)
     t_run = time.perf_counter()
     bar = tqdm(plan, desc=f"samstudy run {run_name}", unit="stage", disable=not progress, file=sys.stderr)
+    interrupted = False
     try:
         for s in bar:
             bar.set_postfix_str(s.name)
@@ -578,9 +579,13 @@ def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = No
                 break
             finally:
                 _update_manifest(run_manifest, layout, plan, result, time.perf_counter() - t_run)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
         bar.close()
-        _update_manifest(run_manifest, layout, plan, result, time.perf_counter() - t_run, final=True)
+        _update_manifest(run_manifest, layout, plan, result, time.perf_counter() - t_run, final=True,
+                         interrupted=interrupted)
         write_index(layout, plan, read_json(layout.manifest) or run_manifest)
     return result
 
@@ -608,7 +613,7 @@ def _start_manifest(cfg: StudyConfig, run_name: str, layout: RunLayout, plan: Se
 
 
 def _update_manifest(m: dict[str, Any], layout: RunLayout, plan: Sequence[Stage], result: RunResult,
-                     seconds: float, final: bool = False) -> None:
+                     seconds: float, final: bool = False, interrupted: bool = False) -> None:
     """Fold stage manifests (status, timings, recorded model checkpoints) into the run manifest."""
     stages: dict[str, Any] = {}
     models: list[dict[str, Any]] = []
@@ -626,7 +631,7 @@ def _update_manifest(m: dict[str, Any], layout: RunLayout, plan: Sequence[Stage]
     m["seconds_this_invocation"] = round(seconds, 3)
     if final:
         m["finished"] = _now()
-        m["status"] = "failed" if result.failure else "ok"
+        m["status"] = "interrupted" if interrupted else "failed" if result.failure else "ok"
     write_json(layout.manifest, m)
 
 
