@@ -24,7 +24,7 @@ from samstudy.engine import ROW_COLUMNS
 from samstudy.masks import encode_rle, mask_box_xyxy
 from samstudy.prompts import extreme_points
 
-TINY = dict(crop_size=32, widths1=(8, 8, 16, 16), widths2=(4, 4, 8, 8), batch_size=8, stage2_patch=32,
+TINY = dict(init="scratch", crop_size=32, widths1=(8, 8, 16, 16), widths2=(4, 4, 8, 8), batch_size=8, stage2_patch=32,
             lr=5e-3, num_threads=1)
 
 

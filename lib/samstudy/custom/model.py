@@ -74,7 +74,8 @@ class CustomConfig:
     px), ``max_aspect`` (crop aspect limit), ``heatmap_sigma`` (Gaussian sigma in stage-1 crop px),
     ``affinity_sigma`` (colour-affinity scale, RGB in ``[0, 1]``; :func:`colour_channels`).
     Networks: ``widths1`` (stage-1 channels at S/2, S/4, S/8, S/16), ``widths2`` (stage-2 channels at
-    2S, S, S/2, S/4), ``init`` (one of ``INITS``).
+    2S, S, S/2, S/4), ``init`` (one of ``INITS``), ``stem_lr_scale`` (learning-rate factor of the
+    pretrained stem; 0 = frozen: no gradient, BatchNorm statistics kept).
     Training: ``epochs``, ``max_minutes`` (wall-clock budget of the whole :func:`train_custom` call;
     ``None`` = epochs only), ``lr`` (AdamW peak, one-cycle cosine), ``weight_decay``,
     ``batch_size``, ``jitter_px`` (extreme-point jitter in image px, capped at 10% of the object's
@@ -96,6 +97,7 @@ class CustomConfig:
     widths1: tuple[int, ...] = (16, 32, 64, 128)
     widths2: tuple[int, ...] = (8, 16, 32, 64)
     init: str = "scratch"
+    stem_lr_scale: float = 0.2
     epochs: int = 40
     max_minutes: float | None = None
     lr: float = 3e-3
@@ -138,7 +140,7 @@ class CustomConfig:
     def model_dict(self) -> dict[str, Any]:
         """The fields that fix the network shapes and inputs (a checkpoint must match these)."""
         keys = ("crop_size", "margin", "min_margin_px", "min_crop_px", "max_aspect", "heatmap_sigma",
-                "affinity_sigma", "widths1", "widths2", "init", "refine_band")
+                "affinity_sigma", "widths1", "widths2", "init", "refine_band", "stem_lr_scale")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 
@@ -294,8 +296,9 @@ def load_litemedsam_stem(stem: TinyViTStem, path: str | os.PathLike | None = Non
 class Stage1Net(nn.Module):
     """Extreme points -> mask. ``(B, 9, S, S)`` (+ RGB ``[0, 1]`` at S/2 for the stem) -> logits ``(B, 1, S, S)``."""
 
-    def __init__(self, widths: Sequence[int], use_stem: bool):
+    def __init__(self, widths: Sequence[int], use_stem: bool, train_stem: bool = True):
         super().__init__()
+        self.train_stem = train_stem
         w0, w1, w2, w3 = widths
         self.full = conv_bn_relu(IN1, 16)
         self.stem = nn.Sequential(conv_bn_relu(IN1, w0, stride=2), conv_bn_relu(w0, w0))
@@ -319,7 +322,9 @@ class Stage1Net(nn.Module):
         s0 = self.stem(x)
         s1 = self.enc1[0](s0)
         if self.tiny is not None:
-            s1 = s1 + self.tiny_proj(self.tiny(rgb01_half))
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_stem):
+                feats = self.tiny(rgb01_half)
+            s1 = s1 + self.tiny_proj(feats)
         s1 = self.enc1[1:](s1)
         s2 = self.enc2(s1)
         s3 = self.enc3(s2)
@@ -367,8 +372,17 @@ class CustomModel(nn.Module):
     def __init__(self, config: CustomConfig):
         super().__init__()
         self.config = config
-        self.stage1 = Stage1Net(config.widths1, use_stem=config.init == "litemedsam_stem")
+        self.stage1 = Stage1Net(config.widths1, use_stem=config.init == "litemedsam_stem",
+                                train_stem=config.stem_lr_scale > 0)
         self.stage2 = Stage2Net(config.widths2)
+        if self.stage1.tiny is not None and not self.stage1.train_stem:
+            self.stage1.tiny.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "CustomModel":
+        super().train(mode)
+        if self.stage1.tiny is not None and not self.stage1.train_stem:
+            self.stage1.tiny.eval()  # a frozen stem keeps its pretrained BatchNorm statistics
+        return self
 
     def forward(self, inputs: Mapping[str, torch.Tensor], patches: torch.Tensor | None = None,
                 patch_size: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -245,12 +245,13 @@ def _lr_at(progress: float, peak: float) -> float:
 
 
 def _param_groups(model: CustomModel, config: CustomConfig) -> list[dict[str, Any]]:
-    """Pretrained stem weights get 0.2x the learning rate (kept as ``lr_scale`` in the group)."""
-    pre = [p for n, p in model.named_parameters() if n.startswith("stage1.tiny.")]
+    """Pretrained stem weights get ``config.stem_lr_scale`` times the learning rate (kept as
+    ``lr_scale`` in the group); a frozen stem (scale 0) is left out."""
+    pre = [p for n, p in model.named_parameters() if n.startswith("stage1.tiny.") and p.requires_grad]
     rest = [p for n, p in model.named_parameters() if not n.startswith("stage1.tiny.")]
     groups = [{"params": rest, "lr_scale": 1.0}]
     if pre:
-        groups.append({"params": pre, "lr_scale": 0.2})
+        groups.append({"params": pre, "lr_scale": config.stem_lr_scale})
     return groups
 
 
