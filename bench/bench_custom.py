@@ -196,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="output folder (default: a temporary one)")
     ap.add_argument("--syn-minutes", type=float, default=2.75, help="synthetic training budget")
     ap.add_argument("--coco-minutes", type=float, default=29.0, help="COCO training budget")
-    ap.add_argument("--init", default="scratch", choices=("scratch", "litemedsam_stem"))
+    ap.add_argument("--init", default=CustomConfig.init, choices=("scratch", "litemedsam_stem"))
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-coco", action="store_true")
     args = ap.parse_args(argv)

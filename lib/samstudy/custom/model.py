@@ -96,8 +96,10 @@ class CustomConfig:
     affinity_sigma: float = 0.12
     widths1: tuple[int, ...] = (16, 32, 64, 128)
     widths2: tuple[int, ...] = (8, 16, 32, 64)
-    init: str = "scratch"
-    stem_lr_scale: float = 0.2
+    # Default from the comparison in the package docstring: the frozen pretrained stem gave the
+    # best real-COCO mIoU at equal training time and ties "scratch" on the synthetic set.
+    init: str = "litemedsam_stem"
+    stem_lr_scale: float = 0.0
     epochs: int = 40
     max_minutes: float | None = None
     lr: float = 3e-3

@@ -468,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (checkpoints, curve.csv)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget (default: epochs only)")
     ap.add_argument("--epochs", type=int, default=CustomConfig.epochs)
-    ap.add_argument("--init", default="scratch", choices=("scratch", "litemedsam_stem"))
+    ap.add_argument("--init", default=CustomConfig.init, choices=("scratch", "litemedsam_stem"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-fraction", type=float, default=0.0,
                     help="hold out this share of images (split_by_image, same seed) and train on the rest")
