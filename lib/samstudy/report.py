@@ -651,7 +651,8 @@ def noc_summary(rows: "pd.DataFrame", thresholds: Sequence[float] = (0.85, 0.9),
 def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str = "raw") -> "pd.DataFrame":
     """How much of each arm's score the labeling policy costs: mIoU against raw and policy ground truth.
 
-    Same objects for both variants (those scored against both). Columns: ``arm, n, mIoU raw GT,
+    Same objects for both variants (those scored against both); arms without raw rows are left out.
+    Columns: ``arm, n, mIoU raw GT,
     mIoU policy GT, lost to the policy``; with a custom arm also ``gap to custom (policy GT)``,
     ``of which policy`` and ``of which mask quality`` (= gap - policy share).
     """
@@ -664,10 +665,12 @@ def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str
         p = _arm_rows(rows, arm, PRIMARY)[OBJECT_KEYS + ["iou"]].rename(columns={"iou": "policy"})
         r = _arm_rows(rows, arm, raw_variant)[OBJECT_KEYS + ["iou"]].rename(columns={"iou": "raw"})
         both = p.merge(r, on=OBJECT_KEYS)
+        if not len(both):  # an arm scored against the policy only (the custom model, trained on it)
+            continue
         row = {"arm": arm.label, "n": len(both), "mIoU raw GT": both["raw"].mean() if len(both) else float("nan"),
                "mIoU policy GT": both["policy"].mean() if len(both) else float("nan")}
         row["lost to the policy"] = row["mIoU raw GT"] - row["mIoU policy GT"]
-        if cm is not None and arm.kind != "custom" and len(both):
+        if cm is not None and arm.kind != "custom":
             j = both.merge(cm[OBJECT_KEYS + [custom.label]], on=OBJECT_KEYS)
             gap = float((j[custom.label] - j["policy"]).mean())
             share = float((j["raw"] - j["policy"]).mean())
