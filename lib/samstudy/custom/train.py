@@ -454,7 +454,7 @@ def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str,
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss), float(loss1), float(loss2)
+    return loss.item(), loss1.item(), loss2.item()
 
 
 # ----------------------------------------------------------------------------- CLI
