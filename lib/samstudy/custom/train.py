@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
@@ -55,6 +54,7 @@ import torch.nn.functional as F
 from ..data import Dataset, Instance, read_image
 from ..masks import decode_rle
 from ..prompts import extreme_points
+from ..provenance import write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
                     prepare_inputs, read_state_file, resolve_device, save_checkpoint, stage_stats,
@@ -265,9 +265,7 @@ def _write_curve(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-    tmp.replace(path)
+    write_json_atomic(path, obj, sort_keys=True)
 
 
 @torch.no_grad()
