@@ -151,6 +151,26 @@ def test_batched_decode_equals_decoding_each_prompt_alone(tiny, tiny_emb, tiny_c
         assert (batch.masks[i] != alone.masks[0]).mean() < 1e-3
 
 
+def test_decode_policies_one_pass_equals_sam_forward_per_policy(tiny, tiny_emb):
+    """Both multimask policies from one decoder pass equal ``MaskDecoder.forward`` run per policy."""
+    prompts = [box(5, 5, 30, 40), box(10, 2, 60, 20)]
+    single, multi = tiny.decode_policies(tiny_emb, prompts, [False, True])
+    b = np.stack([tiny.to_input_frame(np.array(p.box, float).reshape(2, 2), tiny_emb.original_hw,
+                                      tiny_emb.input_hw).reshape(4) for p in prompts])
+    pe = tiny.model.prompt_encoder
+    with torch.inference_mode():
+        sparse, dense = pe(points=None, boxes=torch.as_tensor(b, dtype=torch.float32), masks=None)
+        for got, flag in ((single, False), (multi, True)):
+            ref = [tiny.model.mask_decoder(image_embeddings=tiny_emb.features, image_pe=pe.get_dense_pe(),
+                                           sparse_prompt_embeddings=sparse[i:i + 1],
+                                           dense_prompt_embeddings=dense[i:i + 1], multimask_output=flag)
+                   for i in range(len(prompts))]
+            np.testing.assert_allclose(got.low_res_logits, torch.cat([r[0] for r in ref]).numpy(), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(got.iou_pred, torch.cat([r[1] for r in ref]).numpy(), rtol=1e-4, atol=1e-5)
+    assert single.masks.shape == (2, 1, 45, 70) and multi.masks.shape == (2, 3, 45, 70)
+    assert np.array_equal(single.masks, tiny.decode(tiny_emb, prompts).masks)
+
+
 def test_mixed_point_counts_are_not_padded(tiny, tiny_emb):
     """A 1-point prompt decoded next to a 3-point one gives its own result, not a padded one."""
     one, three = pts([[10, 12]], [1]), pts([[10, 12], [50, 30], [3, 3]], [1, 0, 1])

@@ -87,6 +87,15 @@ class PromptableSegmenter(ABC):
         mask_inputs: optional float32 ``(N, 1, 256, 256)`` low-res logits from a previous decode.
         """
 
+    def decode_policies(self, embedding: Embedding, prompts: Sequence[Prompt], multimask: Sequence[bool],
+                        mask_inputs: np.ndarray | None = None) -> list[Decoded]:
+        """``[decode(embedding, prompts, m, mask_inputs) for m in multimask]``.
+
+        Models whose decoder computes every output in one pass (the SAM family) override this so
+        that the single-output and best-of-3 policies of a prompt cost one decoder call.
+        """
+        return [self.decode(embedding, prompts, multimask=m, mask_inputs=mask_inputs) for m in multimask]
+
     @property
     def cache_key(self) -> str:
         """Identity of the embedding: weights + preprocessing (the image hash is added by the cache)."""

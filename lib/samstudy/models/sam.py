@@ -44,6 +44,7 @@ from .registry import register_model
 DEFAULT_DECODE_CHUNK = {"cpu": 1, "cuda": 64}
 # How many (H, W) masks are upsampled at once in postprocessing (a 1024^2 float map is 4 MB).
 _POSTPROCESS_CHUNK = 16
+_N_DECODER_OUTPUTS = 4  # SAM's mask tokens: 1 single-output + 3 multimask
 
 SAM_LABELS = {"vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L", "vit_h": "SAM ViT-H"}
 WEIGHTS_DIR_ENV = "SAMSTUDY_WEIGHTS_DIR"
@@ -207,35 +208,51 @@ class SamSegmenter(PromptableSegmenter):
         Returns masks bool ``(N, K, H, W)``, iou_pred float32 ``(N, K)``, low_res_logits float32
         ``(N, K, 4*h', 4*w')`` (``(256, 256)`` for SAM and LiteMedSAM), K = 3 if multimask else 1.
         """
+        return self.decode_policies(embedding, prompts, [multimask], mask_inputs)[0]
+
+    def decode_policies(self, embedding: Embedding, prompts: Sequence[Any], multimask: Sequence[bool],
+                        mask_inputs: np.ndarray | None = None) -> list[Decoded]:
+        """One mask-decoder pass for several multimask settings (see the base class).
+
+        SAM's decoder always predicts four masks: token 0 is the single-output mask, tokens 1..3 the
+        multimask ones; ``multimask_output`` only chooses which are returned
+        (``MaskDecoder.forward``). So both policies cost one pass and equal separate calls exactly.
+        """
         self._check_embedding(embedding)
         with torch_threads(self.num_threads):
-            return self._decode(embedding, prompts, multimask, mask_inputs)
+            low, iou = self._decode_all(embedding, prompts, mask_inputs)
+            out = []
+            for m in multimask:
+                sel = slice(1, 4) if m else slice(0, 1)
+                lo = low[:, sel].contiguous()
+                masks = self.postprocess(lo, embedding.input_hw, embedding.original_hw)
+                out.append(Decoded(masks=masks, iou_pred=iou[:, sel].numpy().copy(), low_res_logits=lo.numpy()))
+            return out
 
-    def _decode(self, embedding: Embedding, prompts: Sequence[Any], multimask: bool,
-                mask_inputs: np.ndarray | None) -> Decoded:
+    def _decode_all(self, embedding: Embedding, prompts: Sequence[Any],
+                    mask_inputs: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four decoder outputs: low-res logits ``(N, 4, l, l)`` and predicted IoU ``(N, 4)``."""
         n = len(prompts)
         masks_t = self._check_mask_inputs(mask_inputs, n)
         parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
         for i, (box, points, _) in enumerate(parsed):
             if box is None and points is None and masks_t is None:
                 raise ValueError(f"{self.name}: prompt {i} has neither a box nor points (and no mask input)")
-        k = 3 if multimask else 1
         low_hw = tuple(4 * int(s) for s in self.model.prompt_encoder.image_embedding_size)
-        low = torch.zeros((n, k, *low_hw), dtype=torch.float32)
-        iou = torch.zeros((n, k), dtype=torch.float32)
+        low = torch.zeros((n, _N_DECODER_OUTPUTS, *low_hw), dtype=torch.float32)
+        iou = torch.zeros((n, _N_DECODER_OUTPUTS), dtype=torch.float32)
         features = embedding.features.to(self.device, dtype=torch.float32)
         for (has_box, _), idx in _group_prompts(parsed).items():
             for start in range(0, len(idx), self.decode_chunk):
                 chunk = idx[start:start + self.decode_chunk]
                 lo, io = self._decode_group(features, embedding, [parsed[i] for i in chunk], has_box,
-                                            None if masks_t is None else masks_t[chunk], multimask)
+                                            None if masks_t is None else masks_t[chunk])
                 low[chunk], iou[chunk] = lo.float().cpu(), io.float().cpu()
-        masks = self.postprocess(low, embedding.input_hw, embedding.original_hw)
-        return Decoded(masks=masks, iou_pred=iou.numpy(), low_res_logits=low.numpy())
+        return low, iou
 
     def _decode_group(self, features: torch.Tensor, embedding: Embedding, group: list[tuple],
-                      has_box: bool, masks: torch.Tensor | None, multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One mask-decoder call for prompts with the same box presence and point count."""
+                      has_box: bool, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One mask-decoder call for prompts with the same box presence and point count (all 4 outputs)."""
         frame = (embedding.original_hw, embedding.input_hw)
         points = None
         if group[0][1] is not None:
@@ -252,9 +269,9 @@ class SamSegmenter(PromptableSegmenter):
         pe = self.model.prompt_encoder
         with torch.inference_mode():
             sparse, dense = pe(points=points, boxes=boxes, masks=masks)
-            low, iou = self.model.mask_decoder(
+            low, iou = self.model.mask_decoder.predict_masks(
                 image_embeddings=features, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense, multimask_output=multimask)
+                dense_prompt_embeddings=dense)
         return low, iou
 
     def postprocess(self, low_res: torch.Tensor, input_hw: tuple[int, int],
