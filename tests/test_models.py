@@ -171,6 +171,29 @@ def test_decode_policies_one_pass_equals_sam_forward_per_policy(tiny, tiny_emb):
     assert np.array_equal(single.masks, tiny.decode(tiny_emb, prompts).masks)
 
 
+def test_onnxruntime_matches_torch_and_keeps_its_own_cache_key(tiny, tiny_emb, tiny_ckpt, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    ort = sam_segmenter_from_checkpoint(tiny_ckpt, TINY, name="sam_tiny", num_threads=1, runtime="onnxruntime",
+                                        onnx_dir=tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)  # the tiny_emb image
+    emb = ort.encode(image)
+    np.testing.assert_allclose(emb.features.numpy(), tiny_emb.features.numpy(), rtol=1e-4, atol=1e-5)
+    assert emb.model_key == ort.cache_key != tiny.cache_key  # cached embeddings of the two never mix
+    prompts = [box(5, 5, 30, 40), pts([[10, 12], [50, 30], [3, 3]], [1, 0, 1]), pts([[40, 20]], [0], bx=[20, 5, 65, 40])]
+    for got, want in zip(ort.decode_policies(emb, prompts, [False, True]),
+                         tiny.decode_policies(tiny_emb, prompts, [False, True])):
+        np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(got.iou_pred, want.iou_pred, rtol=1e-3, atol=1e-4)
+    files = sorted(tmp_path.glob("*.onnx"))
+    assert [f.name.endswith(("decoder.onnx", "encoder.onnx")) for f in files] == [True, True]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = sam_segmenter_from_checkpoint(tiny_ckpt, TINY, name="sam_tiny", runtime="onnxruntime", onnx_dir=tmp_path)
+    again.encode(image)
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # exported once, reused
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        sam_segmenter_from_checkpoint(tiny_ckpt, TINY, name="sam_tiny", runtime="tensorrt")
+
+
 def test_mixed_point_counts_are_not_padded(tiny, tiny_emb):
     """A 1-point prompt decoded next to a 3-point one gives its own result, not a padded one."""
     one, three = pts([[10, 12]], [1]), pts([[10, 12], [50, 30], [3, 3]], [1, 0, 1])

@@ -112,6 +112,11 @@ def test_config_unknown_key_names_key_and_file(tmp_path):
     p = _write_config(tmp_path, {"notebook_params": {"no_such_stage": {"a": 1}}})
     with pytest.raises(ConfigError, match="no_such_stage"):
         load_config(p)
+    p = _write_config(tmp_path, {"foundation": {"models": [{"name": "litemedsam", "options": ["onnxruntime"]}]}})
+    with pytest.raises(ConfigError, match=r"models\[0\]\.options must be a mapping"):
+        load_config(p)
+    p = _write_config(tmp_path, {"foundation": {"models": [{"name": "litemedsam", "options": {"runtime": "onnxruntime"}}]}})
+    assert dict(load_config(p).foundation.models[0].options) == {"runtime": "onnxruntime"}
 
 
 def test_config_paths_resolve_against_repo_root(tmp_path):

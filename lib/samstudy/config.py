@@ -84,10 +84,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A foundation model: registry name (``models.build_model``) and checkpoint path (None: built-in)."""
+    """A foundation model: registry name (``models.build_model``), checkpoint path (None: built-in) and
+    builder options, e.g. ``{runtime: onnxruntime}`` or ``{num_threads: 1}`` (``SamSegmenter`` keywords;
+    LiteMedSAM also takes ``intensity``)."""
 
     name: str
     checkpoint: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,10 @@ def _parse_models(items: Any, file: Path) -> tuple[ModelSpec, ...]:
     for i, m in enumerate(items):
         m = {"name": m} if isinstance(m, str) else m
         _require(isinstance(m, Mapping), file, f"foundation.models[{i}] must be a name or a mapping")
-        out.append(_build(ModelSpec, m, f"foundation.models[{i}]", file))
+        spec = _build(ModelSpec, m, f"foundation.models[{i}]", file)
+        _require(isinstance(spec.options, Mapping) and all(isinstance(k, str) for k in spec.options), file,
+                 f"foundation.models[{i}].options must be a mapping of keyword -> value")
+        out.append(spec)
     return tuple(out)
 
 

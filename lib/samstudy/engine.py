@@ -535,7 +535,7 @@ def run_identity(dataset_name: str, split: str, policy: str, model: PromptableSe
     return {
         "engine_version": ENGINE_VERSION, "dataset": dataset_name, "split": split, "policy": policy,
         "model": model.name, "model_label": model.label, "checkpoint_sha256": model.checkpoint_sha256,
-        "preprocess_id": model.preprocess_id, "modes": [m.key for m in modes],
+        "preprocess_id": model.preprocess_id, "model_key": model.cache_key, "modes": [m.key for m in modes],
         "multimask": list(multimask), "click_multimask": list(click_multimask), "seed": int(seed),
         "gt_variants": sorted(variant_names), "min_box_side": float(min_box_side),
         "store_predictions": bool(store_predictions),

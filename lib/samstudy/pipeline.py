@@ -172,7 +172,8 @@ def stage_parameters(cfg: StudyConfig, stage: Stage, layout: RunLayout) -> dict[
     elif stage.name == "train_custom":
         p.update(minutes=cfg.custom.minutes, custom_options=dict(cfg.custom.options), device=f.device)
     elif stage.name == "foundation":
-        p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint)} for m in f.models],
+        p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)}
+                         for m in f.models],
                  modes=list(f.modes), buffer_sweep=list(f.buffer_sweep), multimask=list(f.multimask), gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir),
                  device=f.device)
     elif stage.name == "evaluate_custom":
