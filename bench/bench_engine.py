@@ -139,7 +139,8 @@ def _encoder_call(enc, x, grad_mode=torch.inference_mode, autocast=None, threads
     return dt, out.float()
 
 
-def encoder_tries(model, image, reps: int, peak: float, try_compile: bool, gflop: float) -> list[dict]:
+def encoder_tries(model, image, reps: int, peak: float, try_compile: bool, gflop: float,
+                  onnx_dir: Path) -> list[dict]:
     """Time the image encoder under a few settings on the same input; returns table rows.
 
     Settings are interleaved over ``reps`` rounds (after one untimed warm-up round) and the
@@ -177,8 +178,18 @@ def encoder_tries(model, image, reps: int, peak: float, try_compile: bool, gflop
             notes["torch.compile (inductor)"] = f"failed: {type(e).__name__}: {str(e)[:80]}"
     else:
         notes["torch.compile (inductor)"] = "not run (pass --compile)"
-    ort = importlib.util.find_spec("onnxruntime") is not None
-    notes["ONNX Runtime"] = "installed but not tried" if ort else "not installed here"
+    if importlib.util.find_spec("onnxruntime") is None:
+        notes["ONNX Runtime (CPU provider)"] = "not installed here"
+    else:
+        from samstudy.models.onnx_runtime import OrtSam
+
+        t0 = time.perf_counter()
+        ort = OrtSam(model.model, f"bench-{model.cache_key}", model.img_size, onnx_dir, threads)
+        export_s = time.perf_counter() - t0
+        _encoder_call(ort.encode, x)  # warm-up
+        best["ONNX Runtime (CPU provider)"] = min((_encoder_call(ort.encode, x) for _ in range(reps)),
+                                                  key=lambda t: t[0])
+        notes["ONNX Runtime (CPU provider)"] = f"export + session {export_s:.1f} s (once per model)"
 
     base_out = best[next(iter(settings))][1]
     rows = []
@@ -211,16 +222,16 @@ def print_table(rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------------- one model
-def decoder_gflop(model, image, ds) -> float:
-    """FLOPs of decoding one tight-box prompt (prompt encoder + mask decoder + upsampling)."""
+def decoder_gflop(model, ds) -> float:
+    """FLOPs of decoding one tight-box prompt: prompt encoder + mask decoder (PyTorch modules, so
+    counted whatever the runtime; post-processing to full resolution is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    inst = ds.instances_by_image()[sorted(ds.images)[0]][0]
-    prompt = make_prompt("tight_box", inst.mask(), image.shape[:2])
-    with torch.inference_mode():
-        emb = model.encode(image)
-        with FlopCounterMode(display=False) as fc:
-            model.decode(emb, [prompt])
+    pe = model.model.prompt_encoder
+    features = torch.zeros((1, int(pe.embed_dim), *map(int, pe.image_embedding_size)))
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        sparse, dense = pe(points=None, boxes=torch.tensor([[10.0, 10.0, 100.0, 80.0]]), masks=None)
+        model.model.mask_decoder.predict_masks(features, pe.get_dense_pe(), sparse, dense)
     return fc.get_total_flops() / 1e9
 
 
@@ -230,7 +241,8 @@ def bench_model(label, model, ds, modes, multimask, work, naive_images, peak, re
           f"({n_obj / max(len(ds.images), 1):.1f}/image); modes {[m.key for m in modes]}, multimask {multimask}")
     first_image = read_image(ds.images[sorted(ds.images)[0]].path)
     enc_gflop = count_gflop(model.model.image_encoder, model.preprocess(first_image).to(model.device))
-    dec_gflop = decoder_gflop(model, first_image, ds)  # also the warm-up encode
+    dec_gflop = decoder_gflop(model, ds)
+    model.encode(first_image)  # warm-up (and, with onnxruntime, the one-off export)
 
     cache_dir = work / f"cache-{model.name}"
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -270,7 +282,7 @@ def bench_model(label, model, ds, modes, multimask, work, naive_images, peak, re
           f"{enc_gflop / enc_per_image:.1f} GFLOP/s = {enc_gflop / enc_per_image / peak:.1%} of the {peak:.0f} GFLOP/s "
           f"fp32 matmul rate")
     if tries:
-        rows = encoder_tries(model, first_image, reps, peak, try_compile, enc_gflop)
+        rows = encoder_tries(model, first_image, reps, peak, try_compile, enc_gflop, work / "onnx")
         print(f"   tried (fastest of {reps} interleaved rounds, same image):")
         print_table(rows)
 
@@ -287,6 +299,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="model num_threads for encode/decode (default: torch's; 1 is faster on a loaded 2-core box)")
     ap.add_argument("--compile", action="store_true", help="also try torch.compile (slow first call)")
+    ap.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
+                    help="runtime of the engine runs (samstudy.models.sam.RUNTIMES)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = ap.parse_args(argv)
 
@@ -295,17 +309,19 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_engine-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (model: {args.threads or 'default'}), "
+          f"runtime {args.runtime}, "
           f"{os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.2f} (other processes share these cores); work dir {work}")
     peak = matmul_gflops()
     print(f"fp32 matmul rate (2048^2 torch.mm, best of 5): {peak:.1f} GFLOP/s")
 
     ds = load_data(work, args.limit)
-    bench_model("LiteMedSAM", build_model("litemedsam", num_threads=args.threads), ds, modes, multimask, work,
+    kw = {"num_threads": args.threads, "runtime": args.runtime, "onnx_dir": work / "onnx"}
+    bench_model("LiteMedSAM", build_model("litemedsam", **kw), ds, modes, multimask, work,
                 args.naive_images, peak, args.reps, args.compile)
     if args.vitb_images:
         small = ds.subset(sorted(ds.images)[:args.vitb_images])
-        vitb = build_model("sam_vit_b_random", num_threads=args.threads)
+        vitb = build_model("sam_vit_b_random", **kw)
         bench_model("SAM ViT-B (random init)", vitb, small, modes, multimask, work, 0, peak, 1, False, tries=False)
     peak_end = matmul_gflops()
     print(f"\nfp32 matmul rate at the end: {peak_end:.1f} GFLOP/s; load average {os.getloadavg()[0]:.2f}")
