@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= demo
 CONFIG ?= configs/demo.yaml
 
-.PHONY: study test install bench data-coco weights shared-coco isegm policy clean-venv
+.PHONY: study test install bench data-coco weights shared-coco isegm policy policy-synthetic clean-venv
 
 # Install into .venv when the pins changed (pip takes torch/torchvision from this machine's disk).
 $(STAMP): requirements.txt pyproject.toml
@@ -40,6 +40,10 @@ isegm: $(STAMP)
 
 policy: $(STAMP)
 	$(VENV)/bin/samstudy run --config configs/policy-automotive.yaml --run policy-automotive
+
+## The same policy experiment on the synthetic probe set (no external data)
+policy-synthetic: $(STAMP)
+	$(VENV)/bin/samstudy run --config configs/policy-synthetic.yaml --run policy-synthetic
 
 ## Downloads for the real study (need internet)
 data-coco: $(STAMP)
