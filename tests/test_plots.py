@@ -122,6 +122,9 @@ def test_gallery_rules():
     assert list(gallery.select_cases(cases, arms, "small", 5)["ann_id"]) == [1]
     # boundary: objects every arm found (IoU >= 0.5): only object 2; object 1 (0.3) and 3 (0.4) fail
     assert list(gallery.select_cases(cases, arms, "boundary", 5)["ann_id"]) == [2]
+    # policy: objects tagged by the policy (1 merged, 3 filled; "policy:other" is not a policy change)
+    tagged = cases.assign(tags=cases["ann_id"].map({1: "person,policy:merged", 2: "policy:other", 3: "policy:filled"}))
+    assert list(gallery.select_cases(tagged, arms, "policy", 5)["ann_id"]) == [1, 3]
     with pytest.raises(ValueError):
         gallery.select_cases(cases, arms, "nope", 1)
 

@@ -59,6 +59,7 @@ def test_square_frame_fills_to_square_and_solid_mask_unchanged():
     assert a.area == 400 and b.area == 75
     assert (b.mask() == solid).all()
     assert ds.policy_log[-1]["n_changed"] == 1
+    assert (a.tags, b.tags) == (("policy:filled",), ())  # only the changed object is tagged
 
 
 def test_hole_connectivity_rule():
@@ -134,7 +135,7 @@ def test_crowd_never_merged_and_merge_unions_tags_and_ignore():
     ig = _rect(20, 22, 0, 5)
     m = merge_same_category(_ds(_inst(1, a, tags=("x",)), _inst(2, b, tags=("a", "x"), ignore_rle=encode_rle(ig))))
     (t,) = m.instances
-    assert t.tags == ("a", "x") and (t.ignore_mask() == ig).all()
+    assert t.tags == ("a", "policy:merged", "x") and (t.ignore_mask() == ig).all()
 
 
 def test_merged_ids_unique_and_inputs_untouched():

@@ -11,6 +11,8 @@ Cases are chosen by a stated rule (:data:`RULES`), never by hand:
 - ``small``: COCO-small objects (area < 32² px), largest IoU gap between arms first;
 - ``boundary``: objects every arm found (IoU >= 0.5 for all), largest boundary-IoU gap between arms
   first (the object was found; its outline was not).
+- ``policy``: objects the labeling policy changed (tagged ``policy:filled`` or ``policy:merged``
+  by :mod:`samstudy.policies`), largest IoU gap between arms first.
 
 The *IoU gap* of an object is ``max - min`` of its IoU over the arms (with a single arm:
 ``1 - IoU``). Ties are broken by ``(dataset, image_id, ann_id)``.
@@ -32,7 +34,10 @@ RULES: dict[str, str] = {
              "largest IoU gap between arms first",
     "small": "COCO-small objects (area < 32² px), largest IoU gap between arms first",
     "boundary": "objects every arm found (IoU ≥ 0.5 for all arms), largest boundary-IoU gap between arms first",
+    "policy": "objects the labeling policy changed (holes filled or same-category objects merged), "
+              "largest IoU gap between arms first",
 }
+POLICY_TAGS = ("policy:filled", "policy:merged")
 GT_COLOUR = (0.1, 0.85, 0.2)
 ARM_COLOURS = ((0.30, 0.45, 0.69), (0.87, 0.52, 0.32), (0.77, 0.31, 0.32), (0.51, 0.45, 0.70),
                (0.58, 0.47, 0.38), (0.85, 0.55, 0.76))
@@ -67,6 +72,9 @@ def select_cases(cases: pd.DataFrame, arms: Sequence[Arm], failure_mode: str, n:
         pick, key = cases[(cases["gt_holes"].fillna(0).astype(float) > 0) | (holes > 0)], "iou_gap"
     elif failure_mode == "small":
         pick, key = cases[cases["size_bucket"] == "small"], "iou_gap"
+    elif failure_mode == "policy":
+        tags = cases["tags"].fillna("").astype(str).str.split(",")
+        pick, key = cases[tags.map(lambda t: any(x in POLICY_TAGS for x in t))], "iou_gap"
     elif failure_mode == "boundary":
         found = (cases[[f"iou|{l}" for l in labels]] >= 0.5).all(axis=1)
         pick, key = cases[found], "biou_gap"

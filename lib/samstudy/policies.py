@@ -20,13 +20,14 @@ Steps:
   touches" graph, so chains merge transitively. A merged object gets a new ``ann_id`` (one above
   the largest id of the input, then counting up, in image/category/first-member order), its mask is
   the union, ``area``/``box_xyxy`` are recomputed, ``source_ann_ids`` lists every member's sources,
-  ``tags`` is the sorted union, ``ignore_rle`` the union (or ``None``). Crowd instances are never
-  merged (they already stand for groups).
+  ``tags`` is the sorted union plus ``"policy:merged"``, ``ignore_rle`` the union (or ``None``).
+  Crowd instances are never merged (they already stand for groups).
 - :func:`fill_holes` fills every **hole** = background component fully enclosed by the object
   mask, i.e. not connected to the image border, with **4-connected background** (the object is
   implicitly 8-connected: a diagonal gap does not open a hole). The result equals
   ``scipy.ndimage.binary_fill_holes`` with its default cross structure (computed by one labelling
   pass, which is faster) and uses the same definition as :func:`samstudy.metrics.hole_mask`.
+  A filled instance gets the tag ``"policy:filled"``.
 - :func:`min_area` removes instances with ``area < px``.
 
 :func:`apply_policy` runs the enabled steps in this fixed order:
@@ -57,6 +58,12 @@ from .masks import compress_rle, decode_rle, encode_rle, rle_area, rle_box_xyxy
 
 AUTOMOTIVE_CATEGORIES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 _EIGHT = np.ones((3, 3), dtype=np.uint8)  # 8-neighbour structuring element for "touching"
+# tags of the objects a policy changed (the galleries' "policy" cases; kept in the COCO JSON "tags")
+MERGED_TAG, FILLED_TAG = "policy:merged", "policy:filled"
+
+
+def _tagged(tags: Iterable[str], tag: str) -> tuple[str, ...]:
+    return tuple(sorted(set(tags) | {tag}))
 
 
 def _log_row(name: str, params: dict[str, Any], before: list[Instance], after: list[Instance],
@@ -159,7 +166,8 @@ def fill_holes(dataset: Dataset) -> Dataset:
         r0, c0, holes = found
         m[r0:r0 + holes.shape[0], c0:c0 + holes.shape[1]] |= holes
         rle = encode_rle(m)
-        out.append(t.with_(rle=rle, area=rle_area(rle), box_xyxy=tuple(float(v) for v in rle_box_xyxy(rle))))
+        out.append(t.with_(rle=rle, area=rle_area(rle), box_xyxy=tuple(float(v) for v in rle_box_xyxy(rle)),
+                           tags=_tagged(t.tags, FILLED_TAG)))
         changed += 1
         added += int(holes.sum())
     return _with(dataset, out, _log_row("fill_holes", {"background_connectivity": 4}, dataset.instances,
@@ -221,7 +229,7 @@ def _merged(group: list[Instance], ann_id: int) -> Instance:
     return Instance(image_id=first.image_id, ann_id=ann_id, category_id=first.category_id,
                     category=first.category, rle=rle, area=rle_area(rle),
                     box_xyxy=tuple(float(v) for v in rle_box_xyxy(rle)), iscrowd=False,
-                    tags=tuple(sorted({g for t in group for g in t.tags})), ignore_rle=ignore,
+                    tags=_tagged([g for t in group for g in t.tags], MERGED_TAG), ignore_rle=ignore,
                     source_ann_ids=tuple(sources))
 
 
