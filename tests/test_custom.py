@@ -196,6 +196,35 @@ def test_training_reduces_loss_and_resume_is_identical(discs, tmp_path):
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), curve.drop(columns="seconds"))
 
 
+def test_time_budget_stops_training_without_bending_the_schedule(discs, tmp_path, monkeypatch):
+    """A budget-stopped run is the prefix of the unstopped one: same learning rates, same losses."""
+    import json
+
+    import samstudy.custom.train as train_mod
+
+    cfg = CustomConfig(**TINY, epochs=4, seed=5)
+    train_custom(discs, cfg, tmp_path / "full", val_fraction=0.25, progress=False)
+    full = pd.read_csv(tmp_path / "full" / "curve.csv")
+    spe = json.loads((tmp_path / "full" / "train_meta.json").read_text())["steps_per_epoch"]
+
+    clock = {"t": 0.0}  # a fake clock: one second per training step, nothing else takes time
+    real_step = train_mod._train_step
+
+    def step_and_tick(*args, **kwargs):
+        clock["t"] += 1.0
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "_train_step", step_and_tick)
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock["t"])
+    budget_s = 2 * spe + 0.5  # ends early in epoch 3
+    train_custom(discs, CustomConfig(**{**TINY, "epochs": 4, "seed": 5, "max_minutes": budget_s / 60}),
+                 tmp_path / "cut", val_fraction=0.25, progress=False)
+    cut = pd.read_csv(tmp_path / "cut" / "curve.csv")
+    assert len(cut) < len(full)
+    cols = ["epoch", "step", "train_loss", "lr", "val_miou_stage1", "val_miou_stage2"]
+    pd.testing.assert_frame_equal(cut[cols].iloc[:2], full[cols].iloc[:2])
+
+
 def test_resume_with_another_config_names_the_file(discs, tmp_path):
     train_custom(discs, CustomConfig(**TINY, epochs=1), tmp_path, progress=False)
     with pytest.raises(ValueError, match="last.pt.*margin"):
