@@ -111,7 +111,7 @@ class OrtSam:
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed input ``(1, 3, S, S)`` float32 -> features ``(1, C, h, w)`` float32."""
-        out = self.encoder.run(None, {"image": x.detach().cpu().numpy()})[0]
+        out = self.encoder.run(None, {"image": np.ascontiguousarray(x.detach().cpu().numpy())})[0]
         return torch.from_numpy(out)
 
     def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
