@@ -222,7 +222,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 # ----------------------------------------------------------------------------------- one model
-def decoder_gflop(model, ds) -> float:
+def decoder_gflop(model) -> float:
     """FLOPs of decoding one tight-box prompt: prompt encoder + mask decoder (PyTorch modules, so
     counted whatever the runtime; post-processing to full resolution is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -241,7 +241,7 @@ def bench_model(label, model, ds, modes, multimask, work, naive_images, peak, re
           f"({n_obj / max(len(ds.images), 1):.1f}/image); modes {[m.key for m in modes]}, multimask {multimask}")
     first_image = read_image(ds.images[sorted(ds.images)[0]].path)
     enc_gflop = count_gflop(model.model.image_encoder, model.preprocess(first_image).to(model.device))
-    dec_gflop = decoder_gflop(model, ds)
+    dec_gflop = decoder_gflop(model)
     model.encode(first_image)  # warm-up (and, with onnxruntime, the one-off export)
 
     cache_dir = work / f"cache-{model.name}"
