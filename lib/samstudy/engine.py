@@ -297,11 +297,12 @@ def _select(dec: Decoded, i: int, best_of_3: bool) -> tuple[np.ndarray, float, n
     return dec.masks[i, k].copy(), float(dec.iou_pred[i, k]), dec.low_res_logits[i, k:k + 1]
 
 
-def _timed_decode(model: PromptableSegmenter, emb: Embedding, prompts: list[Prompt], multimask: bool,
-                  mask_inputs: np.ndarray | None = None) -> tuple[Decoded, float]:
+def _timed_decode(model: PromptableSegmenter, emb: Embedding, prompts: list[Prompt], multimask: Sequence[bool],
+                  mask_inputs: np.ndarray | None = None) -> tuple[list[Decoded], float]:
+    """``model.decode_policies`` (one decoder pass for every multimask flag) and its wall time."""
     t0 = time.perf_counter()
-    dec = model.decode(emb, prompts, multimask=multimask, mask_inputs=mask_inputs)
-    return dec, time.perf_counter() - t0
+    decoded = model.decode_policies(emb, prompts, list(multimask), mask_inputs)
+    return decoded, time.perf_counter() - t0
 
 
 # =============================================================================== mode runners
@@ -323,9 +324,8 @@ def _run_one_shot(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policies: Se
     if not ready:
         return
     # every policy from one decoder pass; each row carries an equal share of that pass's time
-    t0 = time.perf_counter()
-    decoded = ctx.model.decode_policies(emb, prompts, [pol == "best_of_3" for pol in policies])
-    share = (time.perf_counter() - t0) / (len(ready) * len(policies))
+    decoded, dt = _timed_decode(ctx.model, emb, prompts, [pol == "best_of_3" for pol in policies])
+    share = dt / (len(ready) * len(policies))
     for pol, dec in zip(policies, decoded):
         for i, obj in enumerate(ready):
             mask, piou, _ = _select(dec, i, pol == "best_of_3")
@@ -362,7 +362,7 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policy: str, e
 
     if start_box:
         prompts = [Prompt(mode=mode.key, box=b, params=dict(mode.params)) for b in boxes]
-        dec, dt = _timed_decode(ctx.model, emb, prompts, _click_best_of_3(policy, True))
+        (dec,), dt = _timed_decode(ctx.model, emb, prompts, [_click_best_of_3(policy, True)])
         logits = np.zeros((n, 1) + dec.low_res_logits.shape[2:], np.float32)
         for i in range(n):
             mask, piou, logits[i] = _select(dec, i, _click_best_of_3(policy, True))
@@ -389,7 +389,7 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policy: str, e
                           params=dict(mode.params)) for i in active]
         mask_in = None if logits is None else logits[active]
         bo3 = _click_best_of_3(policy, first)
-        dec, dt = _timed_decode(ctx.model, emb, prompts, bo3, mask_in)
+        (dec,), dt = _timed_decode(ctx.model, emb, prompts, [bo3], mask_in)
         if logits is None:
             logits = np.zeros((n, 1) + dec.low_res_logits.shape[2:], np.float32)
         for j, i in enumerate(active):
@@ -535,7 +535,7 @@ def run_identity(dataset_name: str, split: str, policy: str, model: PromptableSe
     return {
         "engine_version": ENGINE_VERSION, "dataset": dataset_name, "split": split, "policy": policy,
         "model": model.name, "model_label": model.label, "checkpoint_sha256": model.checkpoint_sha256,
-        "preprocess_id": model.preprocess_id, "model_key": model.cache_key, "modes": [m.key for m in modes],
+        "model_key": model.cache_key, "modes": [m.key for m in modes],  # weights + preprocessing + runtime
         "multimask": list(multimask), "click_multimask": list(click_multimask), "seed": int(seed),
         "gt_variants": sorted(variant_names), "min_box_side": float(min_box_side),
         "store_predictions": bool(store_predictions),

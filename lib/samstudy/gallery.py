@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from .policies import FILLED_TAG, MERGED_TAG
 from .report import OBJECT_KEYS, Arm, arm_matrix, figure_image
 
 RULES: dict[str, str] = {
@@ -37,7 +38,7 @@ RULES: dict[str, str] = {
     "policy": "objects the labeling policy changed (holes filled or same-category objects merged), "
               "largest IoU gap between arms first",
 }
-POLICY_TAGS = ("policy:filled", "policy:merged")
+POLICY_TAGS = (FILLED_TAG, MERGED_TAG)
 GT_COLOUR = (0.1, 0.85, 0.2)
 ARM_COLOURS = ((0.30, 0.45, 0.69), (0.87, 0.52, 0.32), (0.77, 0.31, 0.32), (0.51, 0.45, 0.70),
                (0.58, 0.47, 0.38), (0.85, 0.55, 0.76))

@@ -140,6 +140,8 @@ class SamSegmenter(PromptableSegmenter):
             self.model.image_encoder.to(memory_format=torch.channels_last)
         self.runtime = runtime
         self.onnx_dir = onnx_dir
+        with torch.inference_mode():  # depends on the weights only: computed once, not per decoder call
+            self._dense_pe = self.model.prompt_encoder.get_dense_pe()
         self._ort: Any = None  # OrtSam, built on first use (exporting takes seconds)
 
     @property
@@ -248,7 +250,7 @@ class SamSegmenter(PromptableSegmenter):
             low, iou = self._decode_all(embedding, prompts, mask_inputs)
             out = []
             for m in multimask:
-                sel = slice(1, 4) if m else slice(0, 1)
+                sel = slice(1, _N_DECODER_OUTPUTS) if m else slice(0, 1)
                 lo = low[:, sel].contiguous()
                 masks = self.postprocess(lo, embedding.input_hw, embedding.original_hw)
                 out.append(Decoded(masks=masks, iou_pred=iou[:, sel].numpy().copy(), low_res_logits=lo.numpy()))
@@ -296,7 +298,7 @@ class SamSegmenter(PromptableSegmenter):
             sparse, dense = pe(points=points, boxes=boxes, masks=masks)
             decoder = self._ort_sam() if self.runtime == "onnxruntime" else self.model.mask_decoder
             low, iou = decoder.predict_masks(
-                image_embeddings=features, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                image_embeddings=features, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense)
         return low, iou
 
