@@ -46,7 +46,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import nbformat
 
 from .config import StudyConfig, _plain
-from .provenance import git_info, package_versions, write_json_atomic
+from .files import write_json_atomic
+from .provenance import git_info, package_versions
 
 MANIFEST_FORMAT = 1
 

@@ -1,4 +1,5 @@
-"""What made a result: package versions, git commit, and atomic JSON writes for manifests.
+"""What made a result: package versions and the git commit (manifests are written with
+:func:`samstudy.files.write_json_atomic`).
 
 Every run directory (engine parts, custom-model training, pipeline stages) records these, so a table
 can always be traced back to the code and libraries that produced it.
@@ -6,11 +7,9 @@ can always be traced back to the code and libraries that produced it.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,20 +46,3 @@ def git_info(repo: str | os.PathLike | None = None) -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit or None, "dirty": bool(status) if status is not None else None}
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> Path:
-    """Write ``obj`` as indented JSON via a temporary file + ``os.replace``: a killed process never
-    leaves half a manifest. Non-JSON values are written with ``str``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=sort_keys, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -22,20 +22,13 @@ from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
+from ..files import file_sha256
+
 _CHUNK = 1 << 20
 
 
 class ChecksumError(RuntimeError):
     """A file's SHA-256 (or MD5) differs from the published one; the message names file, expected, got."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_file_sha256(path: str | os.PathLike) -> str:
