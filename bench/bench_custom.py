@@ -38,7 +38,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
-from samstudy.custom import CustomConfig, evaluate_custom, load_custom, train_custom  # noqa: E402
+from samstudy.custom import CustomConfig, custom_arms, load_custom, train_custom  # noqa: E402
+from samstudy.engine import run_experiment  # noqa: E402
 from samstudy.custom.model import CustomModel, CustomSegmenter, build_custom_model, stage_stats  # noqa: E402
 from samstudy.data import Dataset, load_coco, read_image  # noqa: E402
 from samstudy.prompts import extreme_points  # noqa: E402
@@ -102,16 +103,22 @@ def inference(seg: CustomSegmenter, n_objects: int = 60, seed: int = 0) -> dict:
 def litemedsam_tight_box(test: Dataset, out_dir: Path) -> pd.DataFrame | None:
     """LiteMedSAM with the tight box through the engine, or ``None`` when it cannot be built."""
     try:
-        from samstudy.engine import run_foundation_experiment
         from samstudy.models import build_model
 
         model = build_model("litemedsam")
     except Exception as e:  # noqa: BLE001 - the comparison is optional
         print(f"  LiteMedSAM unavailable ({type(e).__name__}: {e}); no tight-box comparison")
         return None
-    df = run_foundation_experiment(test, model, modes=["tight_box"], out_dir=out_dir, multimask=["single"],
-                                   progress=False, store_predictions=False)
+    df = run_experiment(test, model, modes=["tight_box"], out_dir=out_dir, multimask=["single"],
+                        progress=False, store_predictions=False)
     return df[df.status == "ok"]
+
+
+def evaluate_custom(test: Dataset, seg: CustomSegmenter, out_dir: Path) -> pd.DataFrame:
+    """Both custom stages through the engine (extreme points), one table."""
+    return pd.concat([run_experiment(test, arm, ["extreme_points"], out_dir / arm.name, multimask=["single"],
+                                     progress=False, store_predictions=False) for arm in custom_arms(seg)],
+                     ignore_index=True)
 
 
 def summarise(df: pd.DataFrame, name: str) -> dict:
@@ -142,7 +149,7 @@ def synthetic(work: Path, minutes: float, init: str) -> tuple[dict, CustomSegmen
     print(f"  training: {train_s:.1f} s wall for {len(train.instances)} objects "
           f"(budget {minutes} min; target <= 180 s); curve: {work / f'syn-train-{init}' / 'curve.csv'}")
     seg = load_custom(best)
-    df = evaluate_custom(test, seg, work / f"syn-eval-{init}", progress=False)
+    df = evaluate_custom(test, seg, work / f"syn-eval-{init}")
     res = {"train_s": train_s, **summarise(df, "synthetic")}
     ok = df[df.status == "ok"]
     cats = ok.pivot_table(index="category", columns="model", values="iou", aggfunc="mean")
@@ -176,7 +183,7 @@ def coco(work: Path, minutes: float, init: str) -> dict:
     print(f"  training: {train_s / 60:.1f} min wall on {len(train.images)} images / {len(train.instances)} "
           f"objects (target <= 30 min)")
     seg = load_custom(best)
-    df = evaluate_custom(test, seg, work / f"coco-eval-{init}", progress=False)
+    df = evaluate_custom(test, seg, work / f"coco-eval-{init}")
     res = {"train_s": train_s, **summarise(df, "coco")}
     lms = litemedsam_tight_box(test, work / "coco-litemedsam")
     if lms is not None:

@@ -67,7 +67,7 @@ def timed(fn, *args, **kwargs):
 
 def run_engine(ds, model, modes, out_dir, cache, multimask):
     shutil.rmtree(out_dir, ignore_errors=True)
-    return timed(engine.run_foundation_experiment, ds, model, modes, out_dir, cache, seed=0,
+    return timed(engine.run_experiment, ds, model, modes, out_dir, cache, seed=0,
                  progress=False, multimask=multimask, store_predictions=True)
 
 

@@ -18,9 +18,11 @@ from samstudy.custom.model import (MAX_STAGE_BYTES, MAX_STAGE_PARAMS, Checkpoint
                                    CustomSegmenter, build_custom_model, load_custom, prepare_inputs, quad_mask,
                                    stage_stats)
 from samstudy.custom.train import train_custom
-from samstudy.custom.evaluate import STAGE_MODELS, evaluate_custom
-from samstudy.data import Dataset, ImageRecord, Instance
-from samstudy.engine import ROW_COLUMNS
+from samstudy.custom.arm import STAGE_MODELS, CustomArm, custom_arms
+from samstudy.data import Dataset, ImageRecord, Instance, read_image
+from samstudy.engine import run_experiment
+from samstudy.metrics import iou as ref_iou
+from samstudy.results import ROW_COLUMNS, read_results
 from samstudy.masks import encode_rle, mask_box_xyxy
 from samstudy.prompts import extreme_points
 
@@ -231,17 +233,36 @@ def test_resume_with_another_config_names_the_file(discs, tmp_path):
         train_custom(discs, CustomConfig(**{**TINY, "margin": 0.3}, epochs=1), tmp_path, progress=False)
 
 
-def test_evaluation_rows_join_the_engine_schema(discs, tmp_path):
+def test_custom_arms_are_scored_by_the_engine_like_every_model(discs, tmp_path):
     best = train_custom(discs, CustomConfig(**TINY, epochs=1), tmp_path / "t", progress=False)
     seg = load_custom(best)
-    df = evaluate_custom(discs, seg, tmp_path / "e", split="test", policy="raw", progress=False)
+    frames = [run_experiment(discs, arm, ["extreme_points"], tmp_path / arm.name, multimask=["single"],
+                             progress=False) for arm in custom_arms(seg)]
+    df = pd.concat(frames, ignore_index=True)
     assert tuple(df.columns) == ROW_COLUMNS
     assert set(df.model) == {m for m, _ in STAGE_MODELS.values()}
-    assert set(df.prompt_mode) == {"extreme_points"}
-    assert len(df) == 2 * len(discs.instances)
-    ok = df[df.status == "ok"]
-    assert ok.iou.between(0, 1).all() and ok.checkpoint_sha256.eq(seg.checkpoint_sha256).all()
-    assert pd.read_parquet(tmp_path / "e" / "predictions.parquet").shape[0] == len(ok)
+    assert set(df.prompt_mode) == {"extreme_points"} and (df.multimask == "single").all()
+    assert len(df) == 2 * len(discs.instances) and (df.status == "ok").all()
+    assert df.checkpoint_sha256.eq(seg.checkpoint_sha256).all() and df.pred_iou.isna().all()
+    # each row's IoU is the IoU of the model's own prediction from the DEXTR points, at full resolution
+    by_id = {t.ann_id: t for t in discs.instances}
+    for r in df.sample(6, random_state=0).itertuples():
+        gt = by_id[r.ann_id].mask()
+        image = read_image(discs.images[r.image_id].path)
+        pred = seg.predict(image, extreme_points(gt))["stage1" if r.model == "custom_stage1" else "stage2"]
+        assert r.iou == pytest.approx(ref_iou(pred, gt), abs=1e-12)
+    assert read_results(tmp_path / "custom_stage2", predictions=True).shape[0] == len(discs.instances)
+
+
+def test_custom_arm_refuses_modes_and_selections_it_cannot_decode(discs, tmp_path):
+    with torch.random.fork_rng(devices=[]):
+        arm = CustomArm(CustomSegmenter(build_custom_model(CustomConfig(**TINY))), stage=2)
+    for modes, multimask, what in ((["tight_box"], ["single"], "tight_box"),
+                                   (["clicks[max_clicks=2]"], ["single"], "clicks"),
+                                   (["extreme_points"], ["single", "best_of_3"], "best_of_3")):
+        with pytest.raises(ValueError, match=what):
+            run_experiment(discs, arm, modes, tmp_path / "never", multimask=multimask, progress=False)
+    assert not (tmp_path / "never").exists()  # refused before anything was read or written
 
 
 # ----------------------------------------------------------------------------- checkpoints and size

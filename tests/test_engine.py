@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samstudy import engine
+from samstudy import engine, results
 from samstudy.cache import EmbeddingCache
 from samstudy.data import Dataset, ImageRecord, Instance
 from samstudy.masks import encode_rle, mask_box_xyxy, rle_area
@@ -138,7 +138,7 @@ def test_tight_box_iou_equals_independent_truth(tmp_path):
     rows, preds = engine.process_image(ds.images[1], ds.instances, model, ["tight_box"], None, seed=0,
                                        dataset="tiny")
     df = pd.DataFrame(rows)
-    assert set(df.columns) == set(engine.ROW_COLUMNS)
+    assert set(df.columns) == set(results.ROW_COLUMNS)
     assert len(df) == 3 * 2 and (df.status == "ok").all()  # 3 objects x (single, best_of_3)
     for inst in ds.instances:
         m = inst.mask()
@@ -151,7 +151,7 @@ def test_tight_box_iou_equals_independent_truth(tmp_path):
     # one decode call per policy for all objects of the image; one encode
     assert [(c["n"], c["multimask"]) for c in model.calls] == [(3, False), (3, True)] and model.encodes == 1
     assert len(preds) == 6
-    pred = engine.prediction_mask(preds[0])
+    pred = results.prediction_mask(preds[0])
     assert pred.shape == (H, W) and preds[0]["iou"] == pytest.approx(df.iou.iloc[0])
 
 
@@ -160,7 +160,7 @@ def test_prompts_are_deterministic_and_independent_of_mode_order(tmp_path):
     a, _ = engine.process_image(ds.images[1], ds.instances, BoxFake(), MODES, None, seed=3)
     b, _ = engine.process_image(ds.images[1], ds.instances[::-1], BoxFake(), MODES[::-1], None, seed=3)
     c, _ = engine.process_image(ds.images[1], ds.instances, BoxFake(), MODES, None, seed=4)
-    key = engine.SORT_KEYS
+    key = list(results.SORT_KEYS)
     drop = ["time_encode_s", "time_decode_s"]
     da, db, dc = (pd.DataFrame(r).drop(columns=drop).sort_values(key).reset_index(drop=True) for r in (a, b, c))
     pd.testing.assert_frame_equal(da, db)
@@ -199,7 +199,7 @@ def test_click_sequence_feeds_back_logits_and_batches_over_objects(tmp_path):
     p = pd.DataFrame(preds)
     for _, r in p.sample(5, random_state=0).iterrows():
         row = df[(df.ann_id == r.ann_id) & (df.multimask == r.multimask) & (df.click == r.click)].iloc[0]
-        assert ref_iou(engine.prediction_mask(r), ds.instances[[10, 11, 12].index(r.ann_id)].mask()) == \
+        assert ref_iou(results.prediction_mask(r), ds.instances[[10, 11, 12].index(r.ann_id)].mask()) == \
             pytest.approx(row.iou)
         assert json.loads(r.prompt)["points"] is not None
 
@@ -239,7 +239,7 @@ def test_ignore_mask_reaches_metrics_and_clicker(tmp_path):
 def test_skips_are_recorded_not_fatal(tmp_path):
     ds = make_dataset(tmp_path, 1, with_bad=True)
     model = BoxFake()
-    out = engine.run_foundation_experiment(ds, model, ["tight_box", "clicks[max_clicks=2]"], tmp_path / "out",
+    out = engine.run_experiment(ds, model, ["tight_box", "clicks[max_clicks=2]"], tmp_path / "out",
                                            progress=False)
     skipped = out[out.status == "skipped"].groupby("ann_id").skip_reason.first().to_dict()
     assert skipped == {100: "empty_mask", 101: "degenerate_box", 990: "image_missing"}
@@ -273,66 +273,102 @@ def test_image_read_failure_is_a_skip_row(tmp_path):
 
 # ------------------------------------------------------------------------------ resumable runs
 def _comparable(df):
-    return df.drop(columns=list(engine.TIMING_COLUMNS))
+    return df.drop(columns=list(results.TIMING_COLUMNS))
 
 
 def test_resume_after_kill_and_lost_parts_gives_identical_table(tmp_path):
     ds = make_dataset(tmp_path, 4)
     modes = ["tight_box", "jitter_box", "clicks[max_clicks=3]"]
     cache = EmbeddingCache(tmp_path / "cache")
-    full = engine.run_foundation_experiment(ds, BoxFake(), modes, tmp_path / "full", cache, seed=1,
+    full = engine.run_experiment(ds, BoxFake(), modes, tmp_path / "full", cache, seed=1,
                                             progress=False)
-    full_preds = engine.read_results(tmp_path / "full", predictions=True)
+    full_preds = results.read_results(tmp_path / "full", predictions=True)
 
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="injected crash"):  # killed while encoding image 3
-        engine.run_foundation_experiment(ds, BoxFake(fail_on_encode=3), modes, out, None, seed=1, progress=False)
+        engine.run_experiment(ds, BoxFake(fail_on_encode=3), modes, out, None, seed=1, progress=False)
     assert sorted(p.name for p in (out / "parts").glob("*.parquet")) == [
         "1.parquet", "1.pred.parquet", "2.parquet", "2.pred.parquet"]
     model = BoxFake()
-    resumed = engine.run_foundation_experiment(ds, model, modes, out, None, seed=1, progress=False)
+    resumed = engine.run_experiment(ds, model, modes, out, None, seed=1, progress=False)
     assert model.encodes == 2  # images 1 and 2 were not recomputed
     pd.testing.assert_frame_equal(_comparable(full), _comparable(resumed))
-    pd.testing.assert_frame_equal(full_preds, engine.read_results(out, predictions=True))
+    pd.testing.assert_frame_equal(full_preds, results.read_results(out, predictions=True))
 
     (out / "parts" / "3.parquet").unlink()  # lost rows part -> image 3 recomputed
     (out / "parts" / "1.pred.parquet").unlink()  # lost predictions part -> image 1 recomputed
     model = BoxFake()
-    again = engine.run_foundation_experiment(ds, model, modes, out, None, seed=1, progress=False)
+    again = engine.run_experiment(ds, model, modes, out, None, seed=1, progress=False)
     assert model.encodes == 2
     pd.testing.assert_frame_equal(_comparable(full), _comparable(again))
-    pd.testing.assert_frame_equal(_comparable(full), _comparable(engine.read_results(out)))
+    pd.testing.assert_frame_equal(_comparable(full), _comparable(results.read_results(out)))
 
     # a warm rerun with the shared cache encodes nothing and marks rows cached
     model = BoxFake()
-    warm = engine.run_foundation_experiment(ds, model, modes, tmp_path / "warm", cache, seed=1, progress=False)
+    warm = engine.run_experiment(ds, model, modes, tmp_path / "warm", cache, seed=1, progress=False)
     assert model.encodes == 0 and warm.cached.all() and (warm.time_encode_s == 0).all()
     pd.testing.assert_frame_equal(_comparable(full), _comparable(warm))
 
 
 def test_manifest_mismatch_refuses_to_mix_unless_forced(tmp_path):
-    ds = make_dataset(tmp_path, 1)
+    ds = make_dataset(tmp_path, 2)
     out = tmp_path / "out"
-    engine.run_foundation_experiment(ds, BoxFake(), ["tight_box"], out, progress=False)
+    engine.run_experiment(ds, BoxFake(), ["tight_box"], out, progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity"]["modes"] == ["tight_box"] and manifest["identity"]["model"] == "boxfake"
     assert "torch" in manifest["provenance"]["versions"]
     with pytest.raises(engine.ManifestMismatch, match="modes.*force"):
-        engine.run_foundation_experiment(ds, BoxFake(), ["loose_box"], out, progress=False)
+        engine.run_experiment(ds, BoxFake(), ["loose_box"], out, progress=False)
     with pytest.raises(engine.ManifestMismatch, match="seed"):
-        engine.run_foundation_experiment(ds, BoxFake(), ["tight_box"], out, seed=5, progress=False)
-    df = engine.run_foundation_experiment(ds, BoxFake(), ["loose_box"], out, progress=False, force=True)
-    assert set(df.prompt_mode) == {"loose_box[b=0.2]"}
+        engine.run_experiment(ds, BoxFake(), ["tight_box"], out, seed=5, progress=False)
+    assert len(list((out / "parts").glob("*.parquet"))) == 4  # refusing touched nothing
+
+    # force with the same identity keeps every part: nothing is decoded again
+    model = BoxFake()
+    same = engine.run_experiment(ds, model, ["tight_box"], out, progress=False, force=True)
+    assert model.encodes == 0 and same.attrs["discarded_parts"] == 0 and same.attrs["resumed_images"] == 2
+
+    # force with another identity discards exactly the old parts (2 images x rows + predictions) and says so
+    model = BoxFake()
+    df = engine.run_experiment(ds, model, ["loose_box"], out, progress=False, force=True)
+    assert set(df.prompt_mode) == {"loose_box[b=0.2]"} and model.encodes == 2
+    assert df.attrs["discarded_parts"] == 4 and df.attrs["computed_images"] == 2
+
+
+class PointsOnlyFake(BoxFake):
+    """A model that, like the custom model, decodes 4 extreme points only and has one output."""
+
+    name = "pointsfake"
+    supported_modes = frozenset({"extreme_points"})
+    multimask_outputs = 1
+
+
+def test_unsupported_modes_and_selections_fail_before_any_image_is_read(tmp_path):
+    ds = make_dataset(tmp_path, 1)
+    read = []
+    loader = lambda rec: read.append(rec.image_id)  # noqa: E731 - counts image reads
+    for modes, mm, what in ((["tight_box", "extreme_points"], ["single"], r"\['tight_box'\]"),
+                            (["extreme_points"], ["best_of_3"], "best_of_3")):
+        with pytest.raises(ValueError, match=what):
+            engine.run_experiment(ds, PointsOnlyFake(), modes, tmp_path / "o", multimask=mm,
+                                  image_loader=loader, progress=False)
+        with pytest.raises(ValueError, match=what):
+            engine.process_image(ds.images[1], ds.instances, PointsOnlyFake(), modes, multimask=mm,
+                                 image_loader=loader)
+    assert read == [] and not (tmp_path / "o").exists()
+    ok = engine.run_experiment(ds, PointsOnlyFake(), ["extreme_points"], tmp_path / "o", multimask=["single"],
+                               progress=False)
+    assert (ok.status == "ok").all() and len(ok) == 3
 
 
 def test_changed_annotations_invalidate_only_that_image(tmp_path):
     ds = make_dataset(tmp_path, 2)
     out = tmp_path / "out"
-    engine.run_foundation_experiment(ds, BoxFake(), ["tight_box"], out, progress=False)
+    engine.run_experiment(ds, BoxFake(), ["tight_box"], out, progress=False)
     insts = [t.with_(rle=encode_rle(_rect(5, 30, 4, 30))) if t.ann_id == 20 else t for t in ds.instances]
     ds2 = Dataset(name=ds.name, images=ds.images, categories=ds.categories, instances=insts)
     model = BoxFake()
-    df = engine.run_foundation_experiment(ds2, model, ["tight_box"], out, progress=False)
+    df = engine.run_experiment(ds2, model, ["tight_box"], out, progress=False)
     assert model.encodes == 1 and (df[df.ann_id == 20].iou == 1.0).all()
 
 
@@ -344,12 +380,12 @@ def test_litemedsam_end_to_end_on_one_tiny_image(tmp_path):
     ds = make_dataset(tmp_path, 1)
     model = build_model("litemedsam")
     cache = EmbeddingCache(tmp_path / "cache")
-    df = engine.run_foundation_experiment(ds, model, ["tight_box", "clicks[start=click,max_clicks=2]"],
+    df = engine.run_experiment(ds, model, ["tight_box", "clicks[start=click,max_clicks=2]"],
                                           tmp_path / "out", cache, progress=False)
     assert (df.status == "ok").all() and df.model.eq("litemedsam").all()
     assert not df.model_label.str.fullmatch("SAM.*").any()
     assert df.iou.between(0, 1).all() and len(df) == 3 * 2 + 3 * 2
     assert cache.size_bytes() >= 256 * 64 * 64 * 4  # one float32 (1, 256, 64, 64) embedding
-    warm = engine.run_foundation_experiment(ds, model, ["tight_box", "clicks[start=click,max_clicks=2]"],
+    warm = engine.run_experiment(ds, model, ["tight_box", "clicks[start=click,max_clicks=2]"],
                                             tmp_path / "out2", cache, progress=False)
     pd.testing.assert_frame_equal(_comparable(df), _comparable(warm))

@@ -151,10 +151,10 @@ def test_batched_decode_equals_decoding_each_prompt_alone(tiny, tiny_emb, tiny_c
         assert (batch.masks[i] != alone.masks[0]).mean() < 1e-3
 
 
-def test_decode_policies_one_pass_equals_sam_forward_per_policy(tiny, tiny_emb):
+def test_decode_multimask_one_pass_equals_sam_forward_per_policy(tiny, tiny_emb):
     """Both multimask policies from one decoder pass equal ``MaskDecoder.forward`` run per policy."""
     prompts = [box(5, 5, 30, 40), box(10, 2, 60, 20)]
-    single, multi = tiny.decode_policies(tiny_emb, prompts, [False, True])
+    single, multi = tiny.decode_multimask(tiny_emb, prompts, [False, True])
     b = np.stack([tiny.to_input_frame(np.array(p.box, float).reshape(2, 2), tiny_emb.original_hw,
                                       tiny_emb.input_hw).reshape(4) for p in prompts])
     pe = tiny.model.prompt_encoder
@@ -180,8 +180,8 @@ def test_onnxruntime_matches_torch_and_keeps_its_own_cache_key(tiny, tiny_emb, t
     np.testing.assert_allclose(emb.features.numpy(), tiny_emb.features.numpy(), rtol=1e-4, atol=1e-5)
     assert emb.model_key == ort.cache_key != tiny.cache_key  # cached embeddings of the two never mix
     prompts = [box(5, 5, 30, 40), pts([[10, 12], [50, 30], [3, 3]], [1, 0, 1]), pts([[40, 20]], [0], bx=[20, 5, 65, 40])]
-    for got, want in zip(ort.decode_policies(emb, prompts, [False, True]),
-                         tiny.decode_policies(tiny_emb, prompts, [False, True])):
+    for got, want in zip(ort.decode_multimask(emb, prompts, [False, True]),
+                         tiny.decode_multimask(tiny_emb, prompts, [False, True])):
         np.testing.assert_allclose(got.low_res_logits, want.low_res_logits, rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(got.iou_pred, want.iou_pred, rtol=1e-3, atol=1e-4)
     files = sorted(tmp_path.glob("*.onnx"))
@@ -253,8 +253,9 @@ def test_coordinates_follow_resize_longest_side(tiny):
 
 
 def test_random_init_vit_b_is_labelled_as_benchmark_only():
-    from samstudy.models.sam import SAM_LABELS, torch_threads
-    with torch_threads(1):
+    from samstudy.compute import torch_settings
+    from samstudy.models.sam import SAM_LABELS
+    with torch_settings(1):
         m = build_model("sam_vit_b", random_init=True)
     assert m.label == f"{SAM_LABELS['vit_b']} (random init, benchmark only)" and m.checkpoint_sha256 == "random-init"
     assert m.name == "sam_vit_b_random" and m.img_size == 1024

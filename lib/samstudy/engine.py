@@ -1,17 +1,28 @@
-"""Foundation-model experiment: every test object x every prompt mode x model -> one tidy table.
+"""The evaluation engine of every arm: every test object x every prompt mode x model -> one tidy table.
+
+Every arm is a :class:`~samstudy.models.base.PromptableSegmenter` -- the zero-shot foundation
+models, fine-tuned ones and the custom model (:class:`samstudy.custom.CustomArm`) -- and this
+module is the only writer of their result rows (schema: :mod:`samstudy.results`), with one image
+check and one skip vocabulary for all of them.
 
 API
 ---
 - :func:`process_image` -- the pure per-image step ``(record, instances, model, modes, cache,
   seed, ...) -> (rows, predictions)``; no file I/O besides reading the image and the embedding
   cache, so a distributed engine can map it over images.
-- :func:`run_foundation_experiment` -- the resumable loop over a :class:`~samstudy.data.Dataset`
+- :func:`run_experiment` -- the resumable loop over a :class:`~samstudy.data.Dataset`
   writing ``out_dir/results.parquet`` (rows) and ``out_dir/predictions.parquet`` (masks as RLE).
-- :func:`read_results`, :func:`prediction_mask` -- reading helpers.
+- :func:`check_model_modes` -- the capability check (prompt modes, multimask selections) that
+  :func:`run_experiment` runs before anything else, and configs run at load time.
+
+A model decodes only the modes it declares (``supported_modes``); another mode is a ``ValueError``
+before any image is read. Models with one output per prompt (``multimask_outputs = 1``, e.g. the
+custom model) take only the ``single`` selection. Models with ``cache_embeddings = False`` bypass
+the on-disk embedding cache.
 
 Per image: the image is read once, encoded once (or its embedding loaded from the
 :class:`~samstudy.cache.EmbeddingCache`), then every prompt mode is decoded in **one batched
-decode call per mode and multimask policy** over all objects of the image (click sequences: one
+decode call per mode and multimask selection** over all objects of the image (click sequences: one
 call per click step over all objects still clicking). Predicted masks are compared with the ground
 truth at full image resolution, encoded as RLE for the predictions table and dropped.
 
@@ -23,9 +34,10 @@ centre point, ...). The random generator of each (object, mode) is
 of SHA-256 of the key (ids taken modulo 2**64), so every model, every rerun and every processing
 order sees identical prompts.
 
-Multimask policies (``multimask`` column)
------------------------------------------
-One-shot modes run once per entry of ``multimask`` (default both):
+Multimask selections (``multimask`` column)
+-------------------------------------------
+How the mask of a prompt is chosen among the model's outputs ("policy" in this package means only
+the labeling policy). One-shot modes run once per entry of ``multimask`` (default both):
 
 - ``"single"``: ``decode(multimask=False)``, SAM's single output token;
 - ``"best_of_3"``: ``decode(multimask=True)`` and the mask with the highest predicted IoU.
@@ -38,7 +50,7 @@ Click sequences run once per entry of ``click_multimask`` (default ``"first_best
   for multi-point prompts;
 - ``"single"`` / ``"best_of_3"``: that rule at every step.
 
-The column holds the sequence's policy (constant over its clicks, so NoC groups stay whole).
+The column holds the sequence's selection (constant over its clicks, so NoC groups stay whole).
 
 Click sequences (``clicks[start=...,max_clicks=M]``)
 ----------------------------------------------------
@@ -53,7 +65,7 @@ all objects at every k) and no prediction is stored for them. NoC: :func:`samstu
 
 Result rows (``results.parquet``; docs/ARCHITECTURE.md plus ``iscrowd``, ``cached``, ``seed``, ``skip_detail``)
 --------------------------------------------------------------------------------------------------------
-One row per object x prompt mode x multimask policy x click x ground-truth variant:
+One row per object x prompt mode x multimask selection x click x ground-truth variant:
 
 =====================  ======================================================================
 dataset, split, policy labels given to the run (``split``/``policy`` name the data given; the
@@ -65,26 +77,27 @@ model, model_label,    the model's identity (LiteMedSAM is never labelled SAM)
 checkpoint_sha256
 prompt_mode            ``PromptMode.key``, e.g. ``"loose_box[b=0.2]"``
 prompt_params          JSON of the mode's parameters; buffer: b of loose boxes, 0 for tight, else NaN
-multimask              policy above; click: 0 for one-shot prompts, 1..M for click steps
+multimask              selection above; click: 0 for one-shot prompts, 1..M for click steps
 iou ... pred_area      :func:`samstudy.metrics.object_metrics` against this variant's mask
                        (with the variant instance's ``ignore_rle``)
 pred_iou               the model's own IoU estimate of the selected mask
 time_encode_s          encoder seconds of the row's *image* (repeated on each of its rows;
                        0 when ``cached``); sum over unique ``image_id`` for totals
 time_decode_s          this object's share of the batched decode call (call time / N; one-shot modes
-                       decode every multimask policy in one pass: time / (N x policies))
+                       decode every multimask selection in one pass: time / (N x selections))
 cached                 the embedding came from the cache
 seed                   the run's prompt seed
-status, skip_reason,   ``"ok"``, or ``"skipped"`` with a code (``image_unreadable``,
-skip_detail            ``image_size_mismatch``, ``empty_mask``, ``degenerate_box``,
+status, skip_reason,   ``"ok"``, or ``"skipped"`` with a code (``image_unreadable``, ``image_missing``,
+skip_detail            ``image_truncated`` (from :func:`samstudy.data.read_image`),
+                       ``image_size_mismatch``, ``empty_mask``, ``degenerate_box``,
                        ``prompt_error``, ``no_clickable_pixel``, ``missing_in_gt_variant``,
                        ``variant_size_mismatch``) and a human-readable detail; metrics are
                        null and ``click`` is 0 (so NoC tables ignore them)
 =====================  ======================================================================
 
-Skips: an unreadable image gives a skip row per (object, mode, policy); an empty object or one
+Skips: an unreadable image gives a skip row per (object, mode, selection); an empty object or one
 whose tight box is under ``min_box_side`` (2) pixels wide or high gives a skip row per (mode,
-policy) for that object only (all modes, so every mode is scored on the same objects).
+selection) for that object only (all modes, so every mode is scored on the same objects).
 
 Predictions (``predictions.parquet``)
 -------------------------------------
@@ -92,19 +105,25 @@ Predictions (``predictions.parquet``)
 iou`` (vs primary GT), ``prompt`` (JSON ``{"box": [4] | null, "points": [[x, y], ...] | null,
 "labels": [...] | null}``) and ``rle`` (JSON of the compressed COCO RLE; :func:`prediction_mask`).
 
-Resume
-------
+Resume and the one writer
+-------------------------
 ``out_dir/manifest.json`` holds the run identity (dataset name, split, policy, model name/label,
-checkpoint SHA-256, preprocess id, mode keys, multimask policies, seed, gt-variant names, engine
-version) and provenance (package versions, git commit, time). Each image is written atomically to
-``out_dir/parts/<image_id>.parquet`` (+ ``<image_id>.pred.parquet``, written first) with the run
-identity hash and an image fingerprint (record + instances + variant masks) in the Parquet
-metadata. On restart an image is skipped when both its parts exist and carry the same identity and
-fingerprint (an image that could not be read is retried). A different identity raises :class:`ManifestMismatch` (use a new ``out_dir`` or
-``force=True`` to discard the old parts); provenance differences are only logged. The final
-tables are the parts of the dataset's images concatenated and sorted by
-``(image_id, ann_id, prompt_mode, multimask, click, gt_variant)``, hence identical (except
-timing and ``cached``) to an uninterrupted run.
+checkpoint SHA-256, model cache key, mode keys, multimask selections, seed, gt-variant names,
+engine version) and provenance (package versions, git commit, time). Each image is written
+atomically to ``out_dir/parts/<image_id>.parquet`` (+ ``<image_id>.pred.parquet``, written first)
+with the run identity hash and an image fingerprint (record + instances + variant masks) in the
+Parquet metadata. On restart an image is skipped when both its parts exist and carry the same
+identity and fingerprint (an image that could not be read is retried), so a run killed after k of
+n images decodes only the n - k others. Parts of the same identity are always kept. A different
+identity raises :class:`ManifestMismatch`; with ``force=True`` the other identity's parts are
+discarded instead and their number is logged and returned in ``df.attrs["discarded_parts"]``.
+Provenance differences are only logged.
+
+One process writes an ``out_dir`` at a time: :func:`samstudy.locks.folder_lock` holds it for the
+whole run, so a second run on the same folder fails at once naming the first (whose files it
+never touches), and the lock of a killed run is taken over. The final tables are the parts of the
+dataset's images concatenated and sorted by ``(image_id, ann_id, prompt_mode, multimask, click,
+gt_variant)``, hence identical (except timing and ``cached``) to an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -112,7 +131,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,56 +141,29 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .cache import EmbeddingCache, image_sha256
+from .cache import EmbeddingCache
 from .clicks import ClickSimulator
-from .data import Dataset, DataError, ImageRecord, Instance, read_image
-from .masks import decode_rle, encode_rle
+from .data import Dataset, ImageRecord, Instance, read_image
+from .files import TMP_PREFIX, write_json_atomic, write_parquet_atomic
+from .locks import folder_lock
+from .masks import encode_rle
 from .metrics import METRIC_KEYS, object_metrics, size_bucket
-from .models.base import Decoded, Embedding, PromptableSegmenter
-from .provenance import git_info, package_versions, write_json_atomic
+from .models.base import Decoded, Embedding, PromptableSegmenter, unsupported_modes_error
+from .provenance import git_info, package_versions
 from .prompts import DEFAULT_MODES, Prompt, PromptMode, make_prompt, parse_modes, tight_box
+from .results import (PRED_SCHEMA, PRIMARY, ROW_SCHEMA, predictions_table, rows_table, sort_table, to_pandas,
+                      write_table)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "EmbeddingCache", "ENGINE_VERSION", "ROW_COLUMNS", "PRED_COLUMNS", "ONE_SHOT_POLICIES", "CLICK_POLICIES",
-    "ManifestMismatch", "prompt_rng", "process_image", "run_foundation_experiment", "read_results",
-    "prediction_mask",
+    "EmbeddingCache", "ENGINE_VERSION", "ONE_SHOT_SELECTIONS", "CLICK_SELECTIONS", "ManifestMismatch",
+    "prompt_rng", "process_image", "run_experiment", "check_model_modes", "run_identity",
 ]
 
 ENGINE_VERSION = 1  # bump when rows change for identical inputs (part of the run identity)
-PRIMARY = "primary"
-ONE_SHOT_POLICIES = ("single", "best_of_3")
-CLICK_POLICIES = ("first_best_of_3", "single", "best_of_3")
-TIMING_COLUMNS = ("time_encode_s", "time_decode_s", "cached")
-SORT_KEYS = ["image_id", "ann_id", "prompt_mode", "multimask", "click", "gt_variant"]
-
-# Arrow schemas fix column order and types, so parts with or without skips concatenate cleanly.
-ROW_SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("split", pa.string()), ("policy", pa.string()), ("gt_variant", pa.string()),
-    ("image_id", pa.int64()), ("ann_id", pa.int64()), ("category_id", pa.int64()), ("category", pa.string()),
-    ("iscrowd", pa.bool_()), ("area", pa.int64()), ("size_bucket", pa.string()), ("tags", pa.string()),
-    ("model", pa.string()), ("model_label", pa.string()), ("checkpoint_sha256", pa.string()),
-    ("prompt_mode", pa.string()), ("prompt_params", pa.string()), ("buffer", pa.float64()),
-    ("multimask", pa.string()), ("click", pa.int64()),
-    ("iou", pa.float64()), ("boundary_iou", pa.float64()), ("gt_holes", pa.int64()), ("pred_holes", pa.int64()),
-    ("gt_hole_area", pa.int64()), ("pred_hole_area", pa.int64()), ("hole_fill_agreement", pa.float64()),
-    ("pred_iou", pa.float64()), ("pred_area", pa.int64()),
-    ("time_encode_s", pa.float64()), ("time_decode_s", pa.float64()), ("cached", pa.bool_()), ("seed", pa.int64()),
-    ("status", pa.string()), ("skip_reason", pa.string()), ("skip_detail", pa.string()),
-])
-ROW_COLUMNS = tuple(ROW_SCHEMA.names)
-# Integer metric columns are null on skip rows: read back as pandas nullable Int64.
-_NULLABLE_INT = ("gt_holes", "pred_holes", "gt_hole_area", "pred_hole_area", "pred_area")
-
-PRED_SCHEMA = pa.schema([
-    ("dataset", pa.string()), ("split", pa.string()), ("policy", pa.string()),
-    ("image_id", pa.int64()), ("ann_id", pa.int64()), ("model", pa.string()), ("prompt_mode", pa.string()),
-    ("multimask", pa.string()), ("click", pa.int64()), ("pred_iou", pa.float64()), ("iou", pa.float64()),
-    ("prompt", pa.string()), ("rle", pa.string()),
-])
-PRED_COLUMNS = tuple(PRED_SCHEMA.names)
-PRED_SORT_KEYS = ["image_id", "ann_id", "prompt_mode", "multimask", "click"]
+ONE_SHOT_SELECTIONS = ("single", "best_of_3")
+CLICK_SELECTIONS = ("first_best_of_3", "single", "best_of_3")
 
 _META_RUN = b"samstudy_run_id"
 _META_IMAGE = b"samstudy_image_fingerprint"
@@ -234,7 +225,7 @@ class _Ctx:
     time_encode_s: float = 0.0
     cached: bool = False
 
-    def base(self, inst: Instance, mode: PromptMode, policy: str, click: int) -> dict[str, Any]:
+    def base(self, inst: Instance, mode: PromptMode, selection: str, click: int) -> dict[str, Any]:
         buf = mode.buffer
         return {
             "dataset": self.dataset, "split": self.split, "policy": self.policy,
@@ -244,22 +235,22 @@ class _Ctx:
             "model": self.model.name, "model_label": self.model.label,
             "checkpoint_sha256": self.model.checkpoint_sha256,
             "prompt_mode": mode.key, "prompt_params": mode.params_json(),
-            "buffer": float("nan") if buf is None else float(buf), "multimask": policy, "click": int(click),
+            "buffer": float("nan") if buf is None else float(buf), "multimask": selection, "click": int(click),
             "seed": int(self.seed),
         }
 
-    def skip_rows(self, inst: Instance, mode: PromptMode, policy: str, reason: str, detail: str,
+    def skip_rows(self, inst: Instance, mode: PromptMode, selection: str, reason: str, detail: str,
                   variants: Iterable[str] | None = None, click: int = 0) -> list[dict[str, Any]]:
         rows = []
         for v in (self.variants if variants is None else variants):
-            r = self.base(inst, mode, policy, click)
+            r = self.base(inst, mode, selection, click)
             r.update({"gt_variant": v, "pred_iou": float("nan"), "time_encode_s": 0.0, "time_decode_s": 0.0,
                       "cached": False, "status": "skipped", "skip_reason": reason, "skip_detail": detail})
             r.update({k: None for k in METRIC_KEYS})
             rows.append(r)
         return rows
 
-    def ok_rows(self, obj: _Object, mode: PromptMode, policy: str, click: int, pred: np.ndarray,
+    def ok_rows(self, obj: _Object, mode: PromptMode, selection: str, click: int, pred: np.ndarray,
                 pred_iou: float, time_decode_s: float, first_step: bool = True) -> list[dict[str, Any]]:
         """Metric rows of one prediction, one per variant; unusable variants give one skip row
         (``click`` 0) on the sequence's first step only."""
@@ -271,9 +262,9 @@ class _Ctx:
                     reason, detail = (("missing_in_gt_variant", f"ann_id {obj.inst.ann_id} not in gt variant {v!r}")
                                       if gt is None else
                                       ("variant_size_mismatch", f"variant mask {gt.shape} vs image {pred.shape}"))
-                    rows.extend(self.skip_rows(obj.inst, mode, policy, reason, detail, [v]))
+                    rows.extend(self.skip_rows(obj.inst, mode, selection, reason, detail, [v]))
                 continue
-            r = self.base(obj.inst, mode, policy, click)
+            r = self.base(obj.inst, mode, selection, click)
             r.update(object_metrics(pred, gt, ignore))
             r.update({"gt_variant": v, "pred_iou": float(pred_iou), "time_encode_s": self.time_encode_s,
                       "time_decode_s": float(time_decode_s), "cached": self.cached, "status": "ok",
@@ -282,33 +273,34 @@ class _Ctx:
         return rows
 
 
-def _pred_record(ctx: _Ctx, inst: Instance, mode: PromptMode, policy: str, click: int, prompt: Prompt,
+def _pred_record(ctx: _Ctx, inst: Instance, mode: PromptMode, selection: str, click: int, prompt: Prompt,
                  pred: np.ndarray, pred_iou: float, iou: float) -> dict[str, Any]:
     return {"dataset": ctx.dataset, "split": ctx.split, "policy": ctx.policy, "image_id": int(inst.image_id),
-            "ann_id": int(inst.ann_id), "model": ctx.model.name, "prompt_mode": mode.key, "multimask": policy,
+            "ann_id": int(inst.ann_id), "model": ctx.model.name, "prompt_mode": mode.key, "multimask": selection,
             "click": int(click), "pred_iou": float(pred_iou), "iou": float(iou),
             "prompt": _prompt_json(prompt), "rle": json.dumps(encode_rle(pred))}
 
 
-def _select(dec: Decoded, i: int, best_of_3: bool) -> tuple[np.ndarray, float, np.ndarray]:
-    """Selected ``(mask bool (H, W), pred_iou, low-res logits (1, 256, 256))`` of prompt ``i``."""
+def _select(dec: Decoded, i: int, best_of_3: bool) -> tuple[np.ndarray, float, np.ndarray | None]:
+    """Selected ``(mask bool (H, W), pred_iou, low-res logits (1, 256, 256) or None)`` of prompt ``i``."""
     k = int(np.argmax(dec.iou_pred[i])) if best_of_3 else 0
+    low = None if dec.low_res_logits is None else dec.low_res_logits[i, k:k + 1]
     # copies: the (N, K, H, W) batch is freed once every object has taken its mask
-    return dec.masks[i, k].copy(), float(dec.iou_pred[i, k]), dec.low_res_logits[i, k:k + 1]
+    return dec.masks[i, k].copy(), float(dec.iou_pred[i, k]), low
 
 
 def _timed_decode(model: PromptableSegmenter, emb: Embedding, prompts: list[Prompt], multimask: Sequence[bool],
                   mask_inputs: np.ndarray | None = None) -> tuple[list[Decoded], float]:
-    """``model.decode_policies`` (one decoder pass for every multimask flag) and its wall time."""
+    """``model.decode_multimask`` (one decoder pass for every multimask flag) and its wall time."""
     t0 = time.perf_counter()
-    decoded = model.decode_policies(emb, prompts, list(multimask), mask_inputs)
+    decoded = model.decode_multimask(emb, prompts, list(multimask), mask_inputs)
     return decoded, time.perf_counter() - t0
 
 
 # =============================================================================== mode runners
-def _run_one_shot(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policies: Sequence[str],
+def _run_one_shot(ctx: _Ctx, objs: list[_Object], mode: PromptMode, selections: Sequence[str],
                   emb: Embedding, image_hw: tuple[int, int], rows: list, preds: list | None) -> None:
-    """One-shot mode: prompts per object, one decode call per policy over all objects."""
+    """One-shot mode: prompts per object, one decoder pass over all objects for every selection."""
     prompts: list[Prompt] = []
     ready: list[_Object] = []
     for obj in objs:
@@ -316,30 +308,30 @@ def _run_one_shot(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policies: Se
         try:
             p = make_prompt(mode, obj.gt, image_hw, rng)
         except ValueError as e:
-            for pol in policies:
-                rows.extend(ctx.skip_rows(obj.inst, mode, pol, "prompt_error", str(e)))
+            for sel in selections:
+                rows.extend(ctx.skip_rows(obj.inst, mode, sel, "prompt_error", str(e)))
             continue
         prompts.append(p)
         ready.append(obj)
     if not ready:
         return
-    # every policy from one decoder pass; each row carries an equal share of that pass's time
-    decoded, dt = _timed_decode(ctx.model, emb, prompts, [pol == "best_of_3" for pol in policies])
-    share = dt / (len(ready) * len(policies))
-    for pol, dec in zip(policies, decoded):
+    # every selection from one decoder pass; each row carries an equal share of that pass's time
+    decoded, dt = _timed_decode(ctx.model, emb, prompts, [sel == "best_of_3" for sel in selections])
+    share = dt / (len(ready) * len(selections))
+    for sel, dec in zip(selections, decoded):
         for i, obj in enumerate(ready):
-            mask, piou, _ = _select(dec, i, pol == "best_of_3")
-            new = ctx.ok_rows(obj, mode, pol, 0, mask, piou, share)
+            mask, piou, _ = _select(dec, i, sel == "best_of_3")
+            new = ctx.ok_rows(obj, mode, sel, 0, mask, piou, share)
             rows.extend(new)
             if preds is not None:
-                preds.append(_pred_record(ctx, obj.inst, mode, pol, 0, prompts[i], mask, piou, new[0]["iou"]))
+                preds.append(_pred_record(ctx, obj.inst, mode, sel, 0, prompts[i], mask, piou, new[0]["iou"]))
 
 
-def _click_best_of_3(policy: str, first: bool) -> bool:
-    return policy == "best_of_3" or (policy == "first_best_of_3" and first)
+def _click_best_of_3(selection: str, first: bool) -> bool:
+    return selection == "best_of_3" or (selection == "first_best_of_3" and first)
 
 
-def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policy: str, emb: Embedding,
+def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, selection: str, emb: Embedding,
                 rows: list, preds: list | None) -> None:
     """A click sequence for every object, batched over objects at each click step."""
     start_box = mode.params["start"] == "box"
@@ -353,19 +345,19 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policy: str, e
     first = True
 
     def emit(i: int, click: int, prompt: Prompt, mask: np.ndarray, piou: float, share: float) -> None:
-        new = ctx.ok_rows(objs[i], mode, policy, click, mask, piou, share, first_step=last_rows[i] is None)
+        new = ctx.ok_rows(objs[i], mode, selection, click, mask, piou, share, first_step=last_rows[i] is None)
         rows.extend(new)
         last_rows[i] = [r for r in new if r["status"] == "ok"]
         preds_now[i] = mask
         if preds is not None:
-            preds.append(_pred_record(ctx, objs[i].inst, mode, policy, click, prompt, mask, piou, new[0]["iou"]))
+            preds.append(_pred_record(ctx, objs[i].inst, mode, selection, click, prompt, mask, piou, new[0]["iou"]))
 
     if start_box:
         prompts = [Prompt(mode=mode.key, box=b, params=dict(mode.params)) for b in boxes]
-        (dec,), dt = _timed_decode(ctx.model, emb, prompts, [_click_best_of_3(policy, True)])
+        (dec,), dt = _timed_decode(ctx.model, emb, prompts, [_click_best_of_3(selection, True)])
         logits = np.zeros((n, 1) + dec.low_res_logits.shape[2:], np.float32)
         for i in range(n):
-            mask, piou, logits[i] = _select(dec, i, _click_best_of_3(policy, True))
+            mask, piou, logits[i] = _select(dec, i, _click_best_of_3(selection, True))
             emit(i, 0, prompts[i], mask, piou, dt / n)
         first = False
 
@@ -376,7 +368,7 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policy: str, e
             if sims[i].next(preds_now[i]) is not None:
                 still.append(i)
             elif last_rows[i] is None:  # no clickable pixel even on the empty prediction
-                rows.extend(ctx.skip_rows(objs[i].inst, mode, policy, "no_clickable_pixel",
+                rows.extend(ctx.skip_rows(objs[i].inst, mode, selection, "no_clickable_pixel",
                                           "no error pixel outside the ignore mask"))
         active = still
         busy = set(active)
@@ -388,7 +380,7 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, policy: str, e
         prompts = [Prompt(mode=mode.key, box=boxes[i], points=sims[i].points, labels=sims[i].labels,
                           params=dict(mode.params)) for i in active]
         mask_in = None if logits is None else logits[active]
-        bo3 = _click_best_of_3(policy, first)
+        bo3 = _click_best_of_3(selection, first)
         (dec,), dt = _timed_decode(ctx.model, emb, prompts, [bo3], mask_in)
         if logits is None:
             logits = np.zeros((n, 1) + dec.low_res_logits.shape[2:], np.float32)
@@ -403,17 +395,17 @@ def _read_record(record: ImageRecord) -> np.ndarray:
     return read_image(record.path)
 
 
-def _policies(mode: PromptMode, multimask: Sequence[str], click_multimask: Sequence[str]) -> Sequence[str]:
+def _selections(mode: PromptMode, multimask: Sequence[str], click_multimask: Sequence[str]) -> Sequence[str]:
     return click_multimask if mode.is_interactive else multimask
 
 
 def _skip_all(ctx: _Ctx, inst: Instance, modes: Sequence[PromptMode], multimask: Sequence[str],
               click_multimask: Sequence[str], reason: str, detail: str) -> list[dict[str, Any]]:
-    """Skip rows of one object for every (mode, policy)."""
+    """Skip rows of one object for every (mode, selection)."""
     rows: list[dict[str, Any]] = []
     for mode in modes:
-        for pol in _policies(mode, multimask, click_multimask):
-            rows.extend(ctx.skip_rows(inst, mode, pol, reason, detail))
+        for sel in _selections(mode, multimask, click_multimask):
+            rows.extend(ctx.skip_rows(inst, mode, sel, reason, detail))
     return rows
 
 
@@ -451,7 +443,7 @@ def _prepare(inst: Instance, image_hw: tuple[int, int], variants: GtVariants,
 def process_image(record: ImageRecord, instances: Sequence[Instance], model: PromptableSegmenter,
                   modes: Sequence[PromptMode | str] = DEFAULT_MODES, cache: EmbeddingCache | None = None,
                   seed: int = 0, *, dataset: str = "", split: str = "test", policy: str = "raw",
-                  gt_variants: GtVariants | None = None, multimask: Sequence[str] = ONE_SHOT_POLICIES,
+                  gt_variants: GtVariants | None = None, multimask: Sequence[str] = ONE_SHOT_SELECTIONS,
                   click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
                   image: np.ndarray | None = None, image_loader: ImageLoader | None = None,
                   keep_predictions: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -462,7 +454,7 @@ def process_image(record: ImageRecord, instances: Sequence[Instance], model: Pro
         model: the segmenter; cache: embedding cache (``None`` = encode without caching).
         modes: prompt modes (``PromptMode`` or key strings); seed: prompt seed.
         gt_variants: ``{name: {ann_id: Instance}}`` alternative ground truths scored as extra rows.
-        multimask / click_multimask: policies of one-shot modes / click sequences.
+        multimask / click_multimask: selections of one-shot modes / click sequences.
         min_box_side: objects whose tight box is narrower or lower (px) are skipped (``degenerate_box``).
         image: the decoded RGB ``uint8 (H, W, 3)`` (read with ``image_loader(record)`` when ``None``;
             default loader :func:`samstudy.data.read_image` of ``record.path``).
@@ -473,7 +465,7 @@ def process_image(record: ImageRecord, instances: Sequence[Instance], model: Pro
         Read/format problems become skip rows; model errors propagate.
     """
     modes = parse_modes(modes)
-    _check_policies(multimask, click_multimask)
+    check_model_modes(model, modes, multimask, click_multimask)
     variants = dict(gt_variants or {})
     ctx = _Ctx(dataset=dataset, split=split, policy=policy, model=model, seed=int(seed),
                variants=[PRIMARY] + sorted(variants))
@@ -508,22 +500,38 @@ def process_image(record: ImageRecord, instances: Sequence[Instance], model: Pro
     if not objs:
         return rows, preds or []
 
-    emb, ctx.cached, ctx.time_encode_s = (cache or EmbeddingCache(None)).get_or_encode(model, image)
+    if cache is None or not model.cache_embeddings:
+        cache = EmbeddingCache(None)
+    emb, ctx.cached, ctx.time_encode_s = cache.get_or_encode(model, image)
     for mode in modes:
         if mode.is_interactive:
-            for pol in click_multimask:
-                _run_clicks(ctx, objs, mode, pol, emb, rows, preds)
+            for sel in click_multimask:
+                _run_clicks(ctx, objs, mode, sel, emb, rows, preds)
         else:
             _run_one_shot(ctx, objs, mode, multimask, emb, image_hw, rows, preds)
     return rows, preds or []
 
 
-def _check_policies(multimask: Sequence[str], click_multimask: Sequence[str]) -> None:
-    bad = [p for p in multimask if p not in ONE_SHOT_POLICIES]
-    bad += [p for p in click_multimask if p not in CLICK_POLICIES]
+def check_model_modes(model: PromptableSegmenter | type[PromptableSegmenter], modes: Sequence[PromptMode],
+                      multimask: Sequence[str] = ("single",), click_multimask: Sequence[str] = ()) -> None:
+    """Raise ``ValueError`` unless ``model`` (an instance or its class) can run every mode and selection.
+
+    Selections must be distinct values of :data:`ONE_SHOT_SELECTIONS` / :data:`CLICK_SELECTIONS`; a
+    model with one output per prompt takes only ``single``; every mode must be in the model's
+    ``supported_modes``.
+    """
+    bad = [p for p in multimask if p not in ONE_SHOT_SELECTIONS]
+    bad += [p for p in click_multimask if p not in CLICK_SELECTIONS]
     if bad or len(set(multimask)) != len(multimask) or len(set(click_multimask)) != len(click_multimask):
-        raise ValueError(f"multimask policies must be distinct values of {ONE_SHOT_POLICIES} (one-shot) and "
-                         f"{CLICK_POLICIES} (clicks); got {list(multimask)} / {list(click_multimask)}")
+        raise ValueError(f"multimask selections must be distinct values of {ONE_SHOT_SELECTIONS} (one-shot) and "
+                         f"{CLICK_SELECTIONS} (clicks); got {list(multimask)} / {list(click_multimask)}")
+    name = getattr(model, "name", None) or getattr(model, "__name__", "model")
+    unsupported_modes_error(name, [m.name for m in modes], model.supported_modes)
+    clicking = any(m.is_interactive for m in modes)
+    multi = set(multimask) - {"single"} | (set(click_multimask) - {"single"} if clicking else set())
+    if model.multimask_outputs < 2 and multi:
+        raise ValueError(f"model {name!r} has one output per prompt: multimask selection(s) {sorted(multi)} "
+                         "are not available (use 'single')")
 
 
 # =============================================================================== run identity
@@ -568,60 +576,66 @@ def _image_fingerprint(record: ImageRecord, instances: Sequence[Instance], varia
     return h.hexdigest()[:20]
 
 
-def _prepare_out_dir(out_dir: Path, identity: dict[str, Any], force: bool) -> str:
-    """Create/validate ``out_dir`` and its manifest; returns the run id. See "Resume"."""
+def _identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("unreadable manifest %s (%s); rewriting it (parts are checked one by one)", path, e)
+        return None
+
+
+def _discard_results(out_dir: Path) -> int:
+    """Delete the parts and final tables of ``out_dir``; returns the number of part files removed."""
+    parts = list((out_dir / "parts").glob("*.parquet")) if (out_dir / "parts").exists() else []
+    for f in parts:
+        f.unlink()
+    for name in ("manifest.json", "results.parquet", "predictions.parquet"):
+        (out_dir / name).unlink(missing_ok=True)
+    return len(parts)
+
+
+def _prepare_out_dir(out_dir: Path, identity: dict[str, Any], force: bool) -> tuple[str, int]:
+    """Validate ``out_dir`` against ``identity`` (see "Resume"); returns ``(run id, parts discarded)``.
+
+    Called with the folder's lock held, so leftover temporary files are a killed run's and go.
+    """
     manifest_path = out_dir / "manifest.json"
+    old = _read_manifest(manifest_path)
+    discarded = 0
+    if old is not None and old.get("identity") != identity:
+        diff = _identity_diff(old.get("identity") or {}, identity)
+        if not force:
+            raise ManifestMismatch(f"{out_dir} holds results of another run (differs in: {diff}). Use a new "
+                                   "out_dir, or force=True (--force) to discard the existing results.")
+        discarded = _discard_results(out_dir)
+        log.warning("%s: discarded %d part files of another run identity (%s)", out_dir, discarded, diff)
+        old = None
     parts = out_dir / "parts"
-    if force:
-        for p in list(parts.glob("*.parquet")) if parts.exists() else []:
-            p.unlink()
-        for name in ("manifest.json", "results.parquet", "predictions.parquet"):
-            (out_dir / name).unlink(missing_ok=True)
     parts.mkdir(parents=True, exist_ok=True)
-    for tmp in parts.glob(".tmp-*"):  # left by a killed run (one writer per out_dir)
+    for tmp in parts.glob(TMP_PREFIX + "*"):
         tmp.unlink(missing_ok=True)
     provenance = {"versions": package_versions(), "git_commit": git_info()["commit"],
                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if old is not None:
+        for k in ("versions", "git_commit"):
+            if old.get("provenance", {}).get(k) != provenance[k]:
+                log.warning("resuming %s with different %s: %s -> %s", out_dir, k,
+                            old.get("provenance", {}).get(k), provenance[k])
     run_id = _run_id(identity)
-    created = provenance["updated"]
-    if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as e:
-            log.warning("unreadable manifest %s (%s); rewriting it (parts are checked one by one)", manifest_path, e)
-            old = None
-        if old is not None:
-            if old.get("identity") != identity:
-                prev = old.get("identity") or {}
-                diff = sorted(k for k in set(prev) | set(identity) if prev.get(k) != identity.get(k))
-                raise ManifestMismatch(
-                    f"{out_dir} holds results of another run (differs in: "
-                    + ", ".join(f"{k}: {prev.get(k)!r} -> {identity.get(k)!r}" for k in diff)
-                    + "). Use a new out_dir, or force=True (--force) to discard the existing results.")
-            old_prov = old.get("provenance", {})
-            for k in ("versions", "git_commit"):
-                if old_prov.get(k) != provenance[k]:
-                    log.warning("resuming %s with different %s: %s -> %s", out_dir, k, old_prov.get(k), provenance[k])
-            created = old.get("created", created)
+    created = (old or {}).get("created", provenance["updated"])
     write_json_atomic(manifest_path, {"run_id": run_id, "identity": identity, "provenance": provenance,
                                       "created": created}, sort_keys=True)
-    return run_id
+    return run_id, discarded
 
 
 # =============================================================================== part files
-def _write_parquet_atomic(table: pa.Table, path: Path, meta: Mapping[bytes, bytes] | None = None) -> None:
-    if meta:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _part_paths(parts: Path, image_id: int) -> tuple[Path, Path]:
     return parts / f"{image_id}.parquet", parts / f"{image_id}.pred.parquet"
 
@@ -644,122 +658,128 @@ def _image_done(parts: Path, image_id: int, run_id: str, fingerprint: str, with_
         not with_preds or _part_is_current(preds_p, run_id, fingerprint))
 
 
-def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+def _write_parts(parts: Path, image_id: int, rows: list[dict[str, Any]], preds: list[dict[str, Any]] | None,
+                 run_id: str, fingerprint: str) -> None:
+    """Write one image's parts; predictions first, so the rows part marks the image complete."""
+    retry = any(r["skip_reason"] in _RETRY_REASONS for r in rows)
+    meta = {_META_RUN: run_id.encode(), _META_IMAGE: fingerprint.encode(), _META_RETRY: b"1" if retry else b"0"}
+    rows_p, preds_p = _part_paths(parts, image_id)
+    if preds is not None:
+        write_parquet_atomic(predictions_table(preds), preds_p, meta)
+    write_parquet_atomic(rows_table(rows), rows_p, meta)
 
 
-def _to_pandas(table: pa.Table, kind: str) -> pd.DataFrame:
-    df = table.to_pandas()
-    if kind == "rows":
-        df = df.astype({c: "Int64" for c in _NULLABLE_INT})
-    return df
-
-
-def _concat_parts(parts: Path, image_ids: Sequence[int], suffix: str, schema: pa.Schema,
-                  sort_keys: Sequence[str]) -> pa.Table:
+def _concat_parts(parts: Path, image_ids: Sequence[int], suffix: str, schema: pa.Schema) -> pa.Table:
     tables = [pq.read_table(parts / f"{i}{suffix}", schema=schema) for i in image_ids]
     table = pa.concat_tables(tables) if tables else schema.empty_table()
-    table = table.replace_schema_metadata(None)
-    return table.sort_by([(k, "ascending") for k in sort_keys])  # Arrow's sort is stable
-
-
-def read_results(out_dir: str | os.PathLike, predictions: bool = False) -> pd.DataFrame:
-    """``out_dir/results.parquet`` (or ``predictions.parquet``) as a DataFrame with the engine's dtypes."""
-    name = "predictions.parquet" if predictions else "results.parquet"
-    return _to_pandas(pq.read_table(Path(out_dir) / name), "preds" if predictions else "rows")
-
-
-def prediction_mask(row: Mapping[str, Any]) -> np.ndarray:
-    """The ``bool (H, W)`` mask of one predictions-table row."""
-    return decode_rle(json.loads(row["rle"]))
+    return sort_table(table.replace_schema_metadata(None), predictions=schema is PRED_SCHEMA)
 
 
 # =============================================================================== the run
-def run_foundation_experiment(dataset: Dataset, model: PromptableSegmenter,
-                              modes: Sequence[PromptMode | str] | None = None,
-                              out_dir: str | os.PathLike = "results/foundation",
-                              cache: EmbeddingCache | str | os.PathLike | None = None, seed: int = 0,
-                              split: str = "test", policy: str = "raw", gt_variants: GtVariants | None = None,
-                              progress: bool = True, *, multimask: Sequence[str] = ONE_SHOT_POLICIES,
-                              click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
-                              force: bool = False, image_loader: ImageLoader | None = None,
-                              store_predictions: bool = True) -> pd.DataFrame:
-    """Run ``model`` with every prompt mode on every object of ``dataset``; resumable.
+def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence[PromptMode | str] | None = None,
+                   out_dir: str | os.PathLike = "results/experiment",
+                   cache: EmbeddingCache | str | os.PathLike | None = None, seed: int = 0,
+                   split: str = "test", policy: str = "raw", gt_variants: GtVariants | None = None,
+                   progress: bool = True, *, multimask: Sequence[str] = ONE_SHOT_SELECTIONS,
+                   click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
+                   force: bool = False, image_loader: ImageLoader | None = None,
+                   store_predictions: bool = True) -> pd.DataFrame:
+    """Run ``model`` (any arm) with every prompt mode on every object of ``dataset``; resumable.
 
     Args:
         dataset: the images and objects to evaluate (already the wanted split and policy).
-        model: a :class:`PromptableSegmenter` (e.g. ``build_model("litemedsam")``).
-        modes: prompt modes (default :data:`samstudy.prompts.DEFAULT_MODES`).
+        model: a :class:`PromptableSegmenter` (``build_model("litemedsam")``, a ``CustomArm``...).
+        modes: prompt modes (default :data:`samstudy.prompts.DEFAULT_MODES`); each must be supported.
         out_dir: where ``manifest.json``, ``parts/``, ``results.parquet`` and ``predictions.parquet`` go.
         cache: an :class:`EmbeddingCache`, a cache folder, or ``None`` (no embedding cache).
         seed: prompt seed (jittered boxes...). split, policy: labels written in every row.
         gt_variants: ``{name: {ann_id: Instance}}`` extra ground truths (rows with ``gt_variant = name``).
         progress: show a tqdm bar (images/s and objects/s in its postfix).
         multimask, click_multimask, min_box_side, image_loader: see :func:`process_image`.
-        force: discard results in ``out_dir`` from another run identity instead of refusing.
+        force: discard results in ``out_dir`` of another run identity instead of refusing (parts of
+            this identity are kept either way); the number discarded is in ``df.attrs["discarded_parts"]``.
         store_predictions: also write ``predictions.parquet``.
 
     Returns:
         The results table (also at ``out_dir/results.parquet``), sorted by
-        ``(image_id, ann_id, prompt_mode, multimask, click, gt_variant)``.
+        ``(image_id, ann_id, prompt_mode, multimask, click, gt_variant)``; ``df.attrs`` holds
+        ``computed_images``, ``resumed_images`` and ``discarded_parts``.
 
     Raises:
+        ValueError: a mode or selection the model does not support (before anything is read).
         ManifestMismatch: ``out_dir`` holds another run's results and ``force`` is False.
+        samstudy.locks.FolderLocked: another process is writing ``out_dir``.
     """
-    from tqdm.auto import tqdm
-
     modes = parse_modes(DEFAULT_MODES if modes is None else modes)
-    _check_policies(multimask, click_multimask)
-    if cache is None or not isinstance(cache, EmbeddingCache):
+    check_model_modes(model, modes, multimask, click_multimask)
+    if not isinstance(cache, EmbeddingCache):
         cache = EmbeddingCache(cache)
     variants = dict(gt_variants or {})
     out = Path(out_dir)
     identity = run_identity(dataset.name, split, policy, model, modes, multimask, click_multimask, seed,
                             list(variants), min_box_side, store_predictions)
     out.mkdir(parents=True, exist_ok=True)
-    run_id = _prepare_out_dir(out, identity, force)
-    parts = out / "parts"
+    with folder_lock(out, f"engine: {model.name} on {dataset.name}"):
+        run_id, discarded = _prepare_out_dir(out, identity, force)
+        todo = _todo_images(dataset, out / "parts", run_id, variants, store_predictions)
+        step = dict(seed=seed, dataset=dataset.name, split=split, policy=policy, gt_variants=variants,
+                    multimask=multimask, click_multimask=click_multimask, min_box_side=min_box_side,
+                    image_loader=image_loader, keep_predictions=store_predictions)
+        _run_images(dataset, model, modes, cache, todo, out / "parts", run_id, step, progress)
+        df = _finish(dataset, out, store_predictions)
+    df.attrs.update(computed_images=len(todo), resumed_images=len(dataset.images) - len(todo),
+                    discarded_parts=discarded)
+    return df
+
+
+def _todo_images(dataset: Dataset, parts: Path, run_id: str, variants: GtVariants,
+                 with_preds: bool) -> list[tuple[int, str]]:
+    """``(image_id, fingerprint)`` of the images whose parts are missing or stale, in id order."""
+    by_image = dataset.instances_by_image()
+    todo = []
+    for i in sorted(dataset.images):
+        fp = _image_fingerprint(dataset.images[i], by_image.get(i, []), variants)
+        if not _image_done(parts, i, run_id, fp, with_preds):
+            todo.append((i, fp))
+    if len(todo) < len(dataset.images):
+        log.info("%s: %d of %d images already done, resuming", parts.parent, len(dataset.images) - len(todo),
+                 len(dataset.images))
+    return todo
+
+
+def _run_images(dataset: Dataset, model: PromptableSegmenter, modes: Sequence[PromptMode], cache: EmbeddingCache,
+                todo: Sequence[tuple[int, str]], parts: Path, run_id: str, step: Mapping[str, Any],
+                progress: bool) -> None:
+    """:func:`process_image` over ``todo``, each image's parts written as soon as it is done."""
+    from tqdm.auto import tqdm
 
     by_image = dataset.instances_by_image()
-    image_ids = sorted(dataset.images)
-    todo: list[tuple[int, str]] = []
-    for i in image_ids:
-        fp = _image_fingerprint(dataset.images[i], by_image.get(i, []), variants)
-        if not _image_done(parts, i, run_id, fp, store_predictions):
-            todo.append((i, fp))
-    if len(todo) < len(image_ids):
-        log.info("%s: %d of %d images already done, resuming", out, len(image_ids) - len(todo), len(image_ids))
-
-    bar = tqdm(total=len(image_ids), initial=len(image_ids) - len(todo), unit="img", disable=not progress,
+    n = len(dataset.images)
+    bar = tqdm(total=n, initial=n - len(todo), unit="img", disable=not progress,
                desc=f"{model.name} {dataset.name}", dynamic_ncols=True)
     t0, n_img, n_obj = time.perf_counter(), 0, 0
     try:
         for image_id, fp in todo:
             insts = by_image.get(image_id, [])
-            rows, preds = process_image(
-                dataset.images[image_id], insts, model, modes, cache, seed, dataset=dataset.name, split=split,
-                policy=policy, gt_variants=variants, multimask=multimask, click_multimask=click_multimask,
-                min_box_side=min_box_side, image_loader=image_loader, keep_predictions=store_predictions)
-            retry = any(r["skip_reason"] in _RETRY_REASONS for r in rows)
-            meta = {_META_RUN: run_id.encode(), _META_IMAGE: fp.encode(), _META_RETRY: b"1" if retry else b"0"}
-            rows_p, preds_p = _part_paths(parts, image_id)
-            if store_predictions:  # predictions first: the rows part is the completion marker
-                _write_parquet_atomic(pa.Table.from_pylist(preds, schema=PRED_SCHEMA), preds_p, meta)
-            _write_parquet_atomic(_rows_table(rows), rows_p, meta)
+            rows, preds = process_image(dataset.images[image_id], insts, model, modes, cache, **step)
+            _write_parts(parts, image_id, rows, preds if step["keep_predictions"] else None, run_id, fp)
             n_img, n_obj = n_img + 1, n_obj + len(insts)
             dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(img_s=f"{n_img / dt:.2f}", obj_s=f"{n_obj / dt:.1f}",
-                            cached=cache.stats.hits, refresh=False)
+            bar.set_postfix(img_s=f"{n_img / dt:.2f}", obj_s=f"{n_obj / dt:.1f}", cached=cache.stats.hits,
+                            refresh=False)
             bar.update(1)
     finally:
         bar.close()
 
-    table = _concat_parts(parts, image_ids, ".parquet", ROW_SCHEMA, SORT_KEYS)
-    _write_parquet_atomic(table, out / "results.parquet")
-    if store_predictions:
-        ptable = _concat_parts(parts, image_ids, ".pred.parquet", PRED_SCHEMA, PRED_SORT_KEYS)
-        _write_parquet_atomic(ptable, out / "predictions.parquet")
-    df = _to_pandas(table, "rows")
+
+def _finish(dataset: Dataset, out: Path, with_preds: bool) -> pd.DataFrame:
+    """Concatenate the parts of ``dataset``'s images into the final tables; returns the rows."""
+    image_ids = sorted(dataset.images)
+    table = _concat_parts(out / "parts", image_ids, ".parquet", ROW_SCHEMA)
+    write_table(table, out)
+    if with_preds:
+        write_table(_concat_parts(out / "parts", image_ids, ".pred.parquet", PRED_SCHEMA), out, predictions=True)
+    df = to_pandas(table)
     n_skip = int((df["status"] == "skipped").sum()) if len(df) else 0
     if n_skip:
         log.warning("%s: %d of %d rows skipped (%s)", out, n_skip, len(df),

@@ -34,12 +34,9 @@ corrupt, foreign or mismatched file raises :class:`CheckpointError` naming the f
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -49,11 +46,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..compute import resolve_device, torch_settings
+from ..files import atomic_path, file_sha256
+from ..models.base import CheckpointError
 from .crops import CropSpec, box_to_crop, crop_image, crop_scale, crop_spec, paste_back, points_to_crop
 
 __all__ = ["CustomConfig", "Stage1Net", "Stage2Net", "CustomModel", "build_custom_model",
            "prepare_inputs", "CheckpointError", "save_checkpoint", "read_checkpoint", "load_custom",
-           "CustomSegmenter", "stage_stats", "resolve_device", "torch_settings", "CHECKPOINT_FORMAT", "INITS"]
+           "CustomSegmenter", "stage_stats", "CHECKPOINT_FORMAT", "INITS"]
 
 CHECKPOINT_FORMAT = "samstudy-custom/1"
 INITS = ("scratch", "litemedsam_stem")
@@ -145,28 +145,6 @@ class CustomConfig:
                 "affinity_sigma", "widths1", "widths2", "init", "refine_band", "stem_lr_scale")
         d = self.to_dict()
         return {k: d[k] for k in keys}
-
-
-@contextmanager
-def torch_settings(num_threads: int, deterministic: bool = False) -> Iterator[None]:
-    """Run a block with ``num_threads`` CPU threads (and deterministic algorithms if asked);
-    the previous global torch settings are restored afterwards."""
-    old_threads, old_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(max(1, int(num_threads)))
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old_threads)
-        torch.use_deterministic_algorithms(old_det)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -580,18 +558,6 @@ def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tenso
 
 
 # ----------------------------------------------------------------------------- checkpoints
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be used; the message names the file."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_state_file(path: str | os.PathLike, what: str) -> Any:
     """``torch.load`` (weights only, CPU) with a :class:`CheckpointError` naming ``path`` on failure."""
     path = Path(path)
@@ -605,20 +571,14 @@ def read_state_file(path: str | os.PathLike, what: str) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` with ``torch.save`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``payload`` with ``torch.save`` atomically (:func:`samstudy.files.atomic_path`), synced
+    to disk before the rename so a crash right after never leaves an empty "best" checkpoint."""
+    with atomic_path(path, ".pt") as tmp:
+        with open(tmp, "wb") as f:
             torch.save(dict(payload), f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def model_payload(model: CustomModel, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -698,13 +658,14 @@ class CustomSegmenter:
         return crop_spec(points, image_hw, c.margin, c.min_margin_px, c.min_crop_px, c.max_aspect)
 
     @torch.no_grad()
-    def predict_logits(self, image: np.ndarray, points_list: Sequence[np.ndarray]
-                       ) -> tuple[np.ndarray, np.ndarray, list[CropSpec], tuple[float, float]]:
+    def predict_logits(self, image: np.ndarray, points_list: Sequence[np.ndarray], refine: bool = True
+                       ) -> tuple[np.ndarray, np.ndarray | None, list[CropSpec], tuple[float, float]]:
         """Crop-frame logits for several objects of one image.
 
         image: ``uint8 (H, W, 3)``; points_list: N arrays ``float (4, 2)`` xy (left, right, top,
-        bottom). Returns ``logits1 float32 (N, S, S)``, ``logits2 float32 (N, 2S, 2S)``, the N crop
-        specs and the seconds spent in ``(cropping + stage 1, stage 2)``.
+        bottom). Returns ``logits1 float32 (N, S, S)``, ``logits2 float32 (N, 2S, 2S)`` (``None``
+        when ``refine`` is false: stage 1 only), the N crop specs and the seconds spent in
+        ``(cropping + stage 1, stage 2)``.
         """
         t0 = time.perf_counter()
         s2 = 2 * self.config.crop_size
@@ -720,6 +681,8 @@ class CustomSegmenter:
         logits1 = self.model.stage1(inputs["x1"], inputs.get("rgb01_half"))
         l1 = logits1[:, 0].float().cpu().numpy()
         t1 = time.perf_counter()
+        if not refine:
+            return l1, None, specs, (t1 - t0, 0.0)
         logits2 = self.model.refine(inputs, logits1)
         l2 = logits2[:, 0].float().cpu().numpy()
         return l1, l2, specs, (t1 - t0, time.perf_counter() - t1)

@@ -57,11 +57,12 @@ import torch.nn.functional as F
 from ..data import Dataset, Instance, read_image
 from ..masks import decode_rle
 from ..prompts import extreme_points
+from ..compute import resolve_device, torch_settings
 from ..files import write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
-                    prepare_inputs, read_state_file, resolve_device, save_checkpoint, stage_stats,
-                    torch_settings, boundary_band, crop_patches)
+                    prepare_inputs, read_state_file, save_checkpoint, stage_stats,
+                    boundary_band, crop_patches)
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
            "train_custom", "main"]

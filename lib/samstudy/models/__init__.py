@@ -5,11 +5,11 @@
 """
 from .base import CheckpointError, Decoded, Embedding, PromptableSegmenter
 from .download import (COCO_FILES, SAM_CHECKPOINTS, ChecksumError, DownloadError, cached_file_sha256, download_coco,
-                       download_file, download_sam_checkpoint, file_sha256)
-from .registry import MODEL_REGISTRY, available_models, build_model, register_model
+                       download_file, download_sam_checkpoint)
+from .registry import MODEL_CLASSES, MODEL_REGISTRY, available_models, build_model, model_class, register_model
 
 __all__ = [
     "COCO_FILES", "CheckpointError", "ChecksumError", "Decoded", "DownloadError", "Embedding", "MODEL_REGISTRY",
     "PromptableSegmenter", "SAM_CHECKPOINTS", "available_models", "build_model", "cached_file_sha256",
-    "download_coco", "download_file", "download_sam_checkpoint", "file_sha256", "register_model",
+    "download_coco", "download_file", "download_sam_checkpoint", "model_class", "register_model", "MODEL_CLASSES",
 ]

@@ -8,20 +8,25 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
-import torch
 
-if TYPE_CHECKING:  # only for annotations: decode reads .box/.points/.labels (duck typing)
+from ..prompts import MODE_SPECS, PromptMode
+
+if TYPE_CHECKING:  # annotations only: the interface itself needs no torch (configs check modes without it)
+    import torch
+
     from ..prompts import Prompt
+
+# Every prompt mode of samstudy.prompts: what the SAM family (box + points + mask input) decodes.
+ALL_MODES: frozenset[str] = frozenset(MODE_SPECS)
 
 
 class CheckpointError(RuntimeError):
-    """A weights file exists but cannot be used (truncated, not a state dict, wrong keys/shapes).
-
-    The message always names the file and, when known, the model it was loaded for.
-    """
+    """A weights file that cannot be used (missing, truncated, not a state dict, another
+    architecture, wrong keys/shapes). The one checkpoint error of the package, for foundation and
+    custom models alike; the message always names the file and, when known, the model."""
 
 
 @dataclass
@@ -47,12 +52,13 @@ class Decoded:
 
     masks: bool ``(N, K, H, W)`` at the original image resolution (logits > 0).
     iou_pred: float32 ``(N, K)``, the model's own IoU estimate.
-    low_res_logits: float32 ``(N, K, 256, 256)``, fed back as ``mask_inputs`` for the next click.
+    low_res_logits: float32 ``(N, K, 256, 256)``, fed back as ``mask_inputs`` for the next click;
+        ``None`` for models without mask input (they do not support click sequences).
     """
 
     masks: np.ndarray
     iou_pred: np.ndarray
-    low_res_logits: np.ndarray
+    low_res_logits: np.ndarray | None
 
 
 class PromptableSegmenter(ABC):
@@ -62,13 +68,24 @@ class PromptableSegmenter(ABC):
     label: how reports name it; LiteMedSAM is never called "SAM".
     checkpoint_sha256: SHA-256 of the weights file (``"random-init"`` for untrained weights).
     preprocess_id: short id of the image preprocessing (part of the embedding cache key).
+
+    Capabilities (class attributes; the engine and the config check them before anything runs):
+
+    supported_modes: names of the prompt modes (``samstudy.prompts.MODE_SPECS``) the model decodes.
+    multimask_outputs: masks per prompt with ``multimask=True`` (3 for the SAM family; 1 = no
+        multimask output, so only the ``single`` selection is meaningful).
+    cache_embeddings: whether the engine keeps its embeddings in the on-disk cache (``False`` for
+        models whose per-image state is cheap, e.g. the custom model's image itself).
     """
 
     name: str
     label: str
     checkpoint_sha256: str
     preprocess_id: str
-    device: torch.device
+    device: "torch.device"
+    supported_modes: ClassVar[frozenset[str]] = ALL_MODES
+    multimask_outputs: ClassVar[int] = 3
+    cache_embeddings: ClassVar[bool] = True
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> Embedding:
@@ -87,14 +104,18 @@ class PromptableSegmenter(ABC):
         mask_inputs: optional float32 ``(N, 1, 256, 256)`` low-res logits from a previous decode.
         """
 
-    def decode_policies(self, embedding: Embedding, prompts: Sequence[Prompt], multimask: Sequence[bool],
-                        mask_inputs: np.ndarray | None = None) -> list[Decoded]:
+    def decode_multimask(self, embedding: Embedding, prompts: Sequence[Prompt], multimask: Sequence[bool],
+                         mask_inputs: np.ndarray | None = None) -> list[Decoded]:
         """``[decode(embedding, prompts, m, mask_inputs) for m in multimask]``.
 
         Models whose decoder computes every output in one pass (the SAM family) override this so
-        that the single-output and best-of-3 policies of a prompt cost one decoder call.
+        that the single-output and best-of-3 selections of a prompt cost one decoder call.
         """
         return [self.decode(embedding, prompts, multimask=m, mask_inputs=mask_inputs) for m in multimask]
+
+    def check_modes(self, modes: Sequence[PromptMode]) -> None:
+        """Raise ``ValueError`` naming the modes of ``modes`` this model does not support."""
+        unsupported_modes_error(self.name, [m.name for m in modes], self.supported_modes)
 
     @property
     def cache_key(self) -> str:
@@ -112,3 +133,10 @@ def check_rgb_uint8(image: np.ndarray, model_name: str) -> np.ndarray:
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"{model_name}: empty image of shape {image.shape}")
     return np.ascontiguousarray(image)
+
+
+def unsupported_modes_error(model: str, mode_names: Sequence[str], supported: frozenset[str]) -> None:
+    """Raise ``ValueError`` when a mode name is not in ``supported`` (shared by engine and config)."""
+    bad = sorted(set(mode_names) - set(supported))
+    if bad:
+        raise ValueError(f"model {model!r} does not support prompt mode(s) {bad}; it supports {sorted(supported)}")

