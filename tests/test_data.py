@@ -138,8 +138,19 @@ def test_read_image_errors_name_the_file(tmp_path):
         read_image(tmp_path / "cut.png")
 
 
-def test_data_error_is_value_error():
-    assert issubclass(DataError, ValueError)
+def test_data_error_names_the_file_and_carries_the_skip_reason(tmp_path):
+    """A bad image raises DataError starting with its path and carrying the reason code that the
+    loader writes into the skip row for the same file; callers that catch ValueError catch it."""
+    (tmp_path / "junk.jpg").write_bytes(b"this is not an image")
+    for name, reason in (("junk.jpg", "image_unreadable"), ("absent.jpg", "image_missing")):
+        with pytest.raises(ValueError) as e:
+            read_image(tmp_path / name)
+        assert isinstance(e.value, DataError) and e.value.reason == reason
+        assert str(e.value).startswith(f"{tmp_path / name}: ")
+    images = [{"id": 1, "file_name": "junk.jpg", "height": H, "width": W}]
+    ds = load_coco(_coco(tmp_path, [_ann(1)], images=images, make_files=False), tmp_path)
+    (row,) = [s for s in ds.skips if s["ann_id"] is None]
+    assert row["reason"] == "image_unreadable" and "junk.jpg" in row["detail"]
 
 
 # ---------------------------------------------------------------- load_coco: good input

@@ -1,4 +1,5 @@
-"""Tests of samstudy.metrics against hand-computed values and independent reference implementations."""
+"""Tests of samstudy.metrics (and of the hole definition it shares, samstudy.masks.hole_mask) against
+hand-computed values, reference libraries (pycocotools, scipy) and properties."""
 from __future__ import annotations
 
 import math
@@ -12,6 +13,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage
 
 from samstudy import metrics as M
+from samstudy.masks import count_holes, crop_holes, hole_mask
 
 PROPS = settings(max_examples=60, deadline=None)
 
@@ -34,19 +36,23 @@ def api_style_band(mask: np.ndarray, ratio: float) -> np.ndarray:
     return (m - eroded).astype(bool)
 
 
-def naive_iou(a, b, ignore=None):
-    keep = np.ones(a.shape, bool) if ignore is None else ~ignore
-    u = ((a | b) & keep).sum()
-    return 1.0 if u == 0 else ((a & b) & keep).sum() / u
+def coco_iou(a, b, ignore=None):
+    """IoU by pycocotools. With ``ignore`` X: |P ∩ G \\ X| / |(P ∪ G) \\ X| is the plain IoU of
+    P \\ X and G \\ X. pycocotools says 0 for an empty union; the module's rule says 1.0."""
+    if ignore is not None:
+        a, b = a & ~ignore, b & ~ignore
+    if not (a | b).any():
+        return 1.0
+    ra = mask_utils.encode(np.asfortranarray(a.astype(np.uint8)))
+    rb = mask_utils.encode(np.asfortranarray(b.astype(np.uint8)))
+    return float(mask_utils.iou([ra], [rb], [0])[0, 0])
 
 
-def naive_holes(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
-    """Background 4-components of the full image that touch no image border."""
-    lab, n = ndimage.label(~mask, structure=ndimage.generate_binary_structure(2, 1))
-    border = set(np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))) - {0}
-    hole_ids = [i for i in range(1, n + 1) if i not in border]
-    holes = np.isin(lab, hole_ids)
-    return len(hole_ids), int(holes.sum()), holes
+def scipy_holes(mask: np.ndarray) -> tuple[int, int, np.ndarray]:
+    """Reference holes by scipy: ``binary_fill_holes`` (cross structure) minus the mask, and the
+    hole count by ``ndimage.label`` with the same cross structure."""
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    return int(ndimage.label(holes)[1]), int(holes.sum()), holes
 
 
 def random_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -121,11 +127,11 @@ def test_iou_equals_pycocotools(args):
 
 @PROPS
 @given(masks_pair)
-def test_iou_with_ignore_equals_naive(args):
+def test_iou_with_ignore_equals_pycocotools(args):
     seed, h, w = args
     rng = np.random.default_rng(seed)
     p, g, x = random_mask(rng, h, w), random_mask(rng, h, w), random_mask(rng, h, w)
-    assert M.iou(p, g, ignore=x) == pytest.approx(naive_iou(p, g, x), abs=1e-12)
+    assert M.iou(p, g, ignore=x) == pytest.approx(coco_iou(p, g, x), abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- boundary IoU
@@ -189,7 +195,7 @@ def test_boundary_iou_crop_equals_naive(args, ratio):
     p, g = random_mask(rng, h, w), random_mask(rng, h, w)
     x = random_mask(rng, h, w) if rng.random() < 0.3 else None
     d = M.band_width((h, w), ratio)
-    ref = naive_iou(naive_band(p, d), naive_band(g, d), x)
+    ref = coco_iou(naive_band(p, d), naive_band(g, d), x)
     assert M.boundary_iou(p, g, ratio, ignore=x) == pytest.approx(ref, abs=1e-12)
 
 
@@ -203,7 +209,7 @@ def test_boundary_iou_small_objects_in_large_image():
         g[r:r + rng.integers(2, 25), c:c + rng.integers(2, 25)] = True
         p[r + 1:r + rng.integers(3, 25), c - 1:c + rng.integers(2, 25)] = True
         d = M.band_width(g.shape)
-        assert M.boundary_iou(p, g) == pytest.approx(naive_iou(naive_band(p, d), naive_band(g, d)))
+        assert M.boundary_iou(p, g) == pytest.approx(coco_iou(naive_band(p, d), naive_band(g, d)))
 
 
 # ----------------------------------------------------------------------------- holes
@@ -265,14 +271,93 @@ def test_background_touching_image_border_is_not_a_hole():
     assert M.hole_stats(m) == (0, 0)
 
 
+def test_hole_mask_and_count_by_hand_distinguish_4_from_8_connected_background():
+    # 5x5: a 1-px square ring around (2, 2) whose corner (1, 1) is background. With 4-connected
+    # background (the definition) (2, 2) meets the outside only diagonally: one hole. With
+    # 8-connected background it would leak out: no hole.
+    m = np.zeros((5, 5), bool)
+    m[1:4, 1:4] = True
+    m[2, 2] = m[1, 1] = False
+    want = np.zeros((5, 5), bool)
+    want[2, 2] = True
+    np.testing.assert_array_equal(hole_mask(m), want)
+    assert count_holes(hole_mask(m)) == 1
+    # The same ring opened by an edge-sharing gap at (1, 2): the hole is gone.
+    m[1, 1], m[1, 2] = True, False
+    assert not hole_mask(m).any()
+
+
+def test_diagonal_crack_through_a_thick_wall_keeps_the_hole():
+    # 8x8 square with a 2x2 hole at rows/cols 3..4 and a staircase of background (2, 2), (1, 1),
+    # (0, 0) through its 2-px wall to the image corner: every step is diagonal, so the hole (and
+    # the crack pixels (1, 1), (2, 2), which touch no background by an edge) stay enclosed.
+    m = np.ones((8, 8), bool)
+    m[3:5, 3:5] = False
+    m[0, 0] = m[1, 1] = m[2, 2] = False
+    want = np.zeros((8, 8), bool)
+    want[3:5, 3:5] = True
+    want[1, 1] = want[2, 2] = True   # (0, 0) is on the image border: not a hole
+    np.testing.assert_array_equal(hole_mask(m), want)
+    assert count_holes(hole_mask(m)) == 3  # (1, 1), (2, 2) and the 2x2 block: diagonal contacts only
+    assert M.hole_stats(m) == (3, 6)
+
+
+def test_background_on_the_image_border_is_never_a_hole():
+    m = np.ones((4, 6), bool)
+    m[0, 2] = False            # enclosed by the mask on its three in-image sides, but on the border
+    m[3, 5] = False            # a corner pixel
+    assert not hole_mask(m).any() and M.hole_stats(m) == (0, 0)
+    m[2, 2] = False            # an interior background pixel is one
+    assert M.hole_stats(m) == (1, 1)
+
+
+def test_hole_mask_input_forms_and_crop_window():
+    m = _square_ring(30, 40)
+    want = hole_mask(m)
+    assert want.dtype == bool and want.shape == (30, 40) and want.sum() == 30
+    np.testing.assert_array_equal(hole_mask(m.astype(np.uint8) * 255), want)
+    np.testing.assert_array_equal(hole_mask(np.asfortranarray(m)), want)
+    for r0, r1, c0, c1 in ((5, 25, 5, 25), (0, 30, 0, 40), (2, 27, 4, 26)):  # windows containing the box
+        holes, area = crop_holes(m[r0:r1, c0:c1])
+        assert area == 30
+        np.testing.assert_array_equal(holes, want[r0:r1, c0:c1])
+    assert crop_holes(np.ones((3, 3), bool)) == (None, 0)
+    assert not hole_mask(np.zeros((3, 3), bool)).any() and count_holes(np.zeros((3, 3), bool)) == 0
+
+
 @PROPS
 @given(masks_pair)
-def test_holes_equal_naive(args):
+def test_holes_equal_scipy(args):
     seed, h, w = args
     m = random_mask(np.random.default_rng(seed), h, w)
-    n, area, holes = naive_holes(m)
+    n, area, holes = scipy_holes(m)
     assert M.hole_stats(m) == (n, area)
     np.testing.assert_array_equal(M.hole_mask(m), holes)
+
+
+@PROPS
+@given(masks_pair)
+def test_hole_properties(args):
+    """Holes are background; filling them leaves none; filling one hole leaves exactly the others;
+    a background frame added around the image changes nothing; flips and transposition commute
+    with the definition; 8-connected-background holes (scipy, square structure) are a subset."""
+    seed, h, w = args
+    rng = np.random.default_rng(seed)
+    # half the draws are dense pixel noise: many small holes, diagonal contacts everywhere
+    m = random_mask(rng, h, w) if seed % 2 else rng.random((h, w)) < 0.65
+    holes = hole_mask(m)
+    assert not (holes & m).any()
+    assert not hole_mask(m | holes).any() and M.hole_stats(m | holes) == (0, 0)
+    labels, n = ndimage.label(holes)
+    assert count_holes(holes) == n
+    if n:
+        first = labels == 1
+        np.testing.assert_array_equal(hole_mask(m | first), holes & ~first)
+    np.testing.assert_array_equal(hole_mask(np.pad(m, 1))[1:-1, 1:-1], holes)
+    np.testing.assert_array_equal(hole_mask(m.T), holes.T)
+    np.testing.assert_array_equal(hole_mask(m[::-1, ::-1]), holes[::-1, ::-1])
+    eight = ndimage.binary_fill_holes(m, structure=np.ones((3, 3), bool)) & ~m
+    assert not (eight & ~holes).any()
 
 
 def test_hole_pair_agreement():

@@ -4,8 +4,9 @@ Chromium is driven over the DevTools protocol (``websocket-client``, a Jupyter d
 page of a report is loaded from disk, JavaScript exceptions and console errors are collected, the
 headline table's on-screen box is measured and a screenshot is written next to the report.
 
-Set-up: when ``chromium`` is missing and the tests run as root (CI), it is installed with
-``apt-get install -y chromium``; otherwise the tests skip with the reason. The report comes from a
+Set-up: the browser is a system package, installed by the test set-up, not by a test: CI's
+``.ci/run`` installs Debian's ``chromium`` with apt-get before ``make test``. When no ``chromium``
+is on ``PATH`` these tests skip and say how to install it. The report comes from a
 run of stand-in notebooks (``test_pipeline._dummy_notebooks``) through the real export path; when
 ``SAMSTUDY_REPORT`` names an ``index.html`` (e.g. of ``make study``), that report is checked too.
 The study's own report (``configs/tiny.yaml``, fixture ``tiny_run`` of ``test_pipeline``) is checked
@@ -36,17 +37,11 @@ def _find_chromium() -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """Path of the chromium binary, installed with apt when missing and running as root."""
+    """Path of the chromium binary; skips when it is not installed (tests never install it)."""
     exe = _find_chromium()
-    if exe is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            if r.returncode != 0:
-                pytest.skip(f"could not install chromium ({' '.join(cmd)}): {r.stderr[-500:]}")
-        exe = _find_chromium()
     if exe is None:
-        pytest.skip("chromium not installed (install Debian's 'chromium' package, as root: apt-get install -y chromium)")
+        pytest.skip("chromium not found on PATH: install Debian's 'chromium' package "
+                    "(as root: apt-get install -y chromium; .ci/run does this in CI)")
     return exe
 
 

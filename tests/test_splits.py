@@ -74,6 +74,19 @@ def test_min_images_per_category_threshold():
     assert any(not x for x in sides)
 
 
+def test_stratification_failures_by_hand():
+    # images: 0 {c0, c1}, 1 {c0}, 2 {c1, c2}, 3 {c0, c3}, 4 {c4}; c2 and c4 have one image each
+    ds = _dataset([[0, 1], [0], [1, 2], [0, 3], [4]])
+    assert stratification_failures(ds, [0, 1], [2, 3, 4]) == []       # c0: 0,1 | 3; c1: 0 | 2
+    assert stratification_failures(ds, [0, 1, 3], [2, 4]) == ["c0"]   # c0 only in train
+    assert stratification_failures(ds, [2, 4], [0, 1, 3]) == ["c0"]   # ... or only in test
+    assert stratification_failures(ds, [1, 3], [0, 2, 4]) == ["c1"]   # c1's images 0, 2 both in test
+    assert stratification_failures(ds, [4], [0, 1, 2, 3]) == ["c0", "c1"]
+    # with the threshold at 3 only c0 (3 images) is eligible
+    assert stratification_failures(ds, [1, 3], [0, 2, 4], min_images_per_category=3) == []
+    assert stratification_failures(ds, [4], [0, 1, 2, 3], min_images_per_category=3) == ["c0"]
+
+
 def test_unsatisfiable_case_is_reported():
     # {A,C}, {A,B}, {B,C}: no 2-colouring puts A, B and C on both sides
     ds = _dataset([[0, 2], [0, 1], [1, 2]])
@@ -97,13 +110,10 @@ def test_properties_on_random_datasets(seed, data_seed, frac):
     ds = _rng_dataset(data_seed, n_images=40)
     train, test = split_by_image(ds, frac, seed=seed)
     assert not set(train) & set(test) and sorted(train + test) == sorted(ds.images)
-    # the reported failures are exactly the eligible categories missing from a side
+    # fill step: test is the requested size unless stratification alone needed more
     per_cat: dict[int, set[int]] = {}
     for t in ds.instances:
         per_cat.setdefault(t.category_id, set()).add(t.image_id)
-    missing = sorted(f"c{c}" for c, ims in per_cat.items() if len(ims) >= 2 and not (ims & set(train) and ims & set(test)))
-    assert stratification_failures(ds, train, test) == missing
-    # fill step: test is the requested size unless stratification alone needed more
     target = min(max(round(frac * 40), 1), 39)
     n_eligible = sum(1 for ims in per_cat.values() if len(ims) >= 2)
     if len(test) > target:   # only stratification picks (at most one per eligible category) are in test
@@ -138,16 +148,26 @@ def test_write_split_files_identical_for_same_seed(tmp_path):
     assert sorted(back_train.images) == train and sorted(back_test.images) == test
     assert len(back_train.instances) + len(back_test.instances) == len(ds.instances)
     summary = pd.read_csv(tmp_path / "a" / "split_summary.csv")
-    assert list(summary.columns) == ["category_id", "category", "train_images", "train_instances",
-                                     "test_images", "test_instances", "in_both"]
-    for _, row in summary.iterrows():
-        insts = [t for t in ds.instances if t.category_id == row.category_id]
-        assert row.train_instances == sum(t.image_id in set(train) for t in insts)
-        assert row.test_images == len({t.image_id for t in insts if t.image_id in set(test)})
+    pd.testing.assert_frame_equal(summary, split_summary(ds, train, test), check_dtype=False)
     with pytest.raises(ValueError, match="share"):
         write_split(ds, [0, 1], [1, 2], tmp_path / "c")
     with pytest.raises(ValueError, match="not in dataset"):
         write_split(ds, [0], [999], tmp_path / "c")
+
+
+def test_split_summary_by_hand():
+    # images 0 {c0, c0'}, 1 {c0, c1}, 2 {c1}, 3 {c0}: two instances of c0 in image 0
+    base = _dataset([[0], [0, 1], [1], [0]])
+    extra = Instance(0, 99, 0, "c0", _RLE, 4, (1.0, 1.0, 3.0, 3.0), source_ann_ids=(99,))
+    ds = Dataset(base.name, base.images, base.categories, base.instances + [extra])
+    df = split_summary(ds, [0, 2], [1, 3])
+    assert list(df.columns) == ["category_id", "category", "train_images", "train_instances",
+                                "test_images", "test_instances", "in_both"]
+    assert df.values.tolist() == [[0, "c0", 1, 2, 2, 2, True],
+                                  [1, "c1", 1, 1, 1, 1, True]]
+    df = split_summary(ds, [1, 2], [0, 3])
+    assert df.values.tolist() == [[0, "c0", 1, 1, 2, 3, True],
+                                  [1, "c1", 2, 2, 0, 0, False]]
 
 
 def test_real_coco_sample_split(coco_sample_dir):

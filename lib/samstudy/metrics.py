@@ -25,15 +25,16 @@ reference ``boundary-iou-api`` computes with ``copyMakeBorder`` + ``d`` iteratio
 (Python ``round``: half to even, as in the reference); ``dilation_ratio = 0.02`` (2% of the diagonal;
 d = 16 px for 640x480). Boundary IoU = ``IoU(B_d(P), B_d(G); X)``, with the same empty -> 1.0 rule.
 
-**Holes**: a hole of a mask ``M`` is a connected component of the background ``~M`` that does not
-touch the image border, i.e. is fully enclosed by ``M``. Background components use
-**4-connectivity** (so the object is implicitly 8-connected: a diagonal gap in a ring does not open
-the hole; a 4-connected gap does). ``n_holes`` is the number of such components, ``hole_area`` their
-total pixel count. For a (pred, gt) pair, **hole_fill_agreement** = IoU between the GT hole pixel
-set and the predicted hole pixel set (1.0 when neither mask has a hole): 1.0 means the prediction
-leaves exactly the GT's holes open; 0.0 means e.g. the GT has holes and the prediction fills them
-all (or the prediction cuts holes where the GT has none). Holes ignore the ``ignore`` mask: they are
-a property of each mask's shape.
+**Holes** (defined once, in :func:`samstudy.masks.hole_mask`): a hole of a mask ``M`` is a
+connected component of the background ``~M`` that does not touch the image border, i.e. is fully
+enclosed by ``M``. Background components use **4-connectivity** (so the object is implicitly
+8-connected: a diagonal gap in a ring does not open the hole; a 4-connected gap does).
+``n_holes`` is the number of such components, ``hole_area`` their total pixel count. For a
+(pred, gt) pair, **hole_fill_agreement** = IoU between the GT hole pixel set and the predicted
+hole pixel set (1.0 when neither mask has a hole): 1.0 means the prediction leaves exactly the
+GT's holes open; 0.0 means e.g. the GT has holes and the prediction fills them all (or the
+prediction cuts holes where the GT has none). Holes ignore the ``ignore`` mask: they are a
+property of each mask's shape.
 
 **Size bucket** (COCO): ``area < 32**2 = 1024`` -> ``"small"``, ``area < 96**2 = 9216`` ->
 ``"medium"``, else ``"large"``; ``area`` in pixels. (COCOeval's range test is inclusive at both ends,
@@ -56,6 +57,8 @@ from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
+
+from .masks import count_holes, crop_holes, hole_mask  # noqa: F401 (hole_mask: part of this API)
 
 BBox = tuple[int, int, int, int]  # (r0, r1, c0, c1), half-open rows/cols
 
@@ -144,23 +147,10 @@ def _inner_band(m: np.ndarray, d: int) -> np.ndarray:
 
 
 def _holes(m: np.ndarray) -> tuple[np.ndarray | None, int, int]:
-    """Holes of a crop ``uint8 (h, w)`` that contains the mask's bounding box.
-
-    Returns ``(hole_pixels, n_holes, hole_area)``; ``hole_pixels`` is ``uint8 (h, w)`` 0/1, or ``None``
-    when there is no hole. The crop is zero-padded by one pixel and the background 4-connected to
-    that ring is flood-filled: the ring stands for "outside" because every image pixel outside the
-    mask's bounding box reaches the image border along a straight line of background, and a crop
-    side on the image border is the image border. What stays 0 is exactly the full image's holes.
-    """
-    filled = cv2.copyMakeBorder(m, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    cv2.floodFill(filled, None, (0, 0), 1, flags=4)  # a flood fill is ~10x cheaper than labelling
-    hole_area = filled.size - cv2.countNonZero(filled)
-    if hole_area == 0:  # the common case: no labelling needed
-        return None, 0, 0
-    hole_pixels = (filled[1:-1, 1:-1] == 0).view(np.uint8)
-    r0, r1, c0, c1 = _bbox(hole_pixels)  # label only the holes' bounding box
-    n_labels = cv2.connectedComponents(hole_pixels[r0:r1, c0:c1], connectivity=4)[0]
-    return hole_pixels, n_labels - 1, int(hole_area)
+    """``(hole_pixels bool (h, w) or None, n_holes, hole_area)`` of a crop ``uint8 (h, w)`` that
+    contains the mask's bounding box (exact on such a crop: :func:`samstudy.masks.crop_holes`)."""
+    holes, area = crop_holes(m)
+    return holes, (count_holes(holes) if area else 0), area
 
 
 # ----------------------------------------------------------------------------- IoU
@@ -212,16 +202,7 @@ def boundary_iou(pred: np.ndarray, gt: np.ndarray, dilation_ratio: float = DEFAU
 
 
 # ----------------------------------------------------------------------------- holes
-def hole_mask(mask: np.ndarray) -> np.ndarray:
-    """Hole pixels of ``mask``, ``bool (H, W)``: background 4-components not touching the image border."""
-    m = _as_u8(mask, "mask")
-    out = np.zeros(m.shape, bool)
-    box = _bbox(m)
-    if box is not None:
-        holes = _holes(_crop(m, box))[0]
-        if holes is not None:
-            out[box[0]:box[1], box[2]:box[3]] = holes.view(bool)
-    return out
+# ``hole_mask`` (imported from samstudy.masks, the one implementation) is part of this module's API.
 
 
 def hole_stats(mask: np.ndarray) -> tuple[int, int]:
@@ -235,12 +216,13 @@ def hole_stats(mask: np.ndarray) -> tuple[int, int]:
 
 
 def _hole_pair_in_crop(p: np.ndarray, g: np.ndarray) -> dict[str, float | int]:
+    """Hole columns of a (pred, gt) pair of ``uint8 (h, w)`` crops containing both masks' boxes."""
     p_holes, p_n, p_area = _holes(p)
     g_holes, g_n, g_area = _holes(g)
     if p_holes is None or g_holes is None:  # at most one side has holes: IoU is 0, or 1 if neither
         agreement = 1.0 if p_holes is g_holes else 0.0
     else:
-        agreement = _masked_iou(p_holes, g_holes, None)
+        agreement = _masked_iou(p_holes.view(np.uint8), g_holes.view(np.uint8), None)
     return {"gt_holes": g_n, "pred_holes": p_n, "gt_hole_area": g_area, "pred_hole_area": p_area,
             "hole_fill_agreement": agreement}
 

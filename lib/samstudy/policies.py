@@ -24,9 +24,9 @@ Steps:
   Crowd instances are never merged (they already stand for groups).
 - :func:`fill_holes` fills every **hole** = background component fully enclosed by the object
   mask, i.e. not connected to the image border, with **4-connected background** (the object is
-  implicitly 8-connected: a diagonal gap does not open a hole). The result equals
-  ``scipy.ndimage.binary_fill_holes`` with its default cross structure (computed by one labelling
-  pass, which is faster) and uses the same definition as :func:`samstudy.metrics.hole_mask`.
+  implicitly 8-connected: a diagonal gap does not open a hole). The holes are those of
+  :func:`samstudy.masks.hole_mask`, the one implementation the metrics and the synthetic set use
+  too (equal to ``scipy.ndimage.binary_fill_holes`` with its default cross structure).
   A filled instance gets the tag ``"policy:filled"``.
 - :func:`min_area` removes instances with ``area < px``.
 
@@ -49,12 +49,11 @@ from typing import Any, Iterable, Mapping
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .data import Dataset, Instance
-from .masks import compress_rle, decode_rle, encode_rle, rle_area, rle_box_xyxy
+from .masks import HOLE_CONNECTIVITY, compress_rle, decode_rle, encode_rle, hole_mask, rle_area, rle_box_xyxy
 
 AUTOMOTIVE_CATEGORIES = ("person", "bicycle", "car", "motorcycle", "bus", "truck")
 _EIGHT = np.ones((3, 3), dtype=np.uint8)  # 8-neighbour structuring element for "touching"
@@ -118,39 +117,9 @@ def keep_categories(dataset: Dataset, names: Iterable[str]) -> Dataset:
                  categories=cats)
 
 
-def _crop_holes(mask: np.ndarray) -> tuple[int, int, np.ndarray] | None:
-    """Holes of a ``bool (H, W)`` mask within its tight-box crop: ``(row0, col0, holes bool (h, w))``
-    or ``None`` when there is none.
-
-    Background is labelled with the default cross (4-connectivity); components that reach the crop's
-    edge reach the outside (outside the tight box everything is background), so the crop is exact.
-    One labelling pass is much faster than ``binary_fill_holes``' iterated dilation.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    r0, c0 = int(rows[0]), int(cols[0])
-    crop = mask[r0:rows[-1] + 1, c0:cols[-1] + 1]
-    labels, n = ndimage.label(~crop)
-    if n == 0:
-        return None
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    if edge[0] == 0:
-        edge = edge[1:]
-    if edge.size == n:
-        return None
-    return r0, c0, (labels > 0) & ~np.isin(labels, edge)
-
-
 def fill_hole_mask(mask: np.ndarray) -> np.ndarray:
-    """``mask | holes`` for a ``bool (H, W)`` mask (holes as defined in the module docstring)."""
-    out = np.array(mask, dtype=bool, copy=True)
-    found = _crop_holes(out)
-    if found is not None:
-        r0, c0, holes = found
-        out[r0:r0 + holes.shape[0], c0:c0 + holes.shape[1]] |= holes
-    return out
+    """``mask | holes``: ``bool (H, W)`` -> new ``bool (H, W)`` (holes as in the module docstring)."""
+    return np.asarray(mask, dtype=bool) | hole_mask(mask)
 
 
 def fill_holes(dataset: Dataset) -> Dataset:
@@ -159,19 +128,18 @@ def fill_holes(dataset: Dataset) -> Dataset:
     changed, added = 0, 0
     for t in dataset.instances:
         m = decode_rle(t.rle)
-        found = _crop_holes(m)
-        if found is None:
+        holes = hole_mask(m)
+        n_added = int(np.count_nonzero(holes))
+        if n_added == 0:
             out.append(t)
             continue
-        r0, c0, holes = found
-        m[r0:r0 + holes.shape[0], c0:c0 + holes.shape[1]] |= holes
-        rle = encode_rle(m)
+        rle = encode_rle(m | holes)
         out.append(t.with_(rle=rle, area=rle_area(rle), box_xyxy=tuple(float(v) for v in rle_box_xyxy(rle)),
                            tags=_tagged(t.tags, FILLED_TAG)))
         changed += 1
-        added += int(holes.sum())
-    return _with(dataset, out, _log_row("fill_holes", {"background_connectivity": 4}, dataset.instances,
-                                        out, changed, pixels_added=added))
+        added += n_added
+    return _with(dataset, out, _log_row("fill_holes", {"background_connectivity": HOLE_CONNECTIVITY},
+                                        dataset.instances, out, changed, pixels_added=added))
 
 
 def _boxes_near(a: tuple[float, ...], b: tuple[float, ...], margin: float) -> bool:

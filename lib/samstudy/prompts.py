@@ -47,8 +47,6 @@ __all__ = [
     "Prompt", "PromptMode", "MODE_SPECS", "DEFAULT_MODES", "parse_modes", "make_prompt",
 ]
 
-EXTREME_ORDER = ("left", "right", "top", "bottom")
-
 
 # ----------------------------------------------------------------------------------------- helpers
 def _as_mask(mask: np.ndarray) -> np.ndarray:

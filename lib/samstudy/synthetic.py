@@ -66,7 +66,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from .masks import encode_rle
+from .masks import encode_rle, hole_mask
 from .metrics import size_bucket
 
 GENERATOR = "samstudy.synthetic"
@@ -467,32 +467,21 @@ _MAKERS: dict[str, Callable[[np.random.Generator], _Piece]] = {
 }
 
 # ----------------------------------------------------------------------------------------------
-# Geometry checks (also used by the tests' independent re-derivations of the same facts)
+# Geometry checks (the tests re-derive the same facts with scipy/skimage, not with these)
 # ----------------------------------------------------------------------------------------------
 
 _EIGHT = np.ones((3, 3), bool)
 
 
 def has_holes(mask: np.ndarray) -> bool:
-    """True when ``mask`` (``bool (H, W)``) encloses background: a background component not
-    connected to the outside even through diagonal (8-connected) steps."""
-    return bool((ndimage.binary_fill_holes(mask, structure=_EIGHT) != mask).any())
-
-
-def has_any_hole(mask: np.ndarray) -> bool:
-    """True when filling 4-connected enclosed background changes ``mask`` (scipy's default)."""
-    return bool((ndimage.binary_fill_holes(mask) != mask).any())
+    """True when ``mask`` (``bool (H, W)``) has a hole in the study's sense (:func:`samstudy.masks.hole_mask`:
+    a 4-connected background component not touching the image border)."""
+    return bool(hole_mask(mask).any())
 
 
 def hole_area(mask: np.ndarray) -> int:
-    """Pixels of background enclosed by ``mask`` (``bool (H, W)``): what
-    ``scipy.ndimage.binary_fill_holes`` (4-connected background) adds."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return 0
-    # Crop to the box plus a 1-px frame: same answer, far cheaper than filling the whole image.
-    m = np.pad(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], 1)
-    return int(ndimage.binary_fill_holes(m).sum() - m.sum())
+    """Number of hole pixels of ``mask`` (``bool (H, W)``), holes as in :func:`samstudy.masks.hole_mask`."""
+    return int(np.count_nonzero(hole_mask(mask)))
 
 
 def thin_part_size(mask: np.ndarray, width: int = THIN_OPEN) -> int:
@@ -529,7 +518,7 @@ def _piece_ok(category: str, piece: _Piece) -> bool:
         if "holes" in tags:
             if not has_holes(m):
                 return False
-        elif has_any_hole(v):
+        elif has_holes(v):
             return False
         if "thin" in tags and thin_part_size(m) < 15:
             return False
@@ -850,14 +839,21 @@ MANIFEST_FILE = "manifest.json"
 IMAGES_DIR = "images"
 
 
+# Source files whose code decides the output: this module and samstudy.masks (RLE encoding and
+# hole_mask, which accepts or rejects drawn shapes).
+_GENERATOR_SOURCES = (Path(__file__), Path(__file__).with_name("masks.py"))
+
+
 @functools.lru_cache(maxsize=1)
 def _source_sha256() -> str:
-    return _sha256(Path(__file__))
+    """SHA-256 over the SHA-256s of :data:`_GENERATOR_SOURCES`, in that order."""
+    return hashlib.sha256("".join(_sha256(p) for p in _GENERATOR_SOURCES).encode("ascii")).hexdigest()
 
 
 def _environment() -> dict[str, str]:
-    """What can change the output besides the config: library versions and this module's source
-    (so an edited generator never serves a stale cached set). Part of the cache key."""
+    """What can change the output besides the config: library versions and the generator's source
+    (this module and :mod:`samstudy.masks`, so an edited generator never serves a stale cached
+    set). Part of the cache key."""
     return {"numpy": np.__version__, "opencv": cv2.__version__,
             "generator_source_sha256": _source_sha256()}
 

@@ -229,7 +229,7 @@ class SamSegmenter(PromptableSegmenter):
 
         SAM's decoder always predicts four masks: token 0 is the single-output mask, tokens 1..3 the
         multimask ones; ``multimask_output`` only chooses which are returned
-        (``MaskDecoder.forward``). So both policies cost one pass and equal separate calls exactly.
+        (``MaskDecoder.forward``). So both selections cost one pass and equal separate calls exactly.
         """
         self._check_embedding(embedding)
         with torch_settings(self.num_threads):
