@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from samstudy.models import (CheckpointError, ChecksumError, Embedding, MODEL_REGISTRY, available_models,
+from samstudy.models import (CheckpointError, ChecksumError, Embedding, MODEL_CLASSES, MODEL_REGISTRY, available_models,
+                             model_class,
                              build_model, register_model)
 from samstudy.models.sam import SamArchitecture, SamSegmenter, build_sam_module, sam_segmenter_from_checkpoint
 from samstudy.prompts import Prompt
@@ -63,14 +64,23 @@ def test_registry_lists_builtins_and_rejects_unknown_names():
 
 
 def test_register_model_adds_a_builder_usable_by_name(tiny_ckpt):
-    @register_model("test_tiny_sam")
+    @register_model("test_tiny_sam", SamSegmenter)
     def _build(checkpoint=None, device="cpu", **kw):
         return sam_segmenter_from_checkpoint(checkpoint, TINY, name="test_tiny_sam", device=device)
     try:
         m = build_model("test_tiny_sam", checkpoint=tiny_ckpt)
         assert m.name == "test_tiny_sam" and len(m.checkpoint_sha256) == 64
+        assert model_class("test_tiny_sam") is SamSegmenter  # capabilities known without building
     finally:
         MODEL_REGISTRY.pop("test_tiny_sam")
+        MODEL_CLASSES.pop("test_tiny_sam")
+
+
+def test_each_registered_model_is_an_instance_of_its_declared_class(tiny_ckpt):
+    """The declared class is what configs check modes against: it must be what the builder returns."""
+    assert model_class("litemedsam") is type(build_model("litemedsam"))
+    assert model_class("custom").supported_modes == frozenset({"extreme_points"})
+    assert model_class("sam_vit_h").supported_modes >= {"tight_box", "clicks", "extreme_points"}
 
 
 # ------------------------------------------------------------------------- SAM loading + errors

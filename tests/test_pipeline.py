@@ -3,11 +3,15 @@
 The orchestration tests run the real DAG and parameter plumbing on tiny stand-in notebooks written
 into ``tmp_path`` (each declares exactly the parameters its stage receives and writes a small
 output); ``test_real_notebooks_tiny`` runs the study's own notebooks on a tiny synthetic config.
+Also here: the notebooks' parameter defaults against the config defaults, and the package's
+import graph (no module imports one that imports it back).
 """
 from __future__ import annotations
 
+import ast
+import functools
 import json
-import textwrap
+import math
 from pathlib import Path
 
 import nbformat
@@ -15,10 +19,12 @@ import pytest
 import yaml
 
 from samstudy import cli
-from samstudy.config import ConfigError, load_config
-from samstudy.pipeline import (STAGES, ParameterError, RunLayout, active_stages, defined_names, read_json,
-                               run_study, stage_parameters, validate_parameters)
+from samstudy.config import ConfigError, load_config, parse_config
+from samstudy.pipeline import (MISSING, ParameterError, RunResult, aligned_parameters_source, defined_names,
+                               notebook_defaults, parameter_mismatches, parameters_cell_values, run_study,
+                               stage_input_hash, stage_parameters, validate_parameters)
 from samstudy.report import read_records
+from samstudy.stages import STAGES, RunLayout, active_stages, read_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,15 +139,15 @@ def test_config_paths_resolve_against_repo_root(tmp_path):
 def test_shipped_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.repo_root == REPO
-    for s in active_stages(cfg):  # every parameter a shipped config passes exists in its notebook
+    for s in active_stages(cfg.custom.enabled):  # every parameter a shipped config passes exists in its notebook
         validate_parameters(REPO / "notebooks" / s.notebook, stage_parameters(cfg, s, RunLayout(REPO / "results" / "t")))
 
 
 def test_custom_disabled_drops_custom_stages(tmp_path):
     cfg = load_config(_write_config(tmp_path, {"custom": {"enabled": False}}))
-    names = [s.name for s in active_stages(cfg)]
+    names = [s.name for s in active_stages(cfg.custom.enabled)]
     assert names == ["data", "foundation", "compare", "gallery", "explore"]
-    compare = next(s for s in active_stages(cfg) if s.name == "compare")
+    compare = next(s for s in active_stages(cfg.custom.enabled) if s.name == "compare")
     params = stage_parameters(cfg, compare, RunLayout(tmp_path / "r"))
     assert params["evaluate_custom_dir"] == "" and params["custom_enabled"] is False
 
@@ -258,15 +264,32 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------ the real notebooks, tiny
+def _run_tiny(root: Path) -> RunResult:
+    return run_study(load_config(REPO / "configs" / "tiny.yaml"), "tiny", results_root=root,
+                     progress=False, log=lambda m: None)
+
+
+@functools.cache
+def _first_tiny_run(root: Path) -> RunResult:
+    """The first run of the tiny study into ``root`` in this session. The browser test imports the
+    ``tiny_run`` fixture, which makes it a second fixture instance: both get this one result."""
+    return _run_tiny(root)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """The study's own notebooks on ``configs/tiny.yaml`` (shared by the browser test: a second call
-    finds every stage unchanged and skips it)."""
-    root = tmp_path_factory.getbasetemp() / "tiny-run"
-    result = run_study(load_config(REPO / "configs" / "tiny.yaml"), "tiny", results_root=root,
-                       progress=False, log=lambda m: None)
+    """The study's own notebooks on ``configs/tiny.yaml``, run once per session into a fresh folder."""
+    result = _first_tiny_run(tmp_path_factory.getbasetemp() / "tiny-run")
     assert result.ok, str(result.failure)
     return result
+
+
+def _executed(notebook: Path, params: dict) -> bool:
+    """Papermill executed ``notebook`` with ``params``: it recorded them, and every code cell ran."""
+    nb = nbformat.read(notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]
+    return (nb.metadata.get("papermill", {}).get("parameters") == params
+            and all(c.get("execution_count") for c in code))
 
 
 @pytest.mark.slow
@@ -276,12 +299,21 @@ def test_real_notebooks_tiny(tiny_run):
     from samstudy.prompts import parse_modes
 
     layout, cfg = tiny_run.layout, load_config(REPO / "configs" / "tiny.yaml")
-    stages = active_stages(cfg)
-    assert {o.stage: o.status for o in tiny_run.outcomes} == {s.name: "ran" for s in stages} or \
-        set(o.status for o in tiny_run.outcomes) == {"skipped"}
-    for s in stages:  # every notebook executed, every page exported
-        assert read_json(layout.stage_manifest(s.name))["status"] == "ok"
-        assert layout.notebook(s).is_file() and layout.html(s).stat().st_size > 10_000
+    stages = active_stages(cfg.custom.enabled)
+    # the first run ran every stage: executed notebooks, manifests and pages are this run's own
+    assert {o.stage: o.status for o in tiny_run.outcomes} == {s.name: "ran" for s in stages}
+    for s in stages:
+        m = read_json(layout.stage_manifest(s.name))
+        assert m["status"] == "ok" and m["outputs"]
+        assert _executed(layout.notebook(s), m["parameters"]), s.notebook
+        assert layout.html(s).stat().st_size > 10_000
+    # a second run finds every stage unchanged: all skipped, nothing executed again
+    before = {s.name: (layout.notebook(s).stat().st_mtime_ns, layout.stage_manifest(s.name).read_bytes())
+              for s in stages}
+    again = _run_tiny(layout.root.parent)
+    assert again.ok and {o.stage: o.status for o in again.outcomes} == {s.name: "skipped" for s in stages}
+    assert {s.name: (layout.notebook(s).stat().st_mtime_ns, layout.stage_manifest(s.name).read_bytes())
+            for s in stages} == before
 
     # rows = objects x prompts x models (one-shot) and objects x clicks (click sequences)
     test = json.loads((layout.stage_dir("data") / "records.json").read_text())["test_sets"]
@@ -326,3 +358,117 @@ def test_real_notebooks_tiny(tiny_run):
     assert "checkpoint sha256" in index and "not SAM" in index
     run_m = read_json(layout.manifest)
     assert any(m.get("checkpoint_sha256") for m in run_m["models"])
+
+
+# ------------------------------------------------------------------------ notebook parameter defaults
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_notebook_parameter_defaults_are_the_config_defaults(stage):
+    """Each parameters cell assigns what a run of the default config into results/dev would pass
+    (config paths compared relative to the repository root, see ``notebook_defaults``)."""
+    expected = notebook_defaults(stage, REPO)
+    mismatches = parameter_mismatches(REPO / "notebooks" / stage.notebook, expected)
+    assert not mismatches, "\n".join(f"{stage.notebook}: {name} = {nb!r} in the notebook, {cfg!r} from the config"
+                                     for name, nb, cfg in mismatches)
+
+
+def test_notebook_defaults_are_relative_dev_paths():
+    foundation = next(s for s in STAGES if s.name == "foundation")
+    d = notebook_defaults(foundation, REPO)
+    assert d["run_dir"] == "results/dev" and d["out_dir"] == "results/dev/foundation"
+    assert d["data_dir"] == "results/dev/data" and d["cache_dir"] == ".cache/embeddings"
+
+
+def test_parameter_mismatches_and_alignment(tmp_path):
+    nb = tmp_path / "n.ipynb"
+    _dummy_notebook(nb, "data", [])
+    cell = nbformat.read(nb, as_version=4)
+    cell.cells[1].source = 'a = {"n": 6}  # note\nb = 1\nc = True\n'
+    nbformat.write(cell, nb)
+    expected = {"a": {}, "b": 1.0, "c": 1, "d": "x"}
+    assert parameter_mismatches(nb, expected) == [("a", {"n": 6}, {}), ("b", 1, 1.0), ("c", True, 1),
+                                                  ("d", MISSING, "x")]
+    src = aligned_parameters_source(cell.cells[1].source, expected)
+    assert src == 'a = {}        # note\nb = 1.0\nc = 1\nd = "x"\n'
+    cell.cells[1].source = "a = len([1])\n"
+    nbformat.write(cell, nb)
+    with pytest.raises(ParameterError, match="'a' is not a literal"):
+        parameters_cell_values(nb)
+
+
+# ---------------------------------------------------------------------------------------- hashing
+def test_non_finite_parameters_hash_like_null(tmp_path):
+    """Parameters and the config hash go through files.jsonable: NaN/inf become None (and JSON null)."""
+    p = tmp_path / "configs" / "c.yaml"
+    cfg = parse_config({"name": "c", "notebook_params": {"compare": {"x": math.inf}}}, p, repo_root=tmp_path)
+    none = parse_config({"name": "c", "notebook_params": {"compare": {"x": None}}}, p, repo_root=tmp_path)
+    compare = next(s for s in STAGES if s.name == "compare")
+    layout = RunLayout(tmp_path / "r")
+    assert stage_parameters(cfg, compare, layout)["x"] is None
+    assert cfg.sha256() == none.sha256()
+    nb = tmp_path / "n.ipynb"
+    nb.write_text("{}")
+    assert stage_input_hash(nb, {"x": math.nan}, {}) == stage_input_hash(nb, {"x": None}, {})
+
+
+# ---------------------------------------------------------------------------------- import graph
+def _package_imports() -> dict[str, set[str]]:
+    """``{module: package modules it imports}`` from every import statement of ``lib/samstudy``,
+    those inside functions and ``if TYPE_CHECKING:`` blocks included."""
+    lib = REPO / "lib"
+    files = {".".join(p.relative_to(lib).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in (lib / "samstudy").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: strip level-1 trailing parts of the package
+                    parts = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([base] if base else []))
+                names = [base] + [f"{base}.{a.name}" for a in node.names]  # `from . import x` names module x
+            else:
+                continue
+            for n in names:
+                while n and n not in files:
+                    n = n.rpartition(".")[0]
+                if n and n != mod:
+                    deps.add(n)
+        graph[mod] = deps
+    return graph
+
+
+def _import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``, one ``[a, b, ..., a]`` path per module that reaches itself."""
+    cycles = []
+    for start in sorted(graph):
+        paths, seen = [[start]], {start}
+        while paths:  # breadth-first: the shortest way back to ``start``
+            path = paths.pop(0)
+            for nxt in sorted(graph[path[-1]]):
+                if nxt == start:
+                    cycles.append(path + [start])
+                    paths = []
+                    break
+                if nxt not in seen:
+                    seen.add(nxt)
+                    paths.append(path + [nxt])
+    return cycles
+
+
+def test_import_graph_helper_finds_cycles():
+    assert _import_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b", "a"], ["b", "a", "b"]]
+    graph = _package_imports()
+    assert {"samstudy.config", "samstudy.stages"} <= graph["samstudy.pipeline"]
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    cycles = _import_cycles(_package_imports())
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_stages_module_imports_nothing_of_the_package_but_files():
+    assert _package_imports()["samstudy.stages"] <= {"samstudy.files"}

@@ -1,4 +1,4 @@
-"""Report tables, figures and the gallery's selection rules on hand-made result rows.
+"""Comparison tables, figures and the gallery's selection rules on hand-made result rows.
 
 Expected values are computed by hand from the rows below, not by the code under test.
 """
@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from samstudy import gallery, plots, report
-from samstudy.report import Arm
+from samstudy import compare, gallery, plots, published
+from samstudy.compare import Arm
 
 # Three objects (two images): ids, category, size bucket, area.
 OBJECTS = [("d", 1, 1, "a", "small", 500), ("d", 1, 2, "a", "medium", 5000), ("d", 2, 3, "b", "large", 20000)]
@@ -51,7 +51,7 @@ def _rows() -> pd.DataFrame:
 def _arms(rows: pd.DataFrame) -> list[Arm]:
     custom = rows[rows["model"] == "custom_stage2"]
     found = rows[rows["model"] != "custom_stage2"]
-    return report.headline_arms(found, custom, "tight_box", "loose_box[b=0.2]", "single")
+    return compare.headline_arms(found, custom, "tight_box", "loose_box[b=0.2]", "single")
 
 
 def test_headline_arms_and_paired_matrix():
@@ -59,9 +59,9 @@ def test_headline_arms_and_paired_matrix():
     arms = _arms(rows)
     assert [a.kind for a in arms] == ["custom", "tight", "loose"]
     assert all("not SAM" in a.label for a in arms[1:])
-    m = report.arm_matrix(rows, arms)
+    m = compare.arm_matrix(rows, arms)
     assert len(m) == 3  # the skipped object is not an object of any arm
-    t = report.mean_table(m, [a.label for a in arms])
+    t = compare.mean_table(m, [a.label for a in arms])
     assert t.iloc[0]["n"] == 3
     assert t.iloc[0][arms[0].label] == pytest.approx(0.8)
     assert t.iloc[0][arms[1].label] == pytest.approx((0.6 + 0.9 + 0.5) / 3)
@@ -72,26 +72,26 @@ def test_headline_arms_and_paired_matrix():
 def test_bootstrap_tables_bracket_the_mean():
     rows = _rows()
     arms = _arms(rows)
-    m = report.arm_matrix(rows, arms)
-    ci = report.ci_table(m, [a.label for a in arms], np.random.default_rng(0), 500)
+    m = compare.arm_matrix(rows, arms)
+    ci = compare.ci_table(m, [a.label for a in arms], np.random.default_rng(0), 500)
     assert ((ci["lo"] <= ci["mean"] + 1e-12) & (ci["mean"] <= ci["hi"] + 1e-12)).all()
-    d = report.paired_diff_table(m, [(arms[0].label, arms[2].label)], np.random.default_rng(0), 500, by=None)
+    d = compare.paired_diff_table(m, [(arms[0].label, arms[2].label)], np.random.default_rng(0), 500, by=None)
     assert d.iloc[0]["diff"] == pytest.approx(((0.9 - 0.3) + (0.8 - 0.7) + (0.7 - 0.4)) / 3)
     assert d.iloc[0]["lo"] > 0  # custom beats the loose box on every object
 
 
 def test_sweep_clicks_noc_and_policy_gap():
     rows = _rows()
-    sweep = report.buffer_sweep_table(rows, np.random.default_rng(0), 200)
+    sweep = compare.buffer_sweep_table(rows, np.random.default_rng(0), 200)
     assert list(sweep["buffer"]) == [0.0, 0.2]
     assert sweep.iloc[1]["mean"] == pytest.approx((0.3 + 0.7 + 0.4) / 3)
-    curves = report.click_curve_table(rows)
+    curves = compare.click_curve_table(rows)
     assert list(curves["mean"]) == pytest.approx([0.35, 0.58, 0.675])
-    noc = report.noc_summary(rows)
+    noc = compare.noc_summary(rows)
     # object 1 reaches 0.85 at click 2 and 0.9 at click 3; object 2 never (capped at 3)
     assert noc.iloc[0]["NoC@85"] == pytest.approx((2 + 3) / 2) and noc.iloc[0]["NoC@90"] == pytest.approx(3)
     assert noc.iloc[0]["reached@90 (%)"] == pytest.approx(50.0)
-    gap = report.policy_gap_table(rows, _arms(rows)).set_index("arm")
+    gap = compare.policy_gap_table(rows, _arms(rows)).set_index("arm")
     tight = _arms(rows)[1].label
     assert gap.loc[tight, "lost to the policy"] == pytest.approx(0.05)
     assert gap.loc[tight, "gap to custom (policy GT)"] == pytest.approx(0.8 - 2.0 / 3)
@@ -99,15 +99,15 @@ def test_sweep_clicks_noc_and_policy_gap():
 
 
 def test_beside_published_keeps_every_reference_number():
-    t = report.beside_published({"tight_box": 0.5}, "automotive", "our protocol", {"tight_box": "X"})
+    t = published.beside_published({"tight_box": 0.5}, "automotive", "our protocol", {"tight_box": "X"})
     assert list(t["published"]) == [0.888, 0.719, 0.637]
     assert t.loc[t["quantity"] == "mIoU, tight box", "ours"].item() == 0.5 and t.attrs["our protocol"] == "our protocol"
     assert t["ours"].isna().sum() == 2
 
 
 def test_protocol_names_the_stand_in():
-    s = report.protocol_statement({"litemedsam": "LiteMedSAM (medical stand-in, not SAM)"}, "demo", multimask=False,
-                                  checkpoints={"litemedsam": "79d8c9dca6db" + "0" * 52})
+    s = published.protocol_statement({"litemedsam": "LiteMedSAM (medical stand-in, not SAM)"}, "demo", multimask=False,
+                                     checkpoints={"litemedsam": "79d8c9dca6db" + "0" * 52})
     assert "per-object IoU" in s and "single-mask" in s and "not SAM" in s and "79d8c9dca6db" in s
 
 
@@ -127,6 +127,35 @@ def test_gallery_rules():
     assert list(gallery.select_cases(tagged, arms, "policy", 5)["ann_id"]) == [1, 3]
     with pytest.raises(ValueError):
         gallery.select_cases(cases, arms, "nope", 1)
+
+
+def test_gallery_candidates_and_shown_columns():
+    rows = _rows()
+    arms = _arms(rows)
+    cases = gallery.case_table(rows, arms)
+    # every object the holes rule admits (3: GT hole, 2: predicted hole), largest IoU gap first
+    assert list(gallery.candidates(cases, arms, "holes")["ann_id"]) == [3, 2]
+    assert list(gallery.select_cases(cases, arms, "holes", 1)["ann_id"]) == [3]
+    labels = [a.label for a in arms]
+    assert gallery.case_columns(cases) == (["dataset", "image_id", "ann_id", "category", "area", "iou_gap", "biou_gap"]
+                                           + [f"iou|{l}" for l in labels] + [f"biou|{l}" for l in labels])
+
+
+def test_explorer_arms_reference_is_custom_else_first():
+    custom, tight, loose = _arms(_rows())
+    assert gallery.explorer_arms([custom, tight, loose]) == (custom, tight)
+    assert gallery.explorer_arms([tight, loose]) == (tight, loose)
+    assert gallery.explorer_arms([custom]) == (custom, None)
+    assert gallery.explorer_arms([]) == (None, None)
+
+
+def test_largest_gap_cases_pick_by_signed_gap_show_by_size():
+    rows = _rows()
+    custom, tight, _ = _arms(rows)
+    # tight - custom per object: 1: 0.6-0.9 = -0.3, 2: 0.9-0.8 = +0.1, 3: 0.5-0.7 = -0.2
+    # -> the two where tight beats custom by most are 2 and 3; shown by |gap|: 3 (0.2), then 2 (0.1)
+    top = gallery.largest_gap_cases(rows, tight, custom, n=2)
+    assert list(top["ann_id"]) == [3, 2] and list(top["iou_gap"]) == pytest.approx([0.2, 0.1])
 
 
 def test_explorer_table_sorted_by_gap():
@@ -175,20 +204,20 @@ def test_plots_are_pure_and_labelled(tmp_path):
 
     rows = _rows()
     arms = _arms(rows)
-    m = report.arm_matrix(rows, arms)
+    m = compare.arm_matrix(rows, arms)
     labels = [a.label for a in arms]
     rng = np.random.default_rng(0)
     n_open = len(plt.get_fignums())
     figs = {
-        "cat": plots.category_bars(report.ci_table(m, labels, rng, 200, by="category")),
-        "size": plots.size_bucket_bars(report.ci_table(m, labels, rng, 200, by="size_bucket")),
-        "biou": plots.boundary_iou_bars(report.ci_table(report.arm_matrix(rows, arms, "boundary_iou"), labels, rng,
-                                                        200, by="category")),
-        "sweep": plots.buffer_sweep_curve(report.buffer_sweep_table(rows, rng, 200)),
-        "clicks": plots.click_curves(report.click_curve_table(rows),
+        "cat": plots.category_bars(compare.ci_table(m, labels, rng, 200, by="category")),
+        "size": plots.size_bucket_bars(compare.ci_table(m, labels, rng, 200, by="size_bucket")),
+        "biou": plots.boundary_iou_bars(compare.ci_table(compare.arm_matrix(rows, arms, "boundary_iou"), labels, rng,
+                                                         200, by="category")),
+        "sweep": plots.buffer_sweep_curve(compare.buffer_sweep_table(rows, rng, 200)),
+        "clicks": plots.click_curves(compare.click_curve_table(rows),
                                      reference=pd.DataFrame({"label": ["RITM"], "noc90": [1.54]})),
-        "diff": plots.paired_diff_plot(report.paired_diff_table(m, [(labels[0], labels[1])], rng, 200)),
-        "gap": plots.policy_gap_bars(report.policy_gap_table(rows, arms)),
+        "diff": plots.paired_diff_plot(compare.paired_diff_table(m, [(labels[0], labels[1])], rng, 200)),
+        "gap": plots.policy_gap_bars(compare.policy_gap_table(rows, arms)),
         "train": plots.training_curves(pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5],
                                                      "val_miou_stage2": [0.4, 0.6]})),
         "overview": plots.dataset_overview(pd.DataFrame({"split": ["test"], "category": ["a"], "images": [1],
@@ -209,3 +238,10 @@ def test_plots_are_pure_and_labelled(tmp_path):
     assert any("not SAM" in t for t in legend)
     assert figs["sweep"].axes[0].get_xlabel().startswith("box buffer b")
     assert len(figs["clicks"].axes[0].lines) >= 2
+
+
+def test_buffer_sweep_marks_the_headline_buffer():
+    sweep = compare.buffer_sweep_table(_rows(), np.random.default_rng(0), 50)
+    marked = plots.buffer_sweep_curve(sweep, marked_buffer=0.5).axes[0]
+    assert [t.get_text() for t in marked.texts] == [" b = 0.5 (study's loose box)"]
+    assert len(plots.buffer_sweep_curve(sweep, marked_buffer=None).axes[0].texts) == 0

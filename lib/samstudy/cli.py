@@ -5,8 +5,13 @@
     samstudy download sam --model vit_h --dest data/weights
     samstudy synth --out DIR [--n-images N --seed S --width W --height H --force]
 
-``run`` executes the study notebooks into ``results/<run>/`` and writes ``results/<run>/report/``;
-it exits 1 when a stage fails (naming the stage and the cell) and 2 on a bad config or selection.
+``run`` executes the study notebooks into ``results/<run>/`` and writes ``results/<run>/report/``.
+Exit codes of ``run``: 0 every selected stage ran or was skipped; 1 a stage failed (stderr names
+the stage and the cell); 2 a bad config, stage selection or notebook parameter (nothing ran);
+3 another process is running into the same ``results/<run>/`` (stderr names its pid, host, command
+and start time; nothing was written); 130 interrupted.
+
+``synth`` hands every argument (``--help`` included) to ``python -m samstudy.synthetic``.
 """
 from __future__ import annotations
 
@@ -16,14 +21,9 @@ from pathlib import Path
 from typing import Sequence
 
 
-def _repo_root() -> Path:
-    from .config import find_repo_root
-
-    return find_repo_root(Path.cwd())
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
+    from .locks import FolderLocked
     from .pipeline import PipelineError, run_study
 
     try:
@@ -41,6 +41,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except PipelineError as e:
         print(f"samstudy: {e}", file=sys.stderr)
         return 2
+    except FolderLocked as e:
+        print(f"samstudy: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("samstudy: interrupted; rerun the same command to resume (completed stages are skipped)",
               file=sys.stderr)
@@ -57,14 +60,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) -> int:
     """Print, per stage, whether it would run and why (assuming upstream stages keep their outputs)."""
-    from .pipeline import (PipelineError, RunLayout, _skip_reason, _upstream_hashes, active_stages,
-                           stage_input_hash, stage_parameters, validate_parameters)
+    from .pipeline import (PipelineError, _skip_reason, _upstream_hashes, stage_input_hash, stage_parameters,
+                           validate_parameters)
+    from .stages import RunLayout, active_stages
 
     root = (Path(args.results) if args.results else cfg.repo_root / "results").resolve()
     layout = RunLayout(root / run_name)
     nb_dir = cfg.repo_root / "notebooks"
     will_run: set[str] = set()
-    for s in active_stages(cfg):
+    for s in active_stages(cfg.custom.enabled):
         params = stage_parameters(cfg, s, layout)
         try:
             validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))
@@ -102,13 +106,6 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    """``samstudy synth ...`` is ``python -m samstudy.synthetic ...`` (same options)."""
-    from . import synthetic
-
-    return int(synthetic.main(list(args.args)) or 0)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="samstudy", description="Is SAM all you need for ML-assisted annotation?")
     sub = p.add_subparsers(dest="command", required=True)
@@ -131,10 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--splits", nargs="+", default=["val2017", "train2017"], help="COCO splits")
     d.set_defaults(func=_cmd_download)
 
-    s = sub.add_parser("synth", add_help=False,
-                       help="write the synthetic probe set (COCO json + images): --out DIR [--n-images N --seed S ...]")
-    s.add_argument("args", nargs=argparse.REMAINDER)
-    s.set_defaults(func=_cmd_synth)
+    # Listed for `samstudy --help` only: main() hands `synth ...` to the generator before argparse runs.
+    sub.add_parser("synth", add_help=False,
+                   help="write the synthetic probe set (COCO json + images): --out DIR [--n-images N --seed S ...]")
     return p
 
 

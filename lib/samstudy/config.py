@@ -12,8 +12,8 @@ Rules:
   above the config file), so ``../shared/data/coco-sample`` means the ``shared`` folder beside the
   repository whatever the working directory is.
 - Sections passed through to library dataclasses (``data.synthetic`` -> ``SyntheticConfig``,
-  ``data.policy`` -> ``PolicyConfig``, ``custom.options`` -> ``custom.CustomConfig``) are checked
-  against those dataclasses' fields when the module is importable.
+  ``data.policy`` -> ``PolicyConfig``, ``custom.options`` -> ``custom.CustomConfig``) and the
+  prompt modes (``prompts.parse_modes``) are checked by those very constructors at load time.
 
 See ``configs/demo.yaml`` for a commented example of every section.
 """
@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
+
+from .files import jsonable
+from .stages import STAGE_NAMES
 
 SOURCES = ("synthetic", "coco", "isegm")
 GT_VARIANTS = ("policy", "raw")
 FAILURE_MODES = ("holes", "small", "boundary", "policy")  # gallery.RULES
-# Reference datasets of the published-numbers table (report.PUBLISHED).
+# Reference datasets of the published-numbers table (published.PUBLISHED).
 REFERENCES = ("coco", "automotive", "isegm", "none")
 
 
@@ -166,8 +168,9 @@ class StudyConfig:
         return str(q if q.is_absolute() else (self.repo_root / q).resolve())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (for manifests); paths as given in the file."""
-        d = _plain(dataclasses.asdict(self))
+        """JSON-serialisable form (for manifests, :func:`samstudy.files.jsonable`: NaN/inf -> None);
+        paths as given in the file."""
+        d = jsonable(dataclasses.asdict(self))
         d["path"], d["repo_root"] = str(self.path), str(self.repo_root)
         return d
 
@@ -179,17 +182,6 @@ class StudyConfig:
 
 
 # ----------------------------------------------------------------------------------------- parsing
-def _plain(obj: Any) -> Any:
-    """Tuples/Mappings/Paths -> lists/dicts/str, recursively, for JSON."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def find_repo_root(start: Path) -> Path:
     """The nearest folder at or above ``start`` holding ``pyproject.toml`` (else ``start``'s folder)."""
     start = start.resolve()
@@ -226,21 +218,15 @@ def _build(cls: type, d: Mapping[str, Any], where: str, file: Path) -> Any:
     return cls(**kw)
 
 
-def _check_passthrough(d: Mapping[str, Any], module: str, builder: str, where: str, file: Path) -> None:
-    """Validate a section with the library's own constructor (``module.builder``) when it is importable.
+def _check_passthrough(d: Mapping[str, Any], cls: type, build: Callable[[dict[str, Any]], Any],
+                       where: str, file: Path) -> None:
+    """Validate a section by building the library's own object from it: ``build(dict(d))``.
 
-    ``builder`` is ``"Class"`` (called with ``**d``) or ``"Class.method"`` (called with ``d``).
-    Unknown keys and bad values then fail here, at load time, naming the section and the file.
+    ``cls`` is the dataclass the keys belong to (it names an unknown key). Unknown keys and bad
+    values then fail here, at load time, naming the section and the file.
     """
-    if not d:
-        return
-    cls_name, _, method = builder.partition(".")
     try:
-        cls = getattr(importlib.import_module(module), cls_name)
-    except (ImportError, AttributeError):  # the library piece is not there: checked at run time
-        return
-    try:
-        getattr(cls, method)(dict(d)) if method else cls(**dict(d))
+        build(dict(d))
     except TypeError as e:  # dataclass(**d) with an unknown keyword
         unknown = sorted(set(d) - _fields(cls)) if dataclasses.is_dataclass(cls) else []
         key = f" {unknown[0]!r}" if unknown else ""
@@ -276,8 +262,15 @@ def _parse_data(d: dict[str, Any], file: Path) -> DataConfig:
         if k in d and not isinstance(d[k] or {}, Mapping):
             raise ConfigError(f"{file}: data.{k} must be a mapping")
         d[k] = dict(d.get(k) or {})
-    _check_passthrough(d["synthetic"], "samstudy.synthetic", "SyntheticConfig", "data.synthetic", file)
-    _check_passthrough(d["policy"], "samstudy.policies", "PolicyConfig.from_dict", "data.policy", file)
+    # Function-level imports: the library modules load numpy/OpenCV, needed only when there is something to check.
+    if d["synthetic"]:
+        from .synthetic import SyntheticConfig
+
+        _check_passthrough(d["synthetic"], SyntheticConfig, lambda kw: SyntheticConfig(**kw), "data.synthetic", file)
+    if d["policy"]:
+        from .policies import PolicyConfig
+
+        _check_passthrough(d["policy"], PolicyConfig, PolicyConfig.from_dict, "data.policy", file)
     data = _build(DataConfig, d, "data", file)
     _require(data.source in SOURCES, file, f"data.source must be one of {SOURCES}, got {data.source!r}")
     if data.source == "coco":
@@ -306,11 +299,10 @@ def _parse_foundation(d: dict[str, Any], file: Path) -> FoundationConfig:
     _require(all(0.0 <= float(b) <= 2.0 for b in fc.buffer_sweep), file, "foundation.buffer_sweep values must be in [0, 2]")
     _require(bool(fc.multimask) and all(m in ("single", "best_of_3") for m in fc.multimask), file,
              f"foundation.multimask must list 'single' and/or 'best_of_3', got {list(fc.multimask)}")
-    try:  # validate modes with the library's own parser when it is there
-        from .prompts import parse_modes
-        parse_modes(_plain(list(fc.modes)))
-    except ImportError:
-        pass
+    from .prompts import parse_modes  # function-level: prompts loads numpy and scipy
+
+    try:  # the library's own parser is the definition of a valid mode
+        parse_modes(jsonable(list(fc.modes)))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{file}: foundation.modes: {e}") from None
     return fc
@@ -329,11 +321,9 @@ def _check_arms(compare: CompareConfig, fc: FoundationConfig, file: Path) -> Com
     """The headline's tight and loose arms must be among the foundation modes; returns their canonical keys."""
     _require(compare.multimask in fc.multimask, file,
              f"compare.multimask {compare.multimask!r} is not in foundation.multimask {list(fc.multimask)}")
-    try:
-        from .prompts import parse_modes
-    except ImportError:
-        return compare
-    keys = {m.key for m in parse_modes(_plain(list(fc.modes)))}
+    from .prompts import parse_modes  # function-level: prompts loads numpy and scipy
+
+    keys = {m.key for m in parse_modes(jsonable(list(fc.modes)))}
     if fc.buffer_sweep:
         keys |= {m.key for m in parse_modes([{"name": "loose_box", "buffer": list(fc.buffer_sweep)}])}
     canon: dict[str, str | None] = {}
@@ -357,8 +347,6 @@ TOP_KEYS = {"name", "description", "seed", "data", "foundation", "custom", "comp
 
 def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = None) -> StudyConfig:
     """Validate a parsed YAML mapping. ``file`` is used in error messages and to find the repo root."""
-    from .pipeline import STAGE_NAMES  # the stage list lives with the DAG
-
     file = Path(file)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{file}: the top level must be a mapping, got {type(raw).__name__}")
@@ -366,7 +354,10 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     custom = _section(raw, "custom", file)
     _check_keys(custom, _fields(CustomSection), "custom", file)
     custom_cfg = CustomSection(**custom)
-    _check_passthrough(custom_cfg.options, "samstudy.custom.model", "CustomConfig.from_dict", "custom.options", file)
+    if custom_cfg.options:
+        from .custom.model import CustomConfig  # function-level: loads torch, only when there are options
+
+        _check_passthrough(custom_cfg.options, CustomConfig, CustomConfig.from_dict, "custom.options", file)
     _require(custom_cfg.minutes > 0, file, "custom.minutes must be > 0")
     gallery = _build(GalleryConfig, _section(raw, "gallery", file), "gallery", file)
     bad = [m for m in gallery.failure_modes if m not in FAILURE_MODES]

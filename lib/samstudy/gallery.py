@@ -28,7 +28,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .policies import FILLED_TAG, MERGED_TAG
-from .report import OBJECT_KEYS, Arm, arm_matrix, figure_image
+from .compare import OBJECT_KEYS, Arm, arm_matrix
+from .report import figure_image
 
 RULES: dict[str, str] = {
     "holes": "objects whose ground truth or some arm's prediction has a hole (gt_holes > 0 or pred_holes > 0), "
@@ -51,7 +52,7 @@ def _gap(m: pd.DataFrame, labels: Sequence[str]) -> pd.Series:
 
 def case_table(rows: pd.DataFrame, arms: Sequence[Arm]) -> pd.DataFrame:
     """Per object scored by every arm: ``iou|<arm>``, ``biou|<arm>``, ``pred_holes|<arm>``, ``gt_holes``,
-    ``iou_gap`` and ``biou_gap`` (plus the object columns of :func:`report.arm_matrix`)."""
+    ``iou_gap`` and ``biou_gap`` (plus the object columns of :func:`compare.arm_matrix`)."""
     labels = [a.label for a in arms]
     m = arm_matrix(rows, arms, "iou").rename(columns={l: f"iou|{l}" for l in labels})
     for metric, short in (("boundary_iou", "biou"), ("pred_holes", "pred_holes"), ("gt_holes", "gt_holes")):
@@ -65,8 +66,10 @@ def case_table(rows: pd.DataFrame, arms: Sequence[Arm]) -> pd.DataFrame:
     return m
 
 
-def select_cases(cases: pd.DataFrame, arms: Sequence[Arm], failure_mode: str, n: int) -> pd.DataFrame:
-    """The ``n`` objects of ``failure_mode`` chosen by :data:`RULES` from :func:`case_table` output."""
+def candidates(cases: pd.DataFrame, arms: Sequence[Arm], failure_mode: str) -> pd.DataFrame:
+    """Every object of :func:`case_table` output that ``failure_mode``'s rule (:data:`RULES`) admits,
+    in the rule's order: largest gap first (``iou_gap``; ``biou_gap`` for ``boundary``), ties by
+    ``dataset, image_id, ann_id``."""
     labels = [a.label for a in arms]
     if failure_mode == "holes":
         holes = cases[[f"pred_holes|{l}" for l in labels]].fillna(0).astype(float).max(axis=1)
@@ -81,7 +84,19 @@ def select_cases(cases: pd.DataFrame, arms: Sequence[Arm], failure_mode: str, n:
         pick, key = cases[found], "biou_gap"
     else:
         raise ValueError(f"unknown failure mode {failure_mode!r}; known: {sorted(RULES)}")
-    return pick.sort_values([key] + OBJECT_KEYS, ascending=[False, True, True, True], kind="stable").head(n)
+    return pick.sort_values([key] + OBJECT_KEYS, ascending=[False, True, True, True], kind="stable")
+
+
+def select_cases(cases: pd.DataFrame, arms: Sequence[Arm], failure_mode: str, n: int) -> pd.DataFrame:
+    """The first ``n`` objects of :func:`candidates` (the ``n`` objects the gallery shows)."""
+    return candidates(cases, arms, failure_mode).head(n)
+
+
+def case_columns(cases: pd.DataFrame) -> list[str]:
+    """The columns a gallery shows under its figure: ``dataset, image_id, ann_id, category, area,
+    iou_gap, biou_gap`` then each arm's ``iou|<arm>`` and ``biou|<arm>``."""
+    return (["dataset", "image_id", "ann_id", "category", "area", "iou_gap", "biou_gap"]
+            + [c for c in cases.columns if c.startswith(("iou|", "biou|"))])
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -91,7 +106,7 @@ class CaseSource:
 
     datasets: ``{dataset name: data.Dataset}`` (the evaluation sets of the data stage).
     predictions: the engine's predictions table (and the custom model's), columns of
-        ``engine.PRED_COLUMNS`` (``prompt`` and ``rle`` as JSON strings).
+        ``results.PRED_COLUMNS`` (``prompt`` and ``rle`` as JSON strings).
     Images read are kept in a small per-object cache (``max_images``).
     """
 
@@ -247,6 +262,28 @@ def explorer_table(rows: pd.DataFrame, reference: Arm, model: str, prompt_mode: 
         m = m[m["category"] == category]
     m = m.assign(iou_gap=m[reference.label] - m[label])
     return m.sort_values(["iou_gap"] + OBJECT_KEYS, ascending=[False, True, True, True]).reset_index(drop=True)
+
+
+def explorer_arms(arms: Sequence[Arm]) -> tuple[Arm | None, Arm | None]:
+    """``(reference, contrast)`` of the explorer.
+
+    reference: the custom arm when the custom model was trained (the first custom arm: the refined
+    stage), else the first arm (the tight box); ``None`` without arms. contrast: the first arm of
+    another kind than the reference (the static fallback's figure), ``None`` when there is none.
+    """
+    reference = next((a for a in arms if a.kind == "custom"), arms[0] if arms else None)
+    if reference is None:
+        return None, None
+    return reference, next((a for a in arms if a.kind != reference.kind), None)
+
+
+def largest_gap_cases(rows: pd.DataFrame, reference: Arm, other: Arm, n: int = 4) -> pd.DataFrame:
+    """The :func:`case_table` rows of the ``n`` objects where ``reference`` beats ``other`` by most
+    (signed IoU gap ``reference - other`` of :func:`explorer_table`), sorted by ``iou_gap``
+    (here ``|reference - other|``), largest first."""
+    t = explorer_table(rows, reference, other.model, other.prompt_mode, other.multimask)
+    top = case_table(rows, [reference, other]).merge(t.head(n)[OBJECT_KEYS])
+    return top.sort_values("iou_gap", ascending=False)
 
 
 def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margin: float = 0.3) -> Any:

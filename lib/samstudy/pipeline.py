@@ -1,11 +1,9 @@
 """The study as a DAG of notebooks, executed with papermill, exported to an HTML report.
 
-Stages (one notebook each, run in this order)::
-
-    data -> train_custom -> foundation -> evaluate_custom -> compare -> gallery -> explore
-
-Each stage gets flat parameters derived from the config (:func:`stage_parameters`) and writes its
-tables, figures and recorded values into ``results/<run>/<stage>/``. Layout of a run::
+The stages and the run layout are defined in :mod:`samstudy.stages`; what the data stage writes
+and the later stages read is in :mod:`samstudy.data_stage`. This module runs the DAG: it derives
+each stage's flat parameters from the config (:func:`stage_parameters`), decides by hash what to
+run, executes the notebooks and keeps the manifests. Layout of a run::
 
     results/<run>/manifest.json          config, git commit, package versions, checkpoints, timings
     results/<run>/stages/<stage>.json    input hash, parameters, status, outputs and their hashes
@@ -23,9 +21,14 @@ Rules:
   failed run resume where it stopped); rerun with ``--force`` after changing the library.
 - Every parameter passed to a notebook must be assigned in that notebook's ``parameters`` cell;
   otherwise :class:`ParameterError` names it before anything runs (papermill itself only warns).
+  The values assigned there are the defaults of a run of the default config into ``results/dev``
+  (:func:`notebook_defaults`), so a notebook opened by hand behaves like a stage of that run.
 - A failing stage keeps papermill's partial output notebook, its manifest records the failing cell,
   and the run stops with :class:`StageFailed`; the next run skips the completed stages by hash and
   resumes at the failed one.
+- One run at a time per results folder: :func:`run_study` holds ``results/<run>/`` with
+  :func:`samstudy.locks.folder_lock` and raises :class:`samstudy.locks.FolderLocked` when another
+  process is running into it.
 """
 from __future__ import annotations
 
@@ -45,37 +48,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import nbformat
 
-from .config import StudyConfig, _plain
-from .files import write_json_atomic
+from .config import StudyConfig, parse_config
+from .files import atomic_path, file_sha256, jsonable, write_json_atomic
+from .locks import LOCK_NAME, OWNER_NAME, folder_lock
 from .provenance import git_info, package_versions
+from .stages import STAGE_NAMES, STAGES, RunLayout, Stage, active_stages, read_json
 
 MANIFEST_FORMAT = 1
-
-# Distributions whose versions every run manifest records.
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One notebook of the study. ``deps`` are stage names whose outputs it reads."""
-
-    name: str
-    notebook: str
-    deps: tuple[str, ...]
-    title: str
-    needs_custom: bool = False
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("data", "00_data.ipynb", (), "Data, labeling policy and split"),
-    Stage("train_custom", "01_train_custom.ipynb", ("data",), "Training the custom model", True),
-    Stage("foundation", "02_foundation_prompts.ipynb", ("data",), "Foundation model over all prompt modes"),
-    Stage("evaluate_custom", "03_evaluate_custom.ipynb", ("data", "train_custom"),
-          "Custom model on the test split", True),
-    Stage("compare", "04_compare.ipynb", ("data", "foundation", "evaluate_custom"), "Comparison"),
-    Stage("gallery", "05_failure_gallery.ipynb", ("data", "foundation", "evaluate_custom"), "Failure gallery"),
-    Stage("explore", "06_explore.ipynb", ("data", "foundation", "evaluate_custom"), "Explorer"),
-)
-STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 class PipelineError(RuntimeError):
@@ -99,69 +78,40 @@ class StageFailed(PipelineError):
         super().__init__(f"stage {stage!r} failed at {where}\n  {error}\n  partial notebook: {notebook}")
 
 
-# ------------------------------------------------------------------------------------------ layout
-@dataclass(frozen=True)
-class RunLayout:
-    """Paths of one run under ``results_root/<run>``."""
-
-    root: Path
-
-    def stage_dir(self, stage: str) -> Path:
-        return self.root / stage
-
-    def stage_manifest(self, stage: str) -> Path:
-        return self.root / "stages" / f"{stage}.json"
-
-    def notebook(self, stage: Stage) -> Path:
-        return self.root / "notebooks" / stage.notebook
-
-    def html(self, stage: Stage) -> Path:
-        return self.report_dir / (Path(stage.notebook).stem + ".html")
-
-    @property
-    def report_dir(self) -> Path:
-        return self.root / "report"
-
-    @property
-    def index(self) -> Path:
-        return self.report_dir / "index.html"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "manifest.json"
-
-
-# -------------------------------------------------------------------------------------- the stages
-def active_stages(cfg: StudyConfig, stages: Sequence[Stage] = STAGES) -> list[Stage]:
-    """Stages of this config in run order: custom-model stages drop out when ``custom.enabled`` is false."""
-    keep = [s for s in stages if cfg.custom.enabled or not s.needs_custom]
-    names = {s.name for s in keep}
-    return [Stage(s.name, s.notebook, tuple(d for d in s.deps if d in names), s.title, s.needs_custom)
-            for s in keep]
-
-
+# ------------------------------------------------------------------------------------- parameters
 def _dirs(layout: RunLayout, cfg: StudyConfig) -> dict[str, str]:
     """``<stage>_dir`` parameters of every stage ("" for a stage this config does not run)."""
-    active = {s.name for s in active_stages(cfg)}
+    active = {s.name for s in active_stages(cfg.custom.enabled)}
     return {f"{s}_dir": str(layout.stage_dir(s)) if s in active else "" for s in STAGE_NAMES}
 
 
 def stage_parameters(cfg: StudyConfig, stage: Stage, layout: RunLayout) -> dict[str, Any]:
     """The notebook parameters of ``stage``: common ones, its inputs' folders, its config section.
 
-    Every stage gets ``run_name, run_dir, out_dir, seed`` and ``<dep>_dir`` for each dependency;
+    Every stage gets ``run_name, run_dir, out_dir, seed`` and ``<dep>_dir`` for each dependency
+    (``""`` for a dependency this config does not run); then the values of its config section;
     ``notebook_params.<stage>`` from the config is merged last (and validated like the rest).
+    Config paths are absolute (:meth:`StudyConfig.resolve`), folders are built from ``layout`` as
+    given. The result is :func:`samstudy.files.jsonable` (lists, dicts, str; NaN/inf -> None).
     """
-    d, f, c = cfg.data, cfg.foundation, cfg.compare
     dirs = _dirs(layout, cfg)
     p: dict[str, Any] = {"run_name": layout.root.name, "run_dir": str(layout.root),
                          "out_dir": str(layout.stage_dir(stage.name)), "seed": cfg.seed}
     # The full stage list's deps, not the active one: a notebook always declares e.g. evaluate_custom_dir.
     static = next(s for s in STAGES if s.name == stage.name) if stage.name in STAGE_NAMES else stage
     p.update({f"{dep}_dir": dirs.get(f"{dep}_dir", str(layout.stage_dir(dep))) for dep in static.deps})
+    p.update(_section_parameters(cfg, stage.name))
+    p.update(cfg.stage_params.get(stage.name, {}))
+    return jsonable(p)
+
+
+def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
+    """The parameters one stage takes from its config sections (none for an unknown stage)."""
+    d, f, c = cfg.data, cfg.foundation, cfg.compare
+    p: dict[str, Any] = {}
     arms = {"tight_mode": c.tight_mode, "loose_mode": c.loose_mode, "multimask": c.multimask,
             "custom_enabled": cfg.custom.enabled}
-    if stage.name == "data":
+    if stage == "data":
         p.update(dataset_name=cfg.name, source=d.source, synthetic=dict(d.synthetic),
                  annotations=cfg.resolve(d.annotations), images=cfg.resolve(d.images),
                  train_annotations=cfg.resolve(d.train_annotations), train_images=cfg.resolve(d.train_images),
@@ -170,34 +120,41 @@ def stage_parameters(cfg: StudyConfig, stage: Stage, layout: RunLayout) -> dict[
                  test_fraction=d.split.test_fraction, split_seed=d.split.seed,
                  limit_images=d.limit_images, limit_train_images=d.limit_train_images,
                  train_needed=cfg.custom.enabled)
-    elif stage.name == "train_custom":
+    elif stage == "train_custom":
         p.update(minutes=cfg.custom.minutes, custom_options=dict(cfg.custom.options), device=f.device)
-    elif stage.name == "foundation":
+    elif stage == "foundation":
         p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)}
                          for m in f.models],
-                 modes=list(f.modes), buffer_sweep=list(f.buffer_sweep), multimask=list(f.multimask), gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir),
-                 device=f.device)
-    elif stage.name == "evaluate_custom":
+                 modes=list(f.modes), buffer_sweep=list(f.buffer_sweep), multimask=list(f.multimask),
+                 gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device)
+    elif stage == "evaluate_custom":
         p.update(device=f.device)
-    elif stage.name == "compare":
+    elif stage == "compare":
         p.update(arms, n_boot=c.n_boot, reference=c.reference, buffer_sweep=list(f.buffer_sweep),
                  gt_variants=list(f.gt_variants), config_name=cfg.name, config_description=cfg.description)
-    elif stage.name == "gallery":
+    elif stage == "gallery":
         p.update(arms, per_failure=cfg.gallery.per_failure, failure_modes=list(cfg.gallery.failure_modes),
                  crop_margin=cfg.gallery.crop_margin)
-    elif stage.name == "explore":
+    elif stage == "explore":
         p.update(arms)
-    p.update(cfg.stage_params.get(stage.name, {}))
-    return _plain(p)
+    return p
 
 
 # ------------------------------------------------------------------------------ parameter checking
-def parameters_cell_source(nb: nbformat.NotebookNode, path: Path) -> str:
-    """Source of the first code cell, which must be tagged ``parameters``."""
-    code = [c for c in nb.cells if c.cell_type == "code"]
+def parameters_cell_source(nb: Mapping[str, Any], path: Path) -> str:
+    """Source of the first code cell, which must be tagged ``parameters``.
+
+    ``nb`` is a notebook as nbformat reads it or as plain JSON (where a source may be a list of lines).
+    """
+    cell = _parameters_cell(nb, path)
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def _parameters_cell(nb: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     if not code or "parameters" not in code[0].get("metadata", {}).get("tags", []):
         raise ParameterError(f"{path}: the first code cell must be tagged 'parameters'")
-    return code[0].source
+    return code[0]
 
 
 def defined_names(source: str) -> set[str]:
@@ -231,15 +188,167 @@ def validate_parameters(notebook: Path, params: Mapping[str, Any], origin: str =
             f"are not defined in its parameters cell (defined: {sorted(defined)})")
 
 
+# ----------------------------------------------------------------------------- notebook defaults
+# A notebook opened by hand runs with its parameters cell as written; those values are the ones a run
+# of the default config would pass, so that the notebook and `samstudy run` agree.
+DEV_RUN = Path("results/dev")  # the run folder of the defaults, relative to the repository root
+MISSING = "<not assigned>"     # notebook value of a parameter its cell does not assign
+
+
+def default_config(repo_root: Path) -> StudyConfig:
+    """The config every notebook default comes from: the YAML mapping ``{name: dev}`` (everything
+    else the config dataclasses' defaults), with relative paths hanging off ``repo_root``."""
+    repo_root = Path(repo_root)
+    return parse_config({"name": "dev"}, repo_root / "configs" / "dev.yaml", repo_root=repo_root)
+
+
+def notebook_defaults(stage: Stage, repo_root: Path) -> dict[str, Any]:
+    """The values ``stage``'s notebook should assign in its parameters cell.
+
+    That is ``stage_parameters(default_config(repo_root), stage, RunLayout(DEV_RUN))`` with every
+    string that is an absolute path inside ``repo_root`` (the config's resolved paths, e.g.
+    ``cache_dir``) written relative to it in POSIX form (``".cache/embeddings"``); the run folders
+    are relative already (``"results/dev/data"``). Paths outside the repository stay absolute.
+    """
+    root = Path(repo_root).resolve()
+    return _repo_relative(stage_parameters(default_config(root), stage, RunLayout(DEV_RUN)), root)
+
+
+def _repo_relative(v: Any, root: Path) -> Any:
+    if isinstance(v, dict):
+        return {k: _repo_relative(x, root) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_repo_relative(x, root) for x in v]
+    if isinstance(v, str) and os.path.isabs(v) and Path(v).is_relative_to(root):
+        return Path(v).relative_to(root).as_posix()
+    return v
+
+
+def parameters_cell_values(notebook: Path) -> dict[str, Any]:
+    """``{name: value}`` of the top-level assignments of ``notebook``'s parameters cell, each right
+    side evaluated with :func:`ast.literal_eval` (nothing is executed).
+
+    Raises :class:`ParameterError` naming an assignment whose target is not a single name or whose
+    value is not a literal: a parameters cell holds plain values only.
+    """
+    return _literal_values(parameters_cell_source(nbformat.read(notebook, as_version=4), notebook), notebook)
+
+
+def _literal_values(source: str, path: Path) -> dict[str, Any]:
+    values = {}
+    for name, node in _assignments(source, path):
+        try:
+            values[name] = ast.literal_eval(node)
+        except ValueError:
+            raise ParameterError(f"{path.name}: parameter {name!r} is not a literal ({ast.unparse(node)})") from None
+    return values
+
+
+def _assignments(source: str, path: Path) -> list[tuple[str, ast.expr]]:
+    """``(name, value node)`` of each top-level ``name = value`` / ``name: T = value`` of ``source``."""
+    out = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            out.append((node.targets[0].id, node.value))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            out.append((node.target.id, node.value))
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            raise ParameterError(f"{path.name}: line {node.lineno} of the parameters cell is not a "
+                                 f"'name = literal' assignment: {ast.unparse(node)}")
+    return out
+
+
+def parameter_mismatches(notebook: Path, expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(name, notebook value, expected value)`` for each expected parameter the notebook's cell
+    assigns differently, in the order of ``expected``; the notebook value is :data:`MISSING` when
+    the cell does not assign it. Values are compared by their JSON text, so ``1`` differs from
+    ``True`` and from ``1.0``, and a tuple equals the list with the same items."""
+    return _mismatches(parameters_cell_values(notebook), expected)
+
+
+def _mismatches(have: Mapping[str, Any], expected: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    return [(k, have.get(k, MISSING), v) for k, v in expected.items()
+            if k not in have or not _same_value(have[k], v)]
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def aligned_parameters_source(source: str, expected: Mapping[str, Any]) -> str:
+    """``source`` (a parameters cell) with each mismatching value of ``expected`` written in.
+
+    Only the value text of a differing ``name = value`` changes (comments and layout stay);
+    expected names the cell does not assign are appended as ``name = value`` lines.
+    """
+    lines = source.splitlines(keepends=True)
+    starts = [0]
+    for ln in lines:  # ast column offsets count UTF-8 bytes
+        starts.append(starts[-1] + len(ln.encode()))
+    data = source.encode()
+    found = dict(_assignments(source, Path("<cell>")))
+    values = _literal_values(source, Path("<cell>"))
+    edits = []
+    for name, node in found.items():
+        if name in expected and not _same_value(values[name], expected[name]):
+            a = starts[node.lineno - 1] + node.col_offset
+            b = starts[node.end_lineno - 1] + node.end_col_offset
+            edits.append((a, b, python_literal(expected[name]).encode()))
+    for a, b, text in sorted(edits, reverse=True):  # from the end: earlier offsets stay valid
+        data = data[:a] + text + _keep_comment_column(data[b:], len(text) - (b - a))
+    out = data.decode()
+    missing = [k for k in expected if k not in found]
+    if missing:
+        out = (out if not out or out.endswith("\n") else out + "\n") + "".join(
+            f"{k} = {python_literal(expected[k])}\n" for k in missing)
+    return out
+
+
+def _keep_comment_column(rest: bytes, grew: int) -> bytes:
+    """``rest`` of a line after a value that grew by ``grew`` bytes, with the spaces before a
+    trailing ``# comment`` adjusted so that the comment stays in its column (at least 2 spaces)."""
+    line, nl, tail = rest.partition(b"\n")
+    code = line.lstrip(b" ")
+    if not code.startswith(b"#"):
+        return rest
+    spaces = max(2, len(line) - len(code) - grew)
+    return b" " * spaces + code + nl + tail
+
+
+def python_literal(v: Any) -> str:
+    """Python source of a JSON-like value, strings in double quotes (the notebooks' style)."""
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{python_literal(k)}: {python_literal(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(python_literal(x) for x in v) + "]"
+    return repr(v)  # None, bool, int, float
+
+
+def align_notebook_parameters(notebook: Path, expected: Mapping[str, Any]) -> list[str]:
+    """Rewrite ``notebook``'s parameters cell with :func:`aligned_parameters_source`; return the
+    names changed or added (nothing is written when the list is empty).
+
+    Only that cell's ``source`` changes. The file is read, edited and replaced (atomically) at
+    once, written back in nbformat's own JSON layout, so people editing other cells of the same
+    notebook are not overwritten unless they save in that instant.
+    """
+    notebook = Path(notebook)
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    source = parameters_cell_source(nb, notebook)
+    changed = [name for name, _, _ in _mismatches(_literal_values(source, notebook), expected)]
+    if not changed:
+        return []
+    _parameters_cell(nb, notebook)["source"] = aligned_parameters_source(source, expected).splitlines(keepends=True)
+    mode = notebook.stat().st_mode & 0o7777
+    with atomic_path(notebook) as tmp:
+        tmp.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.chmod(tmp, mode)  # the temporary file is private (mkstemp); keep the notebook's permissions
+    return changed
+
+
 # ----------------------------------------------------------------------------------------- hashing
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fingerprints(params: Mapping[str, Any]) -> dict[str, list[int]]:
     """Size and mtime of every parameter value that names an existing file (cheap change detection)."""
     out: dict[str, list[int]] = {}
@@ -261,17 +370,24 @@ def _fingerprints(params: Mapping[str, Any]) -> dict[str, list[int]]:
 
 def stage_input_hash(notebook: Path, params: Mapping[str, Any], upstream: Mapping[str, str]) -> str:
     """SHA-256 over the notebook file, the parameters, their file fingerprints and upstream output hashes."""
-    blob = {"notebook": file_sha256(notebook), "params": _plain(params),
+    blob = {"notebook": file_sha256(notebook), "params": jsonable(params),
             "files": _fingerprints(params), "upstream": dict(sorted(upstream.items()))}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_LOCK_FILES = (LOCK_NAME, OWNER_NAME)
+
+
 def hash_outputs(stage_dir: Path) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file under a stage's output folder."""
+    """``{relative path: sha256}`` of every file under a stage's output folder.
+
+    Lock bookkeeping (:data:`samstudy.locks.LOCK_NAME`, :data:`~samstudy.locks.OWNER_NAME`) is not
+    output: a folder some process locked hashes like the same folder never locked.
+    """
     if not stage_dir.is_dir():
         return {}
     return {str(p.relative_to(stage_dir)): file_sha256(p)
-            for p in sorted(stage_dir.rglob("*")) if p.is_file()}
+            for p in sorted(stage_dir.rglob("*")) if p.is_file() and p.name not in _LOCK_FILES}
 
 
 def combined_hash(files: Mapping[str, str]) -> str:
@@ -281,18 +397,6 @@ def combined_hash(files: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------------------- manifests
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a killed run never leaves half a manifest)."""
-    write_json_atomic(path, _plain(obj))
 
 
 def checkpoint_info(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -313,12 +417,10 @@ def checkpoint_info(cfg: StudyConfig) -> list[dict[str, Any]]:
 
 
 def _cached_sha256(path: Path) -> str:
-    """SHA-256 of a (large) checkpoint, through the models' cached hasher when it is there."""
-    try:
-        from .models.download import cached_file_sha256
-        return cached_file_sha256(path)
-    except ImportError:
-        return file_sha256(path)
+    """SHA-256 of a (large) checkpoint through the models' sidecar cache (hashing ViT-H takes ~10 s)."""
+    from .models.download import cached_file_sha256  # function-level: keeps torch-adjacent imports off the CLI path
+
+    return cached_file_sha256(path)
 
 
 # ----------------------------------------------------------------------------------------- running
@@ -445,7 +547,7 @@ def _run_one(stage: Stage, params: dict[str, Any], input_hash: str, layout: RunL
     manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "stage": stage.name, "title": stage.title,
                                 "notebook": stage.notebook, "input_hash": input_hash, "parameters": params,
                                 "status": "running", "started": _now()}
-    write_json(layout.stage_manifest(stage.name), manifest)
+    write_json_atomic(layout.stage_manifest(stage.name), manifest)
     log(f"[{stage.name}] start ({stage.notebook})")
     t0 = time.perf_counter()
     failure: StageFailed | None = None
@@ -456,7 +558,7 @@ def _run_one(stage: Stage, params: dict[str, Any], input_hash: str, layout: RunL
         failure = e
     except KeyboardInterrupt:
         manifest.update(status="interrupted", finished=_now(), seconds=round(time.perf_counter() - t0, 3))
-        write_json(layout.stage_manifest(stage.name), manifest)
+        write_json_atomic(layout.stage_manifest(stage.name), manifest)
         raise
     seconds = time.perf_counter() - t0
     outputs = hash_outputs(out_dir)
@@ -469,7 +571,7 @@ def _run_one(stage: Stage, params: dict[str, Any], input_hash: str, layout: RunL
                                                 "exec_count": failure.exec_count,
                                                 "cell_first_line": failure.cell_first_line,
                                                 "message": failure.error})
-    write_json(layout.stage_manifest(stage.name), manifest)
+    write_json_atomic(layout.stage_manifest(stage.name), manifest)
     if layout.notebook(stage).is_file():
         export_html(layout.notebook(stage), layout.html(stage), title=f"{stage.notebook} - {stage.title}")
     log(f"[{stage.name}] {'done' if failure is None else 'FAILED'} in {seconds:.1f} s")
@@ -498,28 +600,44 @@ def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = No
         hash still applies unless ``force``.
     force: rerun the selected stages even when their inputs are unchanged.
     stages: the DAG (default: :data:`STAGES` filtered by :func:`active_stages`); tests pass their own.
-    Returns a :class:`RunResult`; a failed stage is in ``result.failure`` (not raised), a bad
-    configuration raises :class:`ParameterError` / :class:`PipelineError` before anything runs.
+    Returns a :class:`RunResult`; a failed stage is in ``result.failure`` (not raised). Raised before
+    anything is written: :class:`ParameterError` / :class:`PipelineError` for a bad configuration
+    or selection, :class:`samstudy.locks.FolderLocked` when another process is running into the
+    same ``results_root/run_name`` (the folder is held for the whole run).
     """
+    repo = cfg.repo_root
+    notebooks_dir = notebooks_dir or repo / "notebooks"
+    layout = RunLayout(Path(results_root or repo / "results").resolve() / run_name)
+    plan = list(stages) if stages is not None else active_stages(cfg.custom.enabled)
+    selected = _select(plan, only)
+    params = _checked_parameters(cfg, plan, layout, notebooks_dir)
+    with folder_lock(layout.root, f"samstudy run {run_name}"):
+        return _run_plan(cfg, run_name, layout, plan, selected, params, notebooks_dir, only, force,
+                         progress, log, kernel_name)
+
+
+def _checked_parameters(cfg: StudyConfig, plan: Sequence[Stage], layout: RunLayout,
+                        notebooks_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{stage: parameters}``, after checking every notebook exists and declares its parameters
+    (fail fast: nothing runs when one stage's parameters are wrong)."""
+    params = {s.name: stage_parameters(cfg, s, layout) for s in plan}
+    for s in plan:
+        nb = notebooks_dir / s.notebook
+        if not nb.is_file():
+            raise PipelineError(f"stage {s.name!r}: notebook {nb} not found")
+        validate_parameters(nb, params[s.name], origin=f"config {cfg.path.name} (stage {s.name!r})")
+    return params
+
+
+def _run_plan(cfg: StudyConfig, run_name: str, layout: RunLayout, plan: Sequence[Stage], selected: set[str],
+              params: Mapping[str, dict[str, Any]], notebooks_dir: Path, only: Sequence[str] | None,
+              force: bool, progress: bool, log: Log | None, kernel_name: str | None) -> RunResult:
+    """The body of :func:`run_study`, run while the results folder is held."""
     from tqdm.auto import tqdm
 
     from .report import write_index
 
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    repo = cfg.repo_root
-    results_root = results_root or repo / "results"
-    notebooks_dir = notebooks_dir or repo / "notebooks"
-    layout = RunLayout(Path(results_root).resolve() / run_name)
-    plan = list(stages) if stages is not None else active_stages(cfg)
-    selected = _select(plan, only)
-
-    params = {s.name: stage_parameters(cfg, s, layout) for s in plan}
-    for s in plan:  # fail fast: every notebook and parameter checked before the first stage runs
-        nb = notebooks_dir / s.notebook
-        if not nb.is_file():
-            raise PipelineError(f"stage {s.name!r}: notebook {nb} not found")
-        validate_parameters(nb, params[s.name], origin=f"config {cfg.path.name} (stage {s.name!r})")
-
     run_manifest = _start_manifest(cfg, run_name, layout, plan, only, force)
     result = RunResult(layout)
     t_run = time.perf_counter()
@@ -541,7 +659,7 @@ def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = No
             log(f"[{s.name}] runs: {reason}")
             try:
                 result.outcomes.append(_run_one(s, params[s.name], input_hash, layout, notebooks_dir,
-                                                repo, progress, log, kernel_name))
+                                                cfg.repo_root, progress, log, kernel_name))
             except StageFailed as e:
                 result.outcomes.append(StageOutcome(s.name, "failed", reason=str(e)))
                 result.failure = e
@@ -577,7 +695,7 @@ def _start_manifest(cfg: StudyConfig, run_name: str, layout: RunLayout, plan: Se
          "checkpoints": checkpoint_info(cfg), "invocation": {"only": list(only or []), "force": force,
                                                              "argv": sys.argv},
          "started": _now(), "status": "running", "stages": {}}
-    write_json(layout.manifest, m)
+    write_json_atomic(layout.manifest, m)
     return m
 
 
@@ -601,187 +719,4 @@ def _update_manifest(m: dict[str, Any], layout: RunLayout, plan: Sequence[Stage]
     if final:
         m["finished"] = _now()
         m["status"] = "interrupted" if interrupted else "failed" if result.failure else "ok"
-    write_json(layout.manifest, m)
-
-
-# ------------------------------------------------------------------- stage outputs read by notebooks
-# The data stage writes ``<data_dir>/datasets.json`` naming its COCO files; later stages load them
-# through these helpers so that no notebook hard-codes a file layout.
-DATASETS_FILE = "datasets.json"
-
-
-def write_datasets_manifest(data_dir: str | os.PathLike, test: Sequence[Mapping[str, Any]],
-                            train: Mapping[str, Any] | None, policy: str) -> Path:
-    """Record the data stage's datasets.
-
-    test: one entry per evaluation set ``{"name", "annotations", "images", "raw_annotations"}``
-        (``raw_annotations``: the same images before the labeling policy, or ``None`` when the
-        policy changed nothing); train: ``{"name", "annotations", "images"}`` or ``None``.
-        Annotation paths may be absolute or relative to ``data_dir``.
-    """
-    path = Path(data_dir) / DATASETS_FILE
-    write_json(path, {"policy": policy, "test": [dict(t) for t in test], "train": dict(train) if train else None})
-    return path
-
-
-def _abs(data_dir: Path, p: str | None) -> Path | None:
-    return None if not p else (Path(p) if os.path.isabs(p) else data_dir / p)
-
-
-def read_datasets_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
-    d = read_json(Path(data_dir) / DATASETS_FILE)
-    if d is None:
-        raise PipelineError(f"{data_dir}: no {DATASETS_FILE}; run the data stage first")
-    return d
-
-
-def load_test_sets(data_dir: str | os.PathLike) -> list[Any]:
-    """The evaluation ``Dataset``s written by the data stage (labeling policy applied)."""
-    from .data import load_coco
-
-    data_dir = Path(data_dir)
-    return [load_coco(_abs(data_dir, t["annotations"]), t["images"], name=t["name"], check_images=False)
-            for t in read_datasets_manifest(data_dir)["test"]]
-
-
-def load_train_set(data_dir: str | os.PathLike) -> Any | None:
-    """The training ``Dataset`` written by the data stage, or ``None`` when there is none."""
-    from .data import load_coco
-
-    data_dir = Path(data_dir)
-    t = read_datasets_manifest(data_dir)["train"]
-    if not t:
-        return None
-    return load_coco(_abs(data_dir, t["annotations"]), t["images"], name=t["name"], check_images=False)
-
-
-def raw_gt_variant(data_dir: str | os.PathLike, test_name: str) -> dict[int, Any] | None:
-    """``{ann_id: Instance}``: for each policy object of ``test_name``, its ground truth *before* the policy.
-
-    An object the policy kept or filled has its raw instance (same ``ann_id``). A merged object's raw
-    counterpart is the union of its members' raw masks (no hole filled), so scoring one prediction
-    against both variants separates what the policy costs from what mask quality costs.
-    Returns ``None`` when the data stage wrote no raw annotations (the policy changed nothing).
-    """
-    from .data import load_coco
-    from .masks import decode_rle, encode_rle, mask_box_xyxy
-
-    data_dir = Path(data_dir)
-    entry = next(t for t in read_datasets_manifest(data_dir)["test"] if t["name"] == test_name)
-    if not entry.get("raw_annotations"):
-        return None
-    raw = {t.ann_id: t for t in load_coco(_abs(data_dir, entry["raw_annotations"]), entry["images"],
-                                          check_images=False).instances}
-    pol = load_coco(_abs(data_dir, entry["annotations"]), entry["images"], check_images=False)
-    out: dict[int, Any] = {}
-    for inst in pol.instances:
-        members = [raw[a] for a in (inst.source_ann_ids or (inst.ann_id,)) if a in raw]
-        if not members:
-            continue
-        if len(members) == 1:
-            out[inst.ann_id] = members[0].with_(ann_id=inst.ann_id)
-            continue
-        mask = decode_rle(members[0].rle)
-        for m in members[1:]:
-            mask |= decode_rle(m.rle)
-        out[inst.ann_id] = inst.with_(rle=encode_rle(mask), area=int(mask.sum()),
-                                      box_xyxy=tuple(float(v) for v in mask_box_xyxy(mask)))
-    return out
-
-
-def first_images(dataset: Any, n: int | None) -> Any:
-    """The dataset restricted to its ``n`` smallest image ids (all when ``n`` is None): tiny runs."""
-    if n is None or n >= len(dataset.images):
-        return dataset
-    return dataset.subset(sorted(dataset.images)[:n])
-
-
-def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: Mapping[str, Any] | None = None,
-                annotations: str | None = None, images: str | None = None,
-                train_annotations: str | None = None, train_images: str | None = None,
-                isegm_root: str | None = None, isegm_datasets: Sequence[str] = ("grabcut", "berkeley"),
-                limit_images: int | None = None, limit_train_images: int | None = None
-                ) -> tuple[dict[str, Any], Any | None]:
-    """Load the config's data source: ``({eval set name: Dataset}, separate train Dataset or None)``.
-
-    synthetic: the probe set is generated into ``out_dir/probe_set`` (``synthetic.SyntheticConfig``
-    fields in ``synthetic``); coco: ``annotations``/``images`` (+ ``train_*`` for a separate
-    training set); isegm: ``isegm.load_grabcut`` / ``load_berkeley`` under ``isegm_root``.
-    ``limit_images`` keeps the first N images of each evaluation source (before any split),
-    ``limit_train_images`` the first N of the separate training set.
-    """
-    from .data import load_coco
-
-    if source == "synthetic":
-        from .synthetic import INSTANCES_FILE, SyntheticConfig, generate_probe_set
-
-        probe = generate_probe_set(SyntheticConfig(**dict(synthetic or {})), Path(out_dir) / "probe_set")
-        sets = {name: load_coco(probe / INSTANCES_FILE, probe / "images", name=name)}
-        train = None
-    elif source == "coco":
-        sets = {name: load_coco(annotations, images, name=name)}
-        train = (load_coco(train_annotations, train_images, name=f"{name}-train", check_images=False)
-                 if train_annotations else None)
-    elif source == "isegm":
-        from . import isegm
-
-        loaders = {"grabcut": ("GrabCut", isegm.load_grabcut), "berkeley": ("Berkeley", isegm.load_berkeley)}
-        unknown = [d for d in isegm_datasets if d not in loaders]
-        if unknown:
-            raise ValueError(f"unknown isegm dataset(s) {unknown}; known: {sorted(loaders)}")
-        sets = {d: loaders[d][1](Path(isegm_root) / loaders[d][0]) for d in isegm_datasets}
-        train = None
-    else:
-        raise ValueError(f"unknown data source {source!r}")
-    sets = {k: first_images(v, limit_images) for k, v in sets.items()}
-    return sets, (first_images(train, limit_train_images) if train is not None else None)
-
-
-def image_dir_of(dataset: Any) -> str:
-    """The folder a dataset's ``file_name``s are relative to (from its first image record)."""
-    if not dataset.images:
-        return ""
-    rec = next(iter(dataset.images.values()))
-    path = str(rec.path)
-    return path[: len(path) - len(rec.file_name)].rstrip("/\\") or "."
-
-
-def write_stage_datasets(out_dir: str | os.PathLike, test_sets: Mapping[str, Any], train: Any | None,
-                         raw_sets: Mapping[str, Any] | None, policy: str) -> Path:
-    """Write the data stage's COCO files and ``datasets.json``.
-
-    test_sets: ``{name: Dataset}`` with the policy applied (``test-<name>.json``); raw_sets: the
-    same sources before the policy (restricted to the test images, ``test-<name>-raw.json``), or
-    ``None`` when the policy is ``raw``; train: ``train.json`` or ``None``.
-    """
-    from .data import write_coco
-
-    out = Path(out_dir)
-    entries = []
-    for name, ds in test_sets.items():
-        ann = write_coco(ds, out / f"test-{name}.json")
-        raw_ann = None
-        if raw_sets is not None and policy != "raw":
-            raw_ann = write_coco(raw_sets[name].subset(set(ds.images)), out / f"test-{name}-raw.json").name
-        entries.append({"name": name, "annotations": ann.name, "images": image_dir_of(ds), "raw_annotations": raw_ann})
-    tr = None
-    if train is not None:
-        tr = {"name": train.name, "annotations": write_coco(train, out / "train.json").name,
-              "images": image_dir_of(train)}
-    return write_datasets_manifest(out, entries, tr, policy)
-
-
-def training_dir(out_dir: str | os.PathLike, config: Mapping[str, Any], data_file: str | os.PathLike) -> Path:
-    """``<out_dir>/training-<key>`` for one (training config, training data) pair; other ones are removed.
-
-    The custom trainer resumes from its folder when the config matches: keying the folder by the
-    training data too means a rerun after a failure resumes, while new data starts afresh.
-    """
-    import shutil
-
-    key = hashlib.sha256((json.dumps(_plain(dict(config)), sort_keys=True) + file_sha256(Path(data_file))).encode())
-    out = Path(out_dir) / f"training-{key.hexdigest()[:12]}"
-    for old in Path(out_dir).glob("training-*"):
-        if old != out and old.is_dir():
-            shutil.rmtree(old)
-    return out
+    write_json_atomic(layout.manifest, m)

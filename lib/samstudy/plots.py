@@ -1,9 +1,9 @@
 """Figures of the study. Every function is pure: a tidy DataFrame in, a matplotlib ``Figure`` out.
 
-Nothing is shown or saved here (the notebooks call ``report.save_figure`` and display). Titles and
+Nothing is shown or saved here (the notebooks pass the figures to ``report.show_figure``). Titles and
 legends use the arm / model labels found in the tables, which come from each model's own
 ``model_label`` (LiteMedSAM is never called SAM). IoU axes run from 0 to 1; error bars are the 95%
-bootstrap intervals of the tables (``report.ci_table`` etc.).
+bootstrap intervals of the tables (``compare.ci_table`` etc.).
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def grouped_bars(table: pd.DataFrame, group: str, series: str = "arm", value: st
 
 
 def category_bars(ci: pd.DataFrame, title: str = "mIoU per category") -> Figure:
-    """Per-category mIoU bars for the arms; ``ci``: ``report.ci_table(..., by="category")``."""
+    """Per-category mIoU bars for the arms; ``ci``: ``compare.ci_table(..., by="category")``."""
     return grouped_bars(ci, "category", title=title, ylabel="mean IoU (per object)")
 
 
@@ -81,10 +81,13 @@ def boundary_iou_bars(ci: pd.DataFrame, title: str = "Boundary IoU per category"
     return grouped_bars(ci, "category", title=title, ylabel="mean boundary IoU (per object)")
 
 
-def buffer_sweep_curve(sweep: pd.DataFrame, title: str = "Loose boxes: mIoU against the box buffer b") -> Figure:
+def buffer_sweep_curve(sweep: pd.DataFrame, title: str = "Loose boxes: mIoU against the box buffer b",
+                       marked_buffer: float | None = 0.2) -> Figure:
     """mIoU against the loose-box buffer b (0 = tight box) per model, with 95% bands.
 
-    ``sweep``: ``report.buffer_sweep_table`` (``model_label, buffer, n, mean, lo, hi``).
+    ``sweep``: ``compare.buffer_sweep_table`` (``model_label, buffer, n, mean, lo, hi``).
+    ``marked_buffer``: the headline loose arm's b (``compare.loose_buffer``), marked by a dotted
+    line; ``None``: no mark.
     """
     fig, ax = _figure(6.5, 4.0)
     for i, (label, d) in enumerate(sweep.groupby("model_label", sort=False)):
@@ -93,8 +96,10 @@ def buffer_sweep_curve(sweep: pd.DataFrame, title: str = "Loose boxes: mIoU agai
         ax.plot(d["buffer"], d["mean"], "o-", color=c, label=_wrap(label, 40))
         if d[["lo", "hi"]].notna().all().all():
             ax.fill_between(d["buffer"], d["lo"], d["hi"], color=c, alpha=0.2)
-    ax.axvline(0.2, color="grey", ls=":", lw=1)
-    ax.text(0.2, 0.02, " b = 0.2 (study's loose box)", fontsize=8, color="grey", transform=ax.get_xaxis_transform())
+    if marked_buffer is not None:
+        ax.axvline(marked_buffer, color="grey", ls=":", lw=1)
+        ax.text(marked_buffer, 0.02, f" b = {marked_buffer:g} (study's loose box)", fontsize=8, color="grey",
+                transform=ax.get_xaxis_transform())
     ax.set_xlabel("box buffer b (width and height each grown by b)")
     ax.set_ylabel("mean IoU (per object)")
     ax.set_ylim(0, 1)
@@ -106,7 +111,7 @@ def buffer_sweep_curve(sweep: pd.DataFrame, title: str = "Loose boxes: mIoU agai
 
 def click_curves(curves: pd.DataFrame, title: str = "IoU against the number of simulated clicks (RITM protocol)",
                  reference: pd.DataFrame | None = None) -> Figure:
-    """mIoU after each click per (dataset, model, click mode); ``curves``: ``report.click_curve_table``.
+    """mIoU after each click per (dataset, model, click mode); ``curves``: ``compare.click_curve_table``.
 
     ``reference``: optional ``label, noc90`` rows drawn as markers at IoU 0.9 (published NoC@90).
     """
@@ -132,7 +137,7 @@ def click_curves(curves: pd.DataFrame, title: str = "IoU against the number of s
 
 def paired_diff_plot(diffs: pd.DataFrame, by: str = "category",
                      title: str = "Paired differences of mIoU (95% bootstrap CI, resampled by image)") -> Figure:
-    """Forest plot of ``report.paired_diff_table``: one row per (comparison, group), 0 marked."""
+    """Forest plot of ``compare.paired_diff_table``: one row per (comparison, group), 0 marked."""
     d = diffs.reset_index(drop=True)
     fig, ax = _figure(7.5, max(2.5, 0.28 * len(d) + 1.2))
     y = np.arange(len(d))[::-1]
@@ -152,7 +157,7 @@ def paired_diff_plot(diffs: pd.DataFrame, by: str = "category",
 
 
 def policy_gap_bars(gap: pd.DataFrame, title: str = "What the labeling policy costs each arm") -> Figure:
-    """mIoU against raw and policy ground truth per arm; ``gap``: ``report.policy_gap_table``."""
+    """mIoU against raw and policy ground truth per arm; ``gap``: ``compare.policy_gap_table``."""
     long = pd.concat([gap[["arm", "n"]].assign(series="raw ground truth", mean=gap["mIoU raw GT"]),
                       gap[["arm", "n"]].assign(series="policy ground truth", mean=gap["mIoU policy GT"])])
     return grouped_bars(long, "arm", series="series", title=title, ylabel="mean IoU (per object)")
@@ -181,7 +186,7 @@ def training_curves(history: pd.DataFrame, x: str = "epoch", title: str = "Custo
 
 
 def dataset_overview(stats: pd.DataFrame, title: str = "Objects per category and split") -> Figure:
-    """Stacked size-bucket counts per category, one panel per split; ``stats``: ``report.dataset_stats``."""
+    """Stacked size-bucket counts per category, one panel per split; ``stats``: ``compare.dataset_stats``."""
     splits = list(dict.fromkeys(stats["split"]))
     fig = Figure(figsize=(max(6.0, 3.2 * len(splits) + 2), 3.8), layout="constrained")
     for i, split in enumerate(splits):

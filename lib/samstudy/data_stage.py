@@ -1,0 +1,219 @@
+"""What the data stage (``00_data.ipynb``) writes and how the later stages read it.
+
+The data stage loads the config's source (:func:`load_source`), applies the labeling policy and the
+split, and writes COCO files plus ``<data_dir>/datasets.json`` naming them
+(:func:`write_stage_datasets`). Every later stage loads its data through :func:`load_test_sets`,
+:func:`load_train_set` and :func:`raw_gt_variant`, so that no notebook hard-codes a file layout.
+
+``datasets.json``::
+
+    {"policy": "<policy name>",
+     "test":  [{"name", "annotations", "images", "raw_annotations"}, ...],
+     "train": {"name", "annotations", "images"} | null}
+
+Annotation paths are relative to the data folder (or absolute); ``images`` is the folder the COCO
+``file_name``s are relative to.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .files import file_sha256, jsonable, write_json_atomic
+from .stages import read_json
+
+__all__ = ["DATASETS_FILE", "write_datasets_manifest", "read_datasets_manifest", "load_test_sets",
+           "load_train_set", "raw_gt_variant", "first_images", "load_source", "image_dir_of",
+           "write_stage_datasets", "training_dir"]
+
+DATASETS_FILE = "datasets.json"
+
+
+# ----------------------------------------------------------------------------------- datasets.json
+def write_datasets_manifest(data_dir: str | os.PathLike, test: Sequence[Mapping[str, Any]],
+                            train: Mapping[str, Any] | None, policy: str) -> Path:
+    """Write ``<data_dir>/datasets.json`` (atomically) and return its path.
+
+    test: one entry per evaluation set ``{"name", "annotations", "images", "raw_annotations"}``
+        (``raw_annotations``: the same images before the labeling policy, or ``None`` when the
+        policy changed nothing); train: ``{"name", "annotations", "images"}`` or ``None``.
+        Annotation paths may be absolute or relative to ``data_dir``.
+    """
+    path = Path(data_dir) / DATASETS_FILE
+    write_json_atomic(path, {"policy": policy, "test": [dict(t) for t in test],
+                             "train": dict(train) if train else None})
+    return path
+
+
+def read_datasets_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """The content of ``<data_dir>/datasets.json``.
+
+    Raises ``FileNotFoundError`` (naming the folder) when it is missing or not valid JSON: the data
+    stage has not completed into that folder.
+    """
+    d = read_json(Path(data_dir) / DATASETS_FILE)
+    if d is None:
+        raise FileNotFoundError(f"{data_dir}: no readable {DATASETS_FILE}; run the data stage first")
+    return d
+
+
+def _abs(data_dir: Path, p: str | None) -> Path | None:
+    return None if not p else (Path(p) if os.path.isabs(p) else data_dir / p)
+
+
+def load_test_sets(data_dir: str | os.PathLike) -> list[Any]:
+    """The evaluation ``Dataset``s written by the data stage (labeling policy applied), in file order."""
+    from .data import load_coco
+
+    data_dir = Path(data_dir)
+    return [load_coco(_abs(data_dir, t["annotations"]), t["images"], name=t["name"], check_images=False)
+            for t in read_datasets_manifest(data_dir)["test"]]
+
+
+def load_train_set(data_dir: str | os.PathLike) -> Any | None:
+    """The training ``Dataset`` written by the data stage, or ``None`` when there is none."""
+    from .data import load_coco
+
+    data_dir = Path(data_dir)
+    t = read_datasets_manifest(data_dir)["train"]
+    if not t:
+        return None
+    return load_coco(_abs(data_dir, t["annotations"]), t["images"], name=t["name"], check_images=False)
+
+
+def raw_gt_variant(data_dir: str | os.PathLike, test_name: str) -> dict[int, Any] | None:
+    """``{ann_id: Instance}``: for each policy object of ``test_name``, its ground truth *before* the policy.
+
+    An object the policy kept or filled has its raw instance (same ``ann_id``). A merged object's raw
+    counterpart is the union of its members' raw masks (no hole filled), so scoring one prediction
+    against both variants separates what the policy costs from what mask quality costs.
+    Returns ``None`` when the data stage wrote no raw annotations (the policy changed nothing).
+    """
+    from .data import load_coco
+    from .masks import decode_rle, encode_rle, mask_box_xyxy
+
+    data_dir = Path(data_dir)
+    entry = next(t for t in read_datasets_manifest(data_dir)["test"] if t["name"] == test_name)
+    if not entry.get("raw_annotations"):
+        return None
+    raw = {t.ann_id: t for t in load_coco(_abs(data_dir, entry["raw_annotations"]), entry["images"],
+                                          check_images=False).instances}
+    pol = load_coco(_abs(data_dir, entry["annotations"]), entry["images"], check_images=False)
+    out: dict[int, Any] = {}
+    for inst in pol.instances:
+        members = [raw[a] for a in (inst.source_ann_ids or (inst.ann_id,)) if a in raw]
+        if not members:
+            continue
+        if len(members) == 1:
+            out[inst.ann_id] = members[0].with_(ann_id=inst.ann_id)
+            continue
+        mask = decode_rle(members[0].rle)
+        for m in members[1:]:
+            mask |= decode_rle(m.rle)
+        out[inst.ann_id] = inst.with_(rle=encode_rle(mask), area=int(mask.sum()),
+                                      box_xyxy=tuple(float(v) for v in mask_box_xyxy(mask)))
+    return out
+
+
+# ------------------------------------------------------------------------------- the data stage
+def first_images(dataset: Any, n: int | None) -> Any:
+    """The dataset restricted to its ``n`` smallest image ids (all when ``n`` is None): tiny runs."""
+    if n is None or n >= len(dataset.images):
+        return dataset
+    return dataset.subset(sorted(dataset.images)[:n])
+
+
+def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: Mapping[str, Any] | None = None,
+                annotations: str | None = None, images: str | None = None,
+                train_annotations: str | None = None, train_images: str | None = None,
+                isegm_root: str | None = None, isegm_datasets: Sequence[str] = ("grabcut", "berkeley"),
+                limit_images: int | None = None, limit_train_images: int | None = None
+                ) -> tuple[dict[str, Any], Any | None]:
+    """Load the config's data source: ``({eval set name: Dataset}, separate train Dataset or None)``.
+
+    synthetic: the probe set is generated into ``out_dir/probe_set`` (``synthetic.SyntheticConfig``
+    fields in ``synthetic``); coco: ``annotations``/``images`` (+ ``train_*`` for a separate
+    training set); isegm: ``isegm.load_grabcut`` / ``load_berkeley`` under ``isegm_root``.
+    ``limit_images`` keeps the first N images of each evaluation source (before any split),
+    ``limit_train_images`` the first N of the separate training set.
+    """
+    from .data import load_coco
+
+    if source == "synthetic":
+        from .synthetic import INSTANCES_FILE, SyntheticConfig, generate_probe_set
+
+        probe = generate_probe_set(SyntheticConfig(**dict(synthetic or {})), Path(out_dir) / "probe_set")
+        sets = {name: load_coco(probe / INSTANCES_FILE, probe / "images", name=name)}
+        train = None
+    elif source == "coco":
+        sets = {name: load_coco(annotations, images, name=name)}
+        train = (load_coco(train_annotations, train_images, name=f"{name}-train", check_images=False)
+                 if train_annotations else None)
+    elif source == "isegm":
+        from . import isegm
+
+        loaders = {"grabcut": ("GrabCut", isegm.load_grabcut), "berkeley": ("Berkeley", isegm.load_berkeley)}
+        unknown = [d for d in isegm_datasets if d not in loaders]
+        if unknown:
+            raise ValueError(f"unknown isegm dataset(s) {unknown}; known: {sorted(loaders)}")
+        sets = {d: loaders[d][1](Path(isegm_root) / loaders[d][0]) for d in isegm_datasets}
+        train = None
+    else:
+        raise ValueError(f"unknown data source {source!r}")
+    sets = {k: first_images(v, limit_images) for k, v in sets.items()}
+    return sets, (first_images(train, limit_train_images) if train is not None else None)
+
+
+def image_dir_of(dataset: Any) -> str:
+    """The folder a dataset's ``file_name``s are relative to (from its first image record)."""
+    if not dataset.images:
+        return ""
+    rec = next(iter(dataset.images.values()))
+    path = str(rec.path)
+    return path[: len(path) - len(rec.file_name)].rstrip("/\\") or "."
+
+
+def write_stage_datasets(out_dir: str | os.PathLike, test_sets: Mapping[str, Any], train: Any | None,
+                         raw_sets: Mapping[str, Any] | None, policy: str) -> Path:
+    """Write the data stage's COCO files and ``datasets.json``; returns the latter's path.
+
+    test_sets: ``{name: Dataset}`` with the policy applied (``test-<name>.json``); raw_sets: the
+    same sources before the policy (restricted to the test images, ``test-<name>-raw.json``), or
+    ``None`` when the policy is ``raw``; train: ``train.json`` or ``None``.
+    """
+    from .data import write_coco
+
+    out = Path(out_dir)
+    entries = []
+    for name, ds in test_sets.items():
+        ann = write_coco(ds, out / f"test-{name}.json")
+        raw_ann = None
+        if raw_sets is not None and policy != "raw":
+            raw_ann = write_coco(raw_sets[name].subset(set(ds.images)), out / f"test-{name}-raw.json").name
+        entries.append({"name": name, "annotations": ann.name, "images": image_dir_of(ds), "raw_annotations": raw_ann})
+    tr = None
+    if train is not None:
+        tr = {"name": train.name, "annotations": write_coco(train, out / "train.json").name,
+              "images": image_dir_of(train)}
+    return write_datasets_manifest(out, entries, tr, policy)
+
+
+# ------------------------------------------------------------------------------ the training stage
+def training_dir(out_dir: str | os.PathLike, config: Mapping[str, Any], data_file: str | os.PathLike) -> Path:
+    """``<out_dir>/training-<key>`` for one (training config, training data) pair; other ones are removed.
+
+    key: the first 12 hex digits of SHA-256(``json.dumps(jsonable(config), sort_keys=True)`` +
+    SHA-256 of ``data_file``'s bytes). The custom trainer resumes from its folder when the config
+    matches: keying the folder by the training data too means a rerun after a failure resumes,
+    while new data starts afresh. The folder itself is not created.
+    """
+    text = json.dumps(jsonable(dict(config)), sort_keys=True) + file_sha256(data_file)
+    out = Path(out_dir) / f"training-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    for old in Path(out_dir).glob("training-*"):
+        if old != out and old.is_dir():
+            shutil.rmtree(old)
+    return out

@@ -1,0 +1,113 @@
+"""The study's stages and where a run keeps its files.
+
+One notebook per stage, run in this order::
+
+    data -> train_custom -> foundation -> evaluate_custom -> compare -> gallery -> explore
+
+- :data:`STAGES` -- every stage with its notebook, the stages whose outputs it reads and its title.
+- :func:`active_stages` -- the stages a config runs (the custom-model ones drop out when the custom
+  model is disabled).
+- :class:`RunLayout` -- the paths of one run under ``results/<run>/``.
+- :func:`read_json` -- the tolerant reader of a run's JSON bookkeeping files (manifests).
+
+This module imports nothing of the package, so the config, the runner and the report can all
+depend on it without importing one another.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["Stage", "STAGES", "STAGE_NAMES", "RunLayout", "active_stages", "read_json"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One notebook of the study.
+
+    name: the stage's name (``results/<run>/<name>/`` holds its outputs).
+    notebook: the notebook's file name in ``notebooks/``.
+    deps: names of the stages whose outputs it reads (they run before it).
+    title: a human-readable title (report pages).
+    needs_custom: the stage exists only when the custom model is enabled.
+    """
+
+    name: str
+    notebook: str
+    deps: tuple[str, ...]
+    title: str
+    needs_custom: bool = False
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "00_data.ipynb", (), "Data, labeling policy and split"),
+    Stage("train_custom", "01_train_custom.ipynb", ("data",), "Training the custom model", True),
+    Stage("foundation", "02_foundation_prompts.ipynb", ("data",), "Foundation model over all prompt modes"),
+    Stage("evaluate_custom", "03_evaluate_custom.ipynb", ("data", "train_custom"),
+          "Custom model on the test split", True),
+    Stage("compare", "04_compare.ipynb", ("data", "foundation", "evaluate_custom"), "Comparison"),
+    Stage("gallery", "05_failure_gallery.ipynb", ("data", "foundation", "evaluate_custom"), "Failure gallery"),
+    Stage("explore", "06_explore.ipynb", ("data", "foundation", "evaluate_custom"), "Explorer"),
+)
+STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+
+
+def active_stages(custom_enabled: bool, stages: Sequence[Stage] = STAGES) -> list[Stage]:
+    """The stages a run executes, in run order.
+
+    With ``custom_enabled`` false the stages with ``needs_custom`` are dropped, and so are their
+    names from the other stages' ``deps`` (a dropped stage is never waited for). Stages are
+    otherwise returned unchanged and in the order of ``stages``.
+    """
+    keep = [s for s in stages if custom_enabled or not s.needs_custom]
+    names = {s.name for s in keep}
+    return [Stage(s.name, s.notebook, tuple(d for d in s.deps if d in names), s.title, s.needs_custom)
+            for s in keep]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run; ``root`` is ``results_root/<run>``.
+
+    ``<root>/<stage>/`` outputs of a stage, ``<root>/stages/<stage>.json`` its manifest,
+    ``<root>/notebooks/<notebook>`` the executed notebook, ``<root>/report/`` the HTML pages,
+    ``<root>/manifest.json`` the run manifest. Paths are built as given: a relative ``root`` gives
+    relative paths.
+    """
+
+    root: Path
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def stage_manifest(self, stage: str) -> Path:
+        return self.root / "stages" / f"{stage}.json"
+
+    def notebook(self, stage: Stage) -> Path:
+        return self.root / "notebooks" / stage.notebook
+
+    def html(self, stage: Stage) -> Path:
+        return self.report_dir / (Path(stage.notebook).stem + ".html")
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def index(self) -> Path:
+        return self.report_dir / "index.html"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed content of the JSON file ``path``, or ``None`` when it is missing, unreadable or
+    not valid JSON (callers treat a corrupt manifest like a missing one: that stage has to run)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
