@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "lib"))
 from samstudy.custom import CustomConfig, custom_arms, load_custom, train_custom  # noqa: E402
 from samstudy.engine import run_experiment  # noqa: E402
 from samstudy.custom.model import CustomModel, CustomSegmenter, build_custom_model, stage_stats  # noqa: E402
-from samstudy.data import Dataset, load_coco, read_image  # noqa: E402
+from samstudy.data import Dataset, load_coco  # noqa: E402
 from samstudy.prompts import extreme_points  # noqa: E402
 from samstudy.splits import split_by_image  # noqa: E402
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from samstudy.data import (DataError, Dataset, ImageRecord, Instance, exif_transpose_mask, load_coco,
                            read_image, skips_table, write_coco)
-from samstudy.masks import decode_rle, encode_rle
+from samstudy.masks import encode_rle
 
 H, W = 20, 30
 

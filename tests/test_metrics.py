@@ -2,7 +2,6 @@
 hand-computed values, reference libraries (pycocotools, scipy) and properties."""
 from __future__ import annotations
 
-import math
 
 import cv2
 import numpy as np

@@ -125,6 +125,26 @@ def test_config_unknown_key_names_key_and_file(tmp_path):
     assert dict(load_config(p).foundation.models[0].options) == {"runtime": "onnxruntime"}
 
 
+def test_config_refuses_models_and_modes_at_load_time(tmp_path):
+    """Unknown models and modes a model cannot decode fail when the config is read, naming both."""
+    p = _write_config(tmp_path, {"foundation": {"models": [{"name": "sam_vit_q"}]}})
+    with pytest.raises(ConfigError, match=r"foundation\.models\[0\].*unknown model 'sam_vit_q'.*litemedsam"):
+        load_config(p)
+    p = _write_config(tmp_path, {"custom": {"modes": ["extreme_points", "tight_box"]}})
+    with pytest.raises(ConfigError, match=r"custom\.modes.*'custom' does not support.*\['tight_box'\]") as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+    p = _write_config(tmp_path, {"custom": {"modes": ["clicks[max_clicks=3]"]}})
+    with pytest.raises(ConfigError, match="clicks"):
+        load_config(p)
+    # a disabled custom model is not checked; SAM-family models take every mode, buffer sweep included
+    cfg = load_config(_write_config(tmp_path, {"custom": {"enabled": False, "modes": ["tight_box"]},
+                                               "foundation": {"modes": ["tight_box", "extreme_points", "clicks"],
+                                                              "buffer_sweep": [0.0, 0.3]},
+                                               "compare": {"loose_mode": "loose_box[b=0.3]"}}))
+    assert list(cfg.foundation.modes) == ["tight_box", "extreme_points", "clicks"]
+
+
 def test_config_paths_resolve_against_repo_root(tmp_path):
     p = _write_config(tmp_path, {"data": {"source": "coco", "annotations": "../shared/data/coco-sample/instances.json",
                                           "images": "../shared/data/coco-sample/images"}})

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import atomic_path
 from .models.base import Embedding, PromptableSegmenter
 
 log = logging.getLogger(__name__)
@@ -108,17 +108,11 @@ class EmbeddingCache:
             "features": emb.features.detach().to("cpu", torch.float32).contiguous(),
             "original_hw": list(emb.original_hw), "input_hw": list(emb.input_hw),
         }
-        tmp = None
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-", suffix=".pt")
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, p)
+            with atomic_path(p) as tmp:
+                torch.save(payload, tmp)
         except Exception as e:  # noqa: BLE001 - the run goes on without caching this image
             log.warning("embedding cache: could not write %s (%s: %s)", p, type(e).__name__, e)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     def get_or_encode(self, model: PromptableSegmenter, image: np.ndarray,
                       image_hash: str | None = None) -> tuple[Embedding, bool, float]:

@@ -117,11 +117,13 @@ class FoundationConfig:
 
 @dataclass(frozen=True)
 class CustomSection:
-    """The custom extreme-point model: whether to train it, the wall-clock budget, extra options."""
+    """The custom extreme-point model: whether to train it, the wall-clock budget, extra options, and
+    the prompt modes its arms are scored with (checked against what the model decodes)."""
 
     enabled: bool = True
     minutes: float = 3.0
     options: Mapping[str, Any] = field(default_factory=dict)
+    modes: tuple[Any, ...] = ("extreme_points",)
 
 
 @dataclass(frozen=True)
@@ -299,13 +301,31 @@ def _parse_foundation(d: dict[str, Any], file: Path) -> FoundationConfig:
     _require(all(0.0 <= float(b) <= 2.0 for b in fc.buffer_sweep), file, "foundation.buffer_sweep values must be in [0, 2]")
     _require(bool(fc.multimask) and all(m in ("single", "best_of_3") for m in fc.multimask), file,
              f"foundation.multimask must list 'single' and/or 'best_of_3', got {list(fc.multimask)}")
-    from .prompts import parse_modes  # function-level: prompts loads numpy and scipy
-
-    try:  # the library's own parser is the definition of a valid mode
-        parse_modes(jsonable(list(fc.modes)))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{file}: foundation.modes: {e}") from None
+    modes = _modes(list(fc.modes), "foundation.modes", file, fc.buffer_sweep)
+    for i, spec in enumerate(fc.models):
+        _check_model(spec.name, modes, fc.multimask, f"foundation.models[{i}]", file)
     return fc
+
+
+def _modes(specs: list[Any], where: str, file: Path, buffer_sweep: tuple[float, ...] = ()) -> list[Any]:
+    """Parse prompt modes (plus the buffer sweep's loose boxes) with the library's own parser."""
+    from .prompts import with_buffer_sweep  # function-level: prompts loads numpy and scipy
+
+    try:
+        return with_buffer_sweep(jsonable(specs), buffer_sweep)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{file}: {where}: {e}") from None
+
+
+def _check_model(name: str, modes: list[Any], multimask: tuple[str, ...], where: str, file: Path) -> None:
+    """The model must be registered and decode every mode and selection it is given (no model is built)."""
+    from .models.base import check_model_modes
+    from .models.registry import model_class  # function-level: registering the built-ins loads torch
+
+    try:
+        check_model_modes(model_class(name), modes, multimask, ("first_best_of_3",), name=name)
+    except ValueError as e:
+        raise ConfigError(f"{file}: {where}: {e}") from None
 
 
 def _parse_stage_params(d: Mapping[str, Any], file: Path, stage_names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -359,6 +379,8 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
 
         _check_passthrough(custom_cfg.options, CustomConfig, CustomConfig.from_dict, "custom.options", file)
     _require(custom_cfg.minutes > 0, file, "custom.minutes must be > 0")
+    if custom_cfg.enabled:
+        _check_model("custom", _modes(list(custom_cfg.modes), "custom.modes", file), ("single",), "custom.modes", file)
     gallery = _build(GalleryConfig, _section(raw, "gallery", file), "gallery", file)
     bad = [m for m in gallery.failure_modes if m not in FAILURE_MODES]
     _require(not bad, file, f"gallery.failure_modes: unknown {bad}; known: {FAILURE_MODES}")

@@ -12,8 +12,8 @@ API
   cache, so a distributed engine can map it over images.
 - :func:`run_experiment` -- the resumable loop over a :class:`~samstudy.data.Dataset`
   writing ``out_dir/results.parquet`` (rows) and ``out_dir/predictions.parquet`` (masks as RLE).
-- :func:`check_model_modes` -- the capability check (prompt modes, multimask selections) that
-  :func:`run_experiment` runs before anything else, and configs run at load time.
+- :func:`samstudy.models.base.check_model_modes` -- the capability check (prompt modes, multimask
+  selections) that :func:`run_experiment` runs before anything else, and configs run at load time.
 
 A model decodes only the modes it declares (``supported_modes``); another mode is a ``ValueError``
 before any image is read. Models with one output per prompt (``multimask_outputs = 1``, e.g. the
@@ -148,7 +148,8 @@ from .files import TMP_PREFIX, write_json_atomic, write_parquet_atomic
 from .locks import folder_lock
 from .masks import encode_rle
 from .metrics import METRIC_KEYS, object_metrics, size_bucket
-from .models.base import Decoded, Embedding, PromptableSegmenter, unsupported_modes_error
+from .models.base import (CLICK_SELECTIONS, ONE_SHOT_SELECTIONS, Decoded, Embedding, PromptableSegmenter,
+                          check_model_modes)
 from .provenance import git_info, package_versions
 from .prompts import DEFAULT_MODES, Prompt, PromptMode, make_prompt, parse_modes, tight_box
 from .results import (PRED_SCHEMA, PRIMARY, ROW_SCHEMA, predictions_table, rows_table, sort_table, to_pandas,
@@ -158,12 +159,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EmbeddingCache", "ENGINE_VERSION", "ONE_SHOT_SELECTIONS", "CLICK_SELECTIONS", "ManifestMismatch",
-    "prompt_rng", "process_image", "run_experiment", "check_model_modes", "run_identity",
+    "prompt_rng", "process_image", "run_experiment", "run_identity",
 ]
 
 ENGINE_VERSION = 1  # bump when rows change for identical inputs (part of the run identity)
-ONE_SHOT_SELECTIONS = ("single", "best_of_3")
-CLICK_SELECTIONS = ("first_best_of_3", "single", "best_of_3")
 
 _META_RUN = b"samstudy_run_id"
 _META_IMAGE = b"samstudy_image_fingerprint"
@@ -510,28 +509,6 @@ def process_image(record: ImageRecord, instances: Sequence[Instance], model: Pro
         else:
             _run_one_shot(ctx, objs, mode, multimask, emb, image_hw, rows, preds)
     return rows, preds or []
-
-
-def check_model_modes(model: PromptableSegmenter | type[PromptableSegmenter], modes: Sequence[PromptMode],
-                      multimask: Sequence[str] = ("single",), click_multimask: Sequence[str] = ()) -> None:
-    """Raise ``ValueError`` unless ``model`` (an instance or its class) can run every mode and selection.
-
-    Selections must be distinct values of :data:`ONE_SHOT_SELECTIONS` / :data:`CLICK_SELECTIONS`; a
-    model with one output per prompt takes only ``single``; every mode must be in the model's
-    ``supported_modes``.
-    """
-    bad = [p for p in multimask if p not in ONE_SHOT_SELECTIONS]
-    bad += [p for p in click_multimask if p not in CLICK_SELECTIONS]
-    if bad or len(set(multimask)) != len(multimask) or len(set(click_multimask)) != len(click_multimask):
-        raise ValueError(f"multimask selections must be distinct values of {ONE_SHOT_SELECTIONS} (one-shot) and "
-                         f"{CLICK_SELECTIONS} (clicks); got {list(multimask)} / {list(click_multimask)}")
-    name = getattr(model, "name", None) or getattr(model, "__name__", "model")
-    unsupported_modes_error(name, [m.name for m in modes], model.supported_modes)
-    clicking = any(m.is_interactive for m in modes)
-    multi = set(multimask) - {"single"} | (set(click_multimask) - {"single"} if clicking else set())
-    if model.multimask_outputs < 2 and multi:
-        raise ValueError(f"model {name!r} has one output per prompt: multimask selection(s) {sorted(multi)} "
-                         "are not available (use 'single')")
 
 
 # =============================================================================== run identity

@@ -309,7 +309,6 @@ def noc_table(df, thresholds: Sequence[float] = (0.85, 0.9), max_clicks: int = D
     :func:`reached`). Raises ``ValueError`` when a group holds the same click twice (grouping
     keys missing).
     """
-    import pandas as pd  # local: the rest of the module does not need pandas
 
     keys = [k for k in NOC_OBJECT_KEYS if k in df.columns] if by is None else list(by)
     if not keys:

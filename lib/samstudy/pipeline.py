@@ -128,6 +128,7 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
                  modes=list(f.modes), buffer_sweep=list(f.buffer_sweep), multimask=list(f.multimask),
                  gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device)
     elif stage == "evaluate_custom":
+        p["modes"] = list(cfg.custom.modes)
         p.update(device=f.device)
     elif stage == "compare":
         p.update(arms, n_boot=c.n_boot, reference=c.reference, buffer_sweep=list(f.buffer_sweep),

@@ -442,6 +442,14 @@ DEFAULT_MODES: list[PromptMode] = parse_modes([
 ])
 
 
+def with_buffer_sweep(specs: Iterable[str | Mapping[str, Any] | PromptMode],
+                      buffer_sweep: Iterable[float]) -> list[PromptMode]:
+    """The modes ``specs`` plus one loose box per positive buffer of ``buffer_sweep`` (b = 0 is the
+    tight box itself, which the sweep's curve takes from ``tight_box``), duplicates dropped."""
+    positive = [float(b) for b in buffer_sweep if float(b) > 0]
+    return parse_modes(list(specs) + ([{"name": "loose_box", "buffer": positive}] if positive else []))
+
+
 # ------------------------------------------------------------------------------------ make_prompt
 def make_prompt(mode: PromptMode | str, mask: np.ndarray, image_hw: Sequence[int],
                 rng: np.random.Generator | None = None) -> Prompt:

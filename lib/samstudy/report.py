@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .files import jsonable
+from .files import atomic_path, jsonable
 from .stages import read_json
 
 if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up path
@@ -52,9 +52,8 @@ def record(out_dir: str | os.PathLike, name: str, value: Any) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = read_records(out)
     data[name] = jsonable(value)
-    tmp = out / (RECORDS_FILE + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, out / RECORDS_FILE)
+    with atomic_path(out / RECORDS_FILE) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def save_table(df: "pd.DataFrame", out_dir: str | os.PathLike, name: str, csv: bool = True) -> Path:

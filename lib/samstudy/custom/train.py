@@ -58,7 +58,7 @@ from ..data import Dataset, Instance, read_image
 from ..masks import decode_rle
 from ..prompts import extreme_points
 from ..compute import resolve_device, torch_settings
-from ..files import write_json_atomic
+from ..files import atomic_path, write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
                     prepare_inputs, read_state_file, save_checkpoint, stage_stats,
@@ -260,12 +260,10 @@ def _param_groups(model: CustomModel, config: CustomConfig) -> list[dict[str, An
 
 
 def _write_curve(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=CURVE_COLUMNS)
         wr.writeheader()
         wr.writerows(rows)
-    tmp.replace(path)
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -12,15 +12,19 @@ from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
 
-from ..prompts import MODE_SPECS, PromptMode
+from ..prompts import MODE_SPECS
 
 if TYPE_CHECKING:  # annotations only: the interface itself needs no torch (configs check modes without it)
     import torch
 
-    from ..prompts import Prompt
+    from ..prompts import Prompt, PromptMode
 
 # Every prompt mode of samstudy.prompts: what the SAM family (box + points + mask input) decodes.
 ALL_MODES: frozenset[str] = frozenset(MODE_SPECS)
+# Multimask selections (the ``multimask`` result column): how a prompt's mask is chosen among the
+# model's outputs; see samstudy.engine for their exact rules.
+ONE_SHOT_SELECTIONS = ("single", "best_of_3")
+CLICK_SELECTIONS = ("first_best_of_3", "single", "best_of_3")
 
 
 class CheckpointError(RuntimeError):
@@ -113,9 +117,6 @@ class PromptableSegmenter(ABC):
         """
         return [self.decode(embedding, prompts, multimask=m, mask_inputs=mask_inputs) for m in multimask]
 
-    def check_modes(self, modes: Sequence[PromptMode]) -> None:
-        """Raise ``ValueError`` naming the modes of ``modes`` this model does not support."""
-        unsupported_modes_error(self.name, [m.name for m in modes], self.supported_modes)
 
     @property
     def cache_key(self) -> str:
@@ -135,8 +136,29 @@ def check_rgb_uint8(image: np.ndarray, model_name: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def unsupported_modes_error(model: str, mode_names: Sequence[str], supported: frozenset[str]) -> None:
-    """Raise ``ValueError`` when a mode name is not in ``supported`` (shared by engine and config)."""
-    bad = sorted(set(mode_names) - set(supported))
-    if bad:
-        raise ValueError(f"model {model!r} does not support prompt mode(s) {bad}; it supports {sorted(supported)}")
+def check_model_modes(model: "PromptableSegmenter | type[PromptableSegmenter]", modes: Sequence[PromptMode],
+                      multimask: Sequence[str] = ("single",), click_multimask: Sequence[str] = (),
+                      name: str | None = None) -> None:
+    """Raise ``ValueError`` unless ``model`` (an instance or its class) can run every mode and selection.
+
+    ``name`` names the model in the message (default: the instance's ``name``, or the class name).
+
+    Selections must be distinct values of :data:`ONE_SHOT_SELECTIONS` / :data:`CLICK_SELECTIONS`; a
+    model with one output per prompt takes only ``single``; every mode must be in the model's
+    ``supported_modes``.
+    """
+    bad = [p for p in multimask if p not in ONE_SHOT_SELECTIONS]
+    bad += [p for p in click_multimask if p not in CLICK_SELECTIONS]
+    if bad or len(set(multimask)) != len(multimask) or len(set(click_multimask)) != len(click_multimask):
+        raise ValueError(f"multimask selections must be distinct values of {ONE_SHOT_SELECTIONS} (one-shot) and "
+                         f"{CLICK_SELECTIONS} (clicks); got {list(multimask)} / {list(click_multimask)}")
+    name = name or getattr(model, "name", None) or getattr(model, "__name__", "model")
+    bad_modes = sorted({m.name for m in modes} - set(model.supported_modes))
+    if bad_modes:
+        raise ValueError(f"model {name!r} does not support prompt mode(s) {bad_modes}; "
+                         f"it supports {sorted(model.supported_modes)}")
+    clicking = any(m.is_interactive for m in modes)
+    multi = set(multimask) - {"single"} | (set(click_multimask) - {"single"} if clicking else set())
+    if model.multimask_outputs < 2 and multi:
+        raise ValueError(f"model {name!r} has one output per prompt: multimask selection(s) {sorted(multi)} "
+                         "are not available (use 'single')")

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..files import atomic_path
+
 ONNX_DIR_ENV = "SAMSTUDY_ONNX_DIR"
 _OPSET = 17
 
@@ -58,16 +60,10 @@ class _DecoderAllOutputs(nn.Module):
 
 def _export_atomic(module: nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str],
                    dynamic_axes: dict | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
-            torch.onnx.export(module, args, str(tmp), input_names=names, output_names=outputs,
-                              dynamic_axes=dynamic_axes, opset_version=_OPSET, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
+        torch.onnx.export(module, args, str(tmp), input_names=names, output_names=outputs,
+                          dynamic_axes=dynamic_axes, opset_version=_OPSET, dynamo=False)
 
 
 class OrtSam:
