@@ -139,3 +139,38 @@ def test_cli_run_exits_3_when_the_results_folder_is_held(tmp_path, hold, capsys)
     assert code == 3, err
     assert f"pid {holder.pid}" in err and str(run_dir) in err
     assert _snapshot(run_dir) == before  # nothing written, nothing touched
+
+
+_STUDY = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_pipeline import _run
+result = _run(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+print("ok" if result.ok else f"failed: {result.failure}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_study_run_exits_3_and_the_first_completes_correctly(tmp_path, capsys):
+    """Two real `run_study` processes on one results folder (stand-in notebooks, ~7 kernels)."""
+    from test_pipeline import _dummy_notebooks, _run, _statuses, _write_config
+
+    cfg = _write_config(tmp_path)
+    nb_dir = _dummy_notebooks(tmp_path, cfg)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "lib"), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen([sys.executable, "-c", _STUDY, str(Path(__file__).parent), str(tmp_path), str(cfg),
+                              str(nb_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    owner = tmp_path / "results" / "x" / OWNER_NAME
+    deadline = time.monotonic() + 120
+    while not owner.exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+        time.sleep(0.05)
+    code = cli.main(["run", "--config", str(cfg), "--run", "x", "--results", str(tmp_path / "results"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 3 and f"pid {first.pid}" in err, err
+    out, stderr = first.communicate(timeout=600)
+    assert out.strip() == "ok", stderr[-2000:]
+    # the first run's results are complete: a third run finds every stage done and skips it
+    again = _run(tmp_path, cfg, nb_dir)
+    assert again.ok and set(_statuses(again).values()) == {"skipped"}

@@ -66,6 +66,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from .files import file_sha256
 from .masks import encode_rle, hole_mask
 from .metrics import size_bucket
 
@@ -847,7 +848,7 @@ _GENERATOR_SOURCES = (Path(__file__), Path(__file__).with_name("masks.py"))
 @functools.lru_cache(maxsize=1)
 def _source_sha256() -> str:
     """SHA-256 over the SHA-256s of :data:`_GENERATOR_SOURCES`, in that order."""
-    return hashlib.sha256("".join(_sha256(p) for p in _GENERATOR_SOURCES).encode("ascii")).hexdigest()
+    return hashlib.sha256("".join(file_sha256(p) for p in _GENERATOR_SOURCES).encode("ascii")).hexdigest()
 
 
 def _environment() -> dict[str, str]:
@@ -856,10 +857,6 @@ def _environment() -> dict[str, str]:
     set). Part of the cache key."""
     return {"numpy": np.__version__, "opencv": cv2.__version__,
             "generator_source_sha256": _source_sha256()}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -894,7 +891,7 @@ def probe_set_is_current(config: SyntheticConfig, out_dir: str | os.PathLike) ->
     files = man.get("files") or {}
     if INSTANCES_FILE not in files:
         return False
-    return all((out / rel).is_file() and _sha256(out / rel) == sha for rel, sha in files.items())
+    return all((out / rel).is_file() and file_sha256(out / rel) == sha for rel, sha in files.items())
 
 
 def _write_set(config: SyntheticConfig, out: Path) -> dict[str, Any]:
