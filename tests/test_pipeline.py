@@ -24,7 +24,8 @@ from samstudy.pipeline import (MISSING, ParameterError, RunResult, aligned_param
                                notebook_defaults, parameter_mismatches, parameters_cell_values, run_study,
                                stage_input_hash, stage_parameters, validate_parameters)
 from samstudy.report import read_records
-from samstudy.stages import STAGES, RunLayout, active_stages, read_json
+from samstudy.files import read_json
+from samstudy.stages import STAGES, RunLayout, active_stages
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .files import file_sha256, jsonable, write_json_atomic
-from .stages import read_json
+from .files import file_sha256, jsonable, read_json, write_json_atomic
 
 __all__ = ["DATASETS_FILE", "write_datasets_manifest", "read_datasets_manifest", "load_test_sets",
            "load_train_set", "raw_gt_variant", "first_images", "load_source", "image_dir_of",

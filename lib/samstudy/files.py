@@ -5,6 +5,7 @@
   :func:`os.replace` only when the block finishes: a killed process never leaves half a file under
   the final name, and a failed write leaves the old file untouched.
 - :func:`write_json_atomic`, :func:`write_parquet_atomic` -- the two writers built on it.
+- :func:`read_json` -- the tolerant reader of the study's JSON bookkeeping (manifests, owner records).
 - :func:`jsonable` -- tuples, mappings, paths, numpy and pandas values -> plain JSON values
   (non-finite floats -> ``None``).
 """
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 if TYPE_CHECKING:  # pyarrow is imported by the one writer that needs it
     import pyarrow as pa
 
-__all__ = ["file_sha256", "atomic_path", "write_json_atomic", "write_parquet_atomic", "jsonable", "TMP_PREFIX"]
+__all__ = ["file_sha256", "atomic_path", "write_json_atomic", "write_parquet_atomic", "jsonable", "read_json", "TMP_PREFIX"]
 
 TMP_PREFIX = ".tmp-"  # temporary files of atomic writes start with this (ignored by readers)
 _CHUNK = 1 << 20
@@ -75,6 +76,15 @@ def write_parquet_atomic(table: "pa.Table", path: str | os.PathLike,
     with atomic_path(path, ".parquet") as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The parsed content of the JSON file ``path``, or ``None`` when it is missing, unreadable or
+    not valid JSON (callers treat a corrupt manifest like a missing one: that stage has to run)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def jsonable(v: Any) -> Any:

@@ -44,8 +44,7 @@ from typing import Any, Iterator
 
 from filelock import FileLock, Timeout
 
-from .files import write_json_atomic
-from .stages import read_json
+from .files import read_json, write_json_atomic
 
 __all__ = ["LOCK_NAME", "OWNER_NAME", "FolderLocked", "folder_lock", "read_owner", "pid_alive", "describe_owner"]
 

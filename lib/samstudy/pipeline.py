@@ -49,10 +49,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import nbformat
 
 from .config import StudyConfig, parse_config
-from .files import atomic_path, file_sha256, jsonable, write_json_atomic
+from .files import atomic_path, file_sha256, jsonable, read_json, write_json_atomic
 from .locks import LOCK_NAME, OWNER_NAME, folder_lock
 from .provenance import git_info, package_versions
-from .stages import STAGE_NAMES, STAGES, RunLayout, Stage, active_stages, read_json
+from .stages import STAGE_NAMES, STAGES, RunLayout, Stage, active_stages
 
 MANIFEST_FORMAT = 1
 

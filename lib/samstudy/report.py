@@ -22,8 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .files import atomic_path, jsonable
-from .stages import read_json
+from .files import atomic_path, jsonable, read_json
 
 if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up path
     import pandas as pd
@@ -39,11 +38,7 @@ PUBLISHED_FILE = "beside_published.csv"  # written by 04_compare, shown on the i
 # ----------------------------------------------------------------------------------------- records
 def read_records(out_dir: str | os.PathLike) -> dict[str, Any]:
     """All values recorded in a stage folder (empty when none)."""
-    p = Path(out_dir) / RECORDS_FILE
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(Path(out_dir) / RECORDS_FILE) or {}
 
 
 def record(out_dir: str | os.PathLike, name: str, value: Any) -> None:

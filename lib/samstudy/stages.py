@@ -8,19 +8,17 @@ One notebook per stage, run in this order::
 - :func:`active_stages` -- the stages a config runs (the custom-model ones drop out when the custom
   model is disabled).
 - :class:`RunLayout` -- the paths of one run under ``results/<run>/``.
-- :func:`read_json` -- the tolerant reader of a run's JSON bookkeeping files (manifests).
 
 This module imports nothing of the package, so the config, the runner and the report can all
 depend on it without importing one another.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-__all__ = ["Stage", "STAGES", "STAGE_NAMES", "RunLayout", "active_stages", "read_json"]
+__all__ = ["Stage", "STAGES", "STAGE_NAMES", "RunLayout", "active_stages"]
 
 
 @dataclass(frozen=True)
@@ -102,12 +100,3 @@ class RunLayout:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
-
-
-def read_json(path: Path) -> Any | None:
-    """The parsed content of the JSON file ``path``, or ``None`` when it is missing, unreadable or
-    not valid JSON (callers treat a corrupt manifest like a missing one: that stage has to run)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
