@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from samstudy.data import (DataError, Dataset, ImageRecord, Instance, exif_transpose_mask, load_coco,
-                           read_image, skips_table, write_coco)
+                           read_image, read_record_image, skips_table, write_coco)
 from samstudy.masks import encode_rle
 
 H, W = 20, 30
@@ -84,12 +84,14 @@ def test_read_image_rgb_jpeg(tmp_path):
     (6, lambda a: np.rot90(a, -1)),   # 6 = stored image must be rotated 90 deg clockwise to display
     (8, lambda a: np.rot90(a, 1)),
 ])
-def test_read_image_applies_exif_orientation(tmp_path, orientation, expect):
+def test_read_image_exif_stored_by_default_applied_on_request(tmp_path, orientation, expect):
     arr = _gradient()
-    out = read_image(_save_jpeg(tmp_path / "x.jpg", arr, orientation))
-    want = expect(arr)
-    assert out.shape == want.shape
-    assert np.abs(out.astype(int) - want.astype(int)).max() < 12
+    path = _save_jpeg(tmp_path / "x.jpg", arr, orientation)
+    for out, want in ((read_image(path), arr), (read_image(path, exif="apply"), expect(arr))):
+        assert out.shape == want.shape
+        assert np.abs(out.astype(int) - want.astype(int)).max() < 12
+    with pytest.raises(ValueError, match="exif"):
+        read_image(path, exif="displayed")
 
 
 def test_read_image_grayscale_rgba_palette(tmp_path):
@@ -323,33 +325,49 @@ def _stored_block() -> np.ndarray:
     return m
 
 
-def test_exif_annotations_in_stored_frame_are_transposed(tmp_path):
-    """JSON size = stored size, orientation 6: masks follow the pixels into the displayed frame."""
+def test_exif_apply_transposes_masks_with_the_pixels(tmp_path):
+    """JSON size = stored size, orientation 6, exif="apply": masks follow the pixels into the displayed frame."""
+    _save_jpeg(tmp_path / "r.jpg", _gradient(), orientation=6)
+    images = [{"id": 1, "file_name": "r.jpg", "height": H, "width": W}]
+    ds = load_coco(_coco(tmp_path, [_ann(1, seg=encode_rle(_stored_block()))], images=images, make_files=False),
+                   tmp_path, exif="apply")
+    (t,) = ds.instances
+    want = np.rot90(_stored_block(), -1)  # orientation 6 = rotate clockwise to display
+    assert (t.mask() == want).all()
+    rec = ds.images[1]
+    assert (rec.height, rec.width) == (W, H) == read_record_image(rec).shape[:2]
+    assert rec.exif_orientation == 6 and rec.exif == "apply"
+    assert [n["reason"] for n in ds.notes] == ["exif_orientation_applied"]
+    # pixels and mask moved together: the masked pixels' colours are the same as in the stored image
+    stored = _gradient()
+    shown = read_record_image(rec)
+    assert np.abs(shown[t.mask()].astype(int).mean(0) - stored[_stored_block()].astype(int).mean(0)).max() < 6
+
+
+def test_exif_stored_is_the_default_and_noted(tmp_path):
     _save_jpeg(tmp_path / "r.jpg", _gradient(), orientation=6)
     images = [{"id": 1, "file_name": "r.jpg", "height": H, "width": W}]
     ds = load_coco(_coco(tmp_path, [_ann(1, seg=encode_rle(_stored_block()))], images=images, make_files=False),
                    tmp_path)
     (t,) = ds.instances
-    want = np.rot90(_stored_block(), -1)  # orientation 6 = rotate clockwise to display
-    assert (t.mask() == want).all()
-    assert (ds.images[1].height, ds.images[1].width) == (W, H) == read_image(tmp_path / "r.jpg").shape[:2]
-    assert ds.images[1].exif_orientation == 6
-    assert [n["reason"] for n in ds.notes] == ["annotations_exif_transposed"]
-    # pixels and mask moved together: the masked pixels' colours are the same as in the stored image
-    stored = _gradient()
-    shown = read_image(tmp_path / "r.jpg")
-    assert np.abs(shown[t.mask()].astype(int).mean(0) - stored[_stored_block()].astype(int).mean(0)).max() < 6
+    assert (t.mask() == _stored_block()).all()
+    rec = ds.images[1]
+    assert (rec.height, rec.width) == (H, W) == read_record_image(rec).shape[:2] and rec.exif == "stored"
+    assert [n["reason"] for n in ds.notes] == ["exif_orientation_ignored"]
 
 
-def test_exif_annotations_in_displayed_frame_are_kept(tmp_path):
+def test_exif_json_in_displayed_frame_is_a_size_mismatch(tmp_path):
+    """COCO sizes are stored-frame: a JSON size equal only to the displayed size is skipped, and said so."""
     _save_jpeg(tmp_path / "r.jpg", _gradient(), orientation=8)
     images = [{"id": 1, "file_name": "r.jpg", "height": W, "width": H}]  # displayed size
     m = np.zeros((W, H), bool)
     m[1:4, 2:9] = True
-    ds = load_coco(_coco(tmp_path, [_ann(1, seg=encode_rle(m))], images=images, make_files=False), tmp_path)
-    (t,) = ds.instances
-    assert (t.mask() == m).all()
-    assert [n["reason"] for n in ds.notes] == ["exif_orientation_applied"]
+    for exif in ("stored", "apply"):
+        ds = load_coco(_coco(tmp_path, [_ann(1, seg=encode_rle(m))], images=images, make_files=False), tmp_path,
+                       exif=exif)
+        assert ds.instances == []
+        (row,) = [r for r in ds.skips if r["ann_id"] is None]
+        assert row["reason"] == "image_size_mismatch" and "displayed size" in row["detail"] and row["file"] == "r.jpg"
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -409,10 +427,11 @@ def test_write_read_round_trip(tmp_path):
 def test_skips_table_columns_and_dtypes(tmp_path):
     ds = load_coco(_coco(tmp_path, [_ann(1), _ann(2, image_id=9)]), tmp_path)
     df = skips_table(ds)
-    assert list(df.columns) == ["source", "image_id", "ann_id", "reason", "detail"]
+    assert list(df.columns) == ["source", "image_id", "ann_id", "file", "reason", "detail"]
     assert df["ann_id"].tolist() == [2] and df["reason"].tolist() == ["missing_image"]
+    assert df["file"].isna().all()  # image 9 is not in the file
     empty = skips_table(Dataset("e", {}, {}, []))
-    assert list(empty.columns) == ["source", "image_id", "ann_id", "reason", "detail"] and len(empty) == 0
+    assert list(empty.columns) == ["source", "image_id", "ann_id", "file", "reason", "detail"] and len(empty) == 0
 
 
 # ---------------------------------------------------------------- real COCO sample

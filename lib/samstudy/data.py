@@ -4,8 +4,9 @@ An :class:`Instance` is one object to segment: its mask is stored as a COCO RLE 
 :mod:`samstudy.masks` for every coordinate convention). A :class:`Dataset` holds images,
 categories, instances and the *skips*: one row per input element that was not loaded, with its
 reason, so that nothing is ever dropped silently. Elements that were loaded but altered or that
-deserve a look (EXIF orientation, clipped ``bbox``, a dropped degenerate polygon part) get a row in
-``Dataset.notes`` with the same columns.
+deserve a look (EXIF orientation, a dropped alpha channel, clipped ``bbox``, a dropped degenerate
+polygon part) get a row in ``Dataset.notes`` with the same columns. :func:`check_skip_limit` stops a
+stage that skipped more than its allowed share of images or objects, or has no object left.
 
 Rules of :func:`load_coco` (each rule's reason code in brackets; see ``SKIP_REASONS`` and
 ``NOTE_REASONS``):
@@ -16,19 +17,27 @@ Rules of :func:`load_coco` (each rule's reason code in brackets; see ``SKIP_REAS
   sharing one id are all skipped [``duplicate_category_id``].
 - Image entries without int ``id``, str ``file_name`` and positive int ``height``/``width``
   [``bad_image_record``]; entries sharing an id are all skipped [``duplicate_image_id``].
-- With ``check_images=True`` each image file's header is opened: missing [``image_missing``],
-  not an image [``image_unreadable``], truncated [``image_truncated``], size that matches neither
-  the JSON ``height``/``width`` as displayed (EXIF orientation applied) nor as stored
-  [``image_size_mismatch``]. Truncation is detected cheaply from the file's end marker
-  (JPEG ``FFD9``, PNG ``IEND``); only when that marker is absent is the image fully decoded.
-- **EXIF rule.** Records hold the *displayed* size (what :func:`read_image` returns). When the
-  JSON size equals the displayed size the annotations are taken to be in the displayed frame; an
-  orientation tag other than 1 is then noted [``exif_orientation_applied``] because for
-  non-swapping orientations (2-4) the stored frame fits too and cannot be told apart. When the JSON
-  size matches only the stored size (orientations 5-8 swap axes) the annotations were drawn on the
-  stored pixels (as COCO's were, in browsers that ignored EXIF): masks are rasterised in the stored
-  frame and then transformed exactly as the pixels are, and a note is written
-  [``annotations_exif_transposed``].
+- With ``check_images=True`` every image file is **fully decoded** once: missing [``image_missing``],
+  not an image [``image_unreadable``], truncated [``image_truncated``], size different from the
+  JSON ``height``/``width`` [``image_size_mismatch``]. A JPEG is decoded by libjpeg-turbo in strict
+  mode (``simplejpeg``), where any libjpeg warning is an error: a file cut short (even one that
+  still ends with the ``FFD9`` end marker, which other decoders silently fill with grey) is
+  ``image_truncated``, other corrupt entropy-coded data ``image_unreadable``. Other formats are
+  decoded by PIL, which raises on truncation. An image with an alpha channel (RGBA, LA, palette
+  with transparency) is loaded with a note [``alpha_dropped``]: :func:`read_image` drops alpha.
+- **EXIF rule** (``exif`` argument, the config's ``data.exif``). COCO ``height``/``width`` and
+  masks are in the *stored* pixel frame, as pycocotools, torchvision's ``CocoDetection``, OpenCV
+  and scikit-image read images. ``exif="stored"`` (default): pixels are read as stored, the
+  orientation tag is ignored, and a tag other than 1 is noted [``exif_orientation_ignored``].
+  ``exif="apply"``: the image is shown upright -- pixels rotated/flipped per the tag -- and every
+  mask (polygons and RLE rasterised in the stored frame, ``ignore_segmentation`` too) is
+  transformed exactly as the pixels are, so the record's size is the displayed size; a tag other
+  than 1 is noted [``exif_orientation_applied``]. Either way the JSON size must equal the stored
+  size [``image_size_mismatch``, whose detail says when it equals the displayed size instead].
+  An image entry written by :func:`write_coco` for an ``apply`` dataset carries ``"exif": "apply"``:
+  its size and masks are already in the displayed frame and are not transformed again. With
+  ``exif="apply"`` and ``check_images=False`` each image header is still read for its tag.
+  The record's ``exif`` field tells :func:`read_record_image` which frame to read.
 - Annotations: not an object / missing or ill-typed ``id``, ``image_id``, ``category_id``,
   ``segmentation``, ``iscrowd`` [``bad_annotation``]; shared ids, all skipped
   [``duplicate_ann_id``]; unknown image [``missing_image``]; image skipped above
@@ -55,7 +64,7 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -74,9 +83,13 @@ SKIP_REASONS = (
     # single-object benchmarks (samstudy.isegm)
     "mask_missing", "mask_unreadable", "image_ambiguous",
 )
-NOTE_REASONS = ("exif_orientation_applied", "annotations_exif_transposed",
+NOTE_REASONS = ("exif_orientation_ignored", "exif_orientation_applied", "alpha_dropped",
                 "degenerate_polygon_part", "bbox_clipped", "mask_unexpected_values")
-SKIP_COLUMNS = ("source", "image_id", "ann_id", "reason", "detail")
+# Skip reasons that remove a whole image (its objects get image_skipped rows or none at all).
+IMAGE_SKIP_REASONS = ("bad_image_record", "duplicate_image_id", "image_missing", "image_unreadable",
+                      "image_truncated", "image_size_mismatch", "image_ambiguous")
+SKIP_COLUMNS = ("source", "image_id", "ann_id", "file", "reason", "detail")
+EXIF_MODES = ("stored", "apply")
 
 
 class DataError(ValueError):
@@ -92,9 +105,11 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image. ``height``/``width`` are of the image as displayed (after EXIF orientation).
+    """One image. ``height``/``width`` are of the image in the record's ``exif`` frame.
 
     ``exif_orientation`` is the file's EXIF orientation tag (1 = none, or not checked).
+    ``exif``: ``"stored"`` (pixels, size and masks as stored; the tag ignored) or ``"apply"``
+    (all three rotated/flipped per the tag); :func:`read_record_image` reads the pixels so.
     """
 
     image_id: int
@@ -103,6 +118,7 @@ class ImageRecord:
     height: int
     width: int
     exif_orientation: int = 1
+    exif: str = "stored"
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,8 @@ class Instance:
 class Dataset:
     """Images, categories and instances of one COCO-format source, plus what was skipped.
 
-    ``skips`` rows: ``{"source", "image_id", "ann_id", "reason", "detail"}`` (ids may be ``None``).
+    ``skips`` rows: ``{"source", "image_id", "ann_id", "file", "reason", "detail"}`` (ids and file
+    may be ``None``).
     ``notes`` rows: same columns, for elements that were loaded but altered or worth a look.
     ``policy_log`` rows: one dict per applied labeling-policy step (name, parameters, counts).
     """
@@ -229,24 +246,34 @@ def _classify_pil_error(path: Path, err: BaseException) -> DataError:
     return DataError(f"{path}: unreadable image ({type(err).__name__}: {msg})", reason="image_unreadable")
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as ``uint8 (H, W, 3)`` RGB with its EXIF orientation applied.
+def _check_exif_mode(exif: str) -> None:
+    if exif not in EXIF_MODES:
+        raise ValueError(f"exif must be one of {EXIF_MODES}, got {exif!r}")
+
+
+def read_image(path: str | Path, exif: str = "stored") -> np.ndarray:
+    """Read an image file as ``uint8 (H, W, 3)`` RGB.
+
+    exif: ``"stored"`` returns the pixels as stored (the EXIF orientation tag is ignored, as COCO
+        tools do); ``"apply"`` rotates/flips them per the tag (the displayed image).
 
     Grey, grey+alpha, RGBA, palette, 1-bit, CMYK and 16-bit grey images are converted (see
     :func:`_to_rgb_uint8`). Raises :class:`DataError` naming the file when it is missing, not an
-    image, or truncated. Truncation of JPEG/PNG is detected from the end marker when present and
-    otherwise by PIL's decoder, which raises unless someone set
-    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` (this module never does).
+    image, or truncated: a JPEG's entropy-coded data is checked in strict mode first
+    (:func:`_check_jpeg_data`; a cut file that still ends with ``FFD9`` is caught), every other
+    format is decoded by PIL, which raises on truncation (this module never sets
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES``).
     """
+    _check_exif_mode(exif)
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found", reason="image_missing")
-    if _tail_complete(path) is False:
-        raise DataError(f"{path}: image file is truncated (no end marker)", reason="image_truncated")
+    _check_jpeg_data(path)
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)
+            if exif == "apply":
+                im = ImageOps.exif_transpose(im)
             return _to_rgb_uint8(im, path)
     except DataError:
         raise
@@ -255,69 +282,116 @@ def read_image(path: str | Path) -> np.ndarray:
         raise _classify_pil_error(path, e) from e
 
 
-_PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+def read_record_image(record: "ImageRecord") -> np.ndarray:
+    """The pixels of ``record`` in its frame: :func:`read_image` of its path with its ``exif`` mode."""
+    return read_image(record.path, exif=record.exif)
 
 
-def _tail_complete(path: Path) -> bool | None:
-    """Cheap truncation test from the file's last bytes.
+def _check_jpeg_data(path: Path) -> None:
+    """Decode a JPEG's entropy-coded data with libjpeg-turbo in strict mode (no-op for other files).
 
-    Returns ``True`` when the format's end marker is present, ``False`` when the format is known
-    and a file that ends mid-stream is certain (an empty file), ``None`` when undecided (other
-    formats, or JPEG/PNG with trailing bytes after the marker): the caller then decodes fully.
+    libjpeg recovers from damaged data with a *warning* and invents the missing pixels (grey);
+    strict mode turns the warning into an error. Decoding at 1/8 scale still reads every
+    coefficient, so the check is complete and cheap. Raises :class:`DataError`:
+    ``image_truncated`` when the data ends before the frame is filled ("premature end of data
+    segment", also when an ``FFD9`` end marker was appended), ``image_unreadable`` for other
+    warnings. A file libjpeg-turbo cannot decode at all is left to PIL to judge.
     """
-    size = path.stat().st_size
-    if size == 0:
-        return False
+    import simplejpeg  # function-level: only JPEG files need it
+
     with open(path, "rb") as f:
-        head = f.read(8)
-        f.seek(max(0, size - 64))
-        tail = f.read()
-    if head[:2] == b"\xff\xd8":  # JPEG: EOI marker, possibly followed by zero padding
-        return True if tail.rstrip(b"\x00").endswith(b"\xff\xd9") else None
-    if head == b"\x89PNG\r\n\x1a\n":
-        return True if tail.endswith(_PNG_IEND) else None
-    return None
+        if f.read(3) != b"\xff\xd8\xff":
+            return
+        f.seek(0)
+        data = f.read()
+    try:
+        cs = simplejpeg.decode_jpeg_header(data)[2]
+        kw = dict(colorspace="CMYK" if cs in ("CMYK", "YCCK") else "GRAY", min_height=1, min_width=1,
+                  min_factor=8)
+        simplejpeg.decode_jpeg(data, strict=True, **kw)
+    except ValueError as strict_error:
+        try:
+            simplejpeg.decode_jpeg(data, strict=False, **kw)
+        except ValueError:
+            return  # not decodable by libjpeg-turbo at all: PIL decides (and names the problem)
+        msg = str(strict_error)
+        if "premature end" in msg.lower():
+            raise DataError(f"{path}: image file is truncated (libjpeg: {msg})", reason="image_truncated") from None
+        raise DataError(f"{path}: corrupt JPEG data (libjpeg: {msg})", reason="image_unreadable") from None
 
 
 @dataclass(frozen=True)
 class ImageProbe:
-    """What :func:`probe_image` learns from a file header.
+    """What :func:`probe_image` learns from a full decode.
 
-    ``stored_hw`` is the pixel grid as stored, ``displayed_hw`` after EXIF orientation.
+    ``stored_hw`` is the pixel grid as stored, ``displayed_hw`` after EXIF orientation;
+    ``alpha`` is ``None`` without an alpha channel, else ``(mode, pixels not fully opaque)``.
     """
 
     stored_hw: tuple[int, int]
     displayed_hw: tuple[int, int]
     orientation: int
     format: str
+    alpha: tuple[str, int] | None = None
+
+
+def _alpha_info(im: Image.Image) -> tuple[str, int] | None:
+    """``(mode, non-opaque pixel count)`` of an image with an alpha channel or palette transparency."""
+    mode = im.mode
+    if mode == "P" and "transparency" in im.info or mode in ("PA", "LA", "La", "RGBA", "RGBa"):
+        alpha = np.asarray(im.convert("RGBA" if mode.startswith("P") else mode).getchannel("A"))
+        return mode + (" with transparency" if mode == "P" else ""), int((alpha < 255).sum())
+    return None
 
 
 def probe_image(path: str | Path) -> ImageProbe:
-    """Open an image header (no full decode unless truncation cannot be ruled out cheaply).
+    """Fully decode an image file once: sizes, EXIF orientation, alpha channel.
 
     Raises :class:`DataError` (with ``reason`` ``image_missing``/``image_unreadable``/
-    ``image_truncated``) naming the file.
+    ``image_truncated``) naming the file, exactly as :func:`read_image` would.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found", reason="image_missing")
-    complete = _tail_complete(path)
-    if complete is False:
-        raise DataError(f"{path}: image file is truncated (no end marker)", reason="image_truncated")
+    _check_jpeg_data(path)
     try:
         with Image.open(path) as im:
             w, h = im.size
             fmt = im.format or ""
             orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-            if complete is None:
-                im.load()  # undecided from the tail: a full decode raises on truncation
+            im.load()  # a full decode: PIL raises on truncation
+            alpha = _alpha_info(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError) as e:
         raise _classify_pil_error(path, e) from e
     if orientation not in range(1, 9):
         orientation = 1  # invalid tag: PIL's exif_transpose ignores it too
     displayed = (w, h) if orientation >= 5 else (h, w)
-    return ImageProbe(stored_hw=(h, w), displayed_hw=displayed, orientation=orientation, format=fmt)
+    return ImageProbe(stored_hw=(h, w), displayed_hw=displayed, orientation=orientation, format=fmt,
+                      alpha=alpha)
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation tag of an image file from its header only (1 when absent or invalid)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found", reason="image_missing")
+    try:
+        with Image.open(path) as im:
+            o = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise _classify_pil_error(path, e) from e
+    return o if o in range(1, 9) else 1
+
+
+def note_alpha(log: "SkipLog", image_id: Any, path: Path, probe: ImageProbe) -> None:
+    """The ``alpha_dropped`` note of an image with an alpha channel (no-op without one)."""
+    if probe.alpha is not None:
+        mode, n = probe.alpha
+        total = probe.stored_hw[0] * probe.stored_hw[1]
+        log.note(image_id, None, "alpha_dropped",
+                 f"{path}: mode {mode}; alpha channel dropped, colour channels kept as stored "
+                 f"({n} of {total} pixels not fully opaque)", file=path.name)
 
 
 _EXIF_TRANSPOSE = {
@@ -341,24 +415,28 @@ def exif_transpose_mask(mask: np.ndarray, orientation: int) -> np.ndarray:
 
 
 class SkipLog:
-    """Collects skip and note rows (columns ``SKIP_COLUMNS``) for one source file."""
+    """Collects skip and note rows (columns ``SKIP_COLUMNS``) for one source file.
+
+    ``file`` is the image file the row is about (relative name as in the source), ``None`` when
+    the row concerns no image file (a category, an image entry without a file name).
+    """
 
     def __init__(self, source: str):
         self.source = source
         self.skips: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []
 
-    def _row(self, image_id: Any, ann_id: Any, reason: str, detail: str) -> dict[str, Any]:
+    def _row(self, image_id: Any, ann_id: Any, reason: str, detail: str, file: str | None) -> dict[str, Any]:
         return {"source": self.source, "image_id": _int_or_none(image_id),
-                "ann_id": _int_or_none(ann_id), "reason": reason, "detail": detail}
+                "ann_id": _int_or_none(ann_id), "file": file, "reason": reason, "detail": detail}
 
-    def skip(self, image_id: Any, ann_id: Any, reason: str, detail: str) -> None:
+    def skip(self, image_id: Any, ann_id: Any, reason: str, detail: str, file: str | None = None) -> None:
         assert reason in SKIP_REASONS, reason
-        self.skips.append(self._row(image_id, ann_id, reason, detail))
+        self.skips.append(self._row(image_id, ann_id, reason, detail, file))
 
-    def note(self, image_id: Any, ann_id: Any, reason: str, detail: str) -> None:
+    def note(self, image_id: Any, ann_id: Any, reason: str, detail: str, file: str | None = None) -> None:
         assert reason in NOTE_REASONS, reason
-        self.notes.append(self._row(image_id, ann_id, reason, detail))
+        self.notes.append(self._row(image_id, ann_id, reason, detail, file))
 
 
 def _is_int(v: Any) -> bool:
@@ -428,15 +506,17 @@ def _parse_categories(entries: list[Any], log: SkipLog) -> tuple[dict[int, str],
 
 @dataclass(frozen=True)
 class _Frame:
-    """Where an image's annotations live: JSON ``(H, W)`` and the EXIF transform to apply."""
+    """Where an image's annotations live: JSON ``(H, W)``, the EXIF transform to apply to its masks
+    (1 = none) and its file name."""
 
     json_hw: tuple[int, int]
-    transpose_orientation: int  # 1 = none
+    transpose_orientation: int
+    file_name: str = ""
 
 
-def _parse_images(entries: list[Any], image_dir: Path, check_images: bool, log: SkipLog
+def _parse_images(entries: list[Any], image_dir: Path, check_images: bool, exif: str, log: SkipLog
                   ) -> tuple[dict[int, ImageRecord], dict[int, _Frame], dict[int, str]]:
-    """Returns ``(records, frames, skipped)`` with ``skipped[image_id] = reason``."""
+    """Returns ``(records, frames, skipped)`` with ``skipped[image_id] = reason`` (EXIF rule: module docstring)."""
     valid = []
     for e in entries:
         if not isinstance(e, dict) or not _is_int(e.get("id")):
@@ -446,52 +526,67 @@ def _parse_images(entries: list[Any], image_dir: Path, check_images: bool, log: 
         fn = e.get("file_name")
         if not (isinstance(fn, str) and fn) or h is None or w is None:
             log.skip(e["id"], None, "bad_image_record",
-                     f"image {e['id']} needs str 'file_name' and positive int 'height'/'width': {e!r:.200}")
+                     f"image {e['id']} needs str 'file_name' and positive int 'height'/'width': {e!r:.200}",
+                     file=fn if isinstance(fn, str) and fn else None)
             continue
-        valid.append((e["id"], fn, h, w))
+        written = e.get("exif") == "apply"  # written by write_coco for an `apply` dataset: displayed frame
+        tag = e.get("exif_orientation") if _is_int(e.get("exif_orientation")) else 1
+        valid.append((e["id"], fn, h, w, written, tag))
     dup = _duplicates(v[0] for v in valid)
     records: dict[int, ImageRecord] = {}
     frames: dict[int, _Frame] = {}
     skipped: dict[int, str] = {}
-    for image_id, fn, h, w in valid:
+
+    def skip(image_id: int, fn: str, reason: str, detail: str) -> None:
+        log.skip(image_id, None, reason, detail, file=fn)
+        skipped[image_id] = reason
+
+    for image_id, fn, h, w, written, tag in valid:
         path = image_dir / fn
         if image_id in dup:
-            log.skip(image_id, None, "duplicate_image_id", f"image id {image_id} appears more than once ({fn})")
-            skipped[image_id] = "duplicate_image_id"
+            skip(image_id, fn, "duplicate_image_id", f"image id {image_id} appears more than once ({fn})")
             continue
-        orientation, transpose = 1, 1
-        if check_images:
+        mode = "apply" if written else exif
+        orientation, transpose, hw = (tag if written else 1), 1, (h, w)
+        if check_images or (exif == "apply" and not written):
             try:
-                probe = probe_image(path)
+                probe = probe_image(path) if check_images else None
+                orientation = probe.orientation if probe else exif_orientation(path)
             except DataError as err:
-                log.skip(image_id, None, err.reason or "image_unreadable", str(err))
-                skipped[image_id] = err.reason or "image_unreadable"
+                skip(image_id, fn, err.reason or "image_unreadable", str(err))
                 continue
-            orientation = probe.orientation
-            if probe.displayed_hw == (h, w):
-                if orientation != 1:
+            if probe is not None:
+                expect = probe.displayed_hw if written else probe.stored_hw
+                if expect != (h, w):
+                    skip(image_id, fn, "image_size_mismatch", _size_mismatch_detail(path, (h, w), probe, written))
+                    continue
+                note_alpha(log, image_id, path, probe)
+            if not written and orientation != 1:
+                if exif == "apply":
+                    transpose = orientation
+                    hw = (w, h) if orientation >= 5 else (h, w)
                     log.note(image_id, None, "exif_orientation_applied",
-                             f"{path}: EXIF orientation {orientation}; annotations taken as drawn on the displayed image")
-            elif probe.stored_hw == (h, w):
-                transpose = orientation
-                log.note(image_id, None, "annotations_exif_transposed",
-                         f"{path}: JSON size {h}x{w} is the stored size; EXIF orientation {orientation} "
-                         f"applied to the masks too (displayed size {probe.displayed_hw[0]}x{probe.displayed_hw[1]})")
-            else:
-                detail = (f"{path}: JSON height x width {h}x{w} but the image is {probe.displayed_hw[0]}x"
-                          f"{probe.displayed_hw[1]} as displayed")
-                if orientation != 1:
-                    detail += f" ({probe.stored_hw[0]}x{probe.stored_hw[1]} as stored, EXIF orientation {orientation})"
-                log.skip(image_id, None, "image_size_mismatch", detail)
-                skipped[image_id] = "image_size_mismatch"
-                continue
-            dh, dw = probe.displayed_hw
-        else:
-            dh, dw = h, w
-        records[image_id] = ImageRecord(image_id=image_id, file_name=fn, path=path, height=dh, width=dw,
-                                        exif_orientation=orientation)
-        frames[image_id] = _Frame(json_hw=(h, w), transpose_orientation=transpose)
+                             f"{path}: EXIF orientation {orientation} applied to the pixels and to every mask "
+                             f"(data.exif: apply); displayed size {hw[0]}x{hw[1]}", file=fn)
+                else:
+                    log.note(image_id, None, "exif_orientation_ignored",
+                             f"{path}: EXIF orientation {orientation} ignored (data.exif: stored): pixels, size "
+                             f"and masks are in the stored frame, as COCO's are; viewers that honour EXIF show "
+                             f"the image rotated or flipped", file=fn)
+        records[image_id] = ImageRecord(image_id=image_id, file_name=fn, path=path, height=hw[0], width=hw[1],
+                                        exif_orientation=orientation, exif=mode)
+        frames[image_id] = _Frame(json_hw=(h, w), transpose_orientation=transpose, file_name=fn)
     return dict(sorted(records.items())), frames, skipped
+
+
+def _size_mismatch_detail(path: Path, json_hw: tuple[int, int], probe: ImageProbe, written: bool) -> str:
+    frame = "displayed" if written else "stored"
+    have = probe.displayed_hw if written else probe.stored_hw
+    detail = f"{path}: JSON height x width {json_hw[0]}x{json_hw[1]} but the image is {have[0]}x{have[1]} as {frame}"
+    if not written and probe.orientation != 1 and probe.displayed_hw == json_hw:
+        detail += (f"; the JSON size is the EXIF-rotated (orientation {probe.orientation}) displayed size, "
+                   f"but COCO sizes and masks are in the stored frame")
+    return detail
 
 
 def _decode_counts_string(s: str) -> list[int]:
@@ -581,7 +676,8 @@ def _parse_annotation(a: dict[str, Any], frame: _Frame, log: SkipLog) -> tuple[R
                                                 f"({len(seg)} part(s))")
         if bad:
             log.note(image_id, ann_id, "degenerate_polygon_part",
-                     f"dropped {bad} of {len(seg)} polygon parts (< 3 points, odd length or non-finite)")
+                     f"dropped {bad} of {len(seg)} polygon parts (< 3 points, odd length or non-finite)",
+                     file=frame.file_name)
         rle = polygons_to_rle(parts, *hw)
     elif isinstance(seg, dict):
         rle, reason, detail = _validated_rle(seg, hw)
@@ -595,7 +691,7 @@ def _parse_annotation(a: dict[str, Any], frame: _Frame, log: SkipLog) -> tuple[R
 
 
 def load_coco(annotation_json: str | Path, image_dir: str | Path, name: str | None = None,
-              check_images: bool = True) -> Dataset:
+              check_images: bool = True, exif: str = "stored") -> Dataset:
     """Load and validate a COCO instances file; see the module docstring for every rule.
 
     Args:
@@ -603,8 +699,10 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path, name: str | No
         image_dir: folder that ``file_name`` is relative to.
         name: dataset name (default: ``info.samstudy.name`` if written by :func:`write_coco`,
             else the JSON file's stem).
-        check_images: open every image header (size, EXIF orientation, truncation). When False,
-            records take the JSON sizes and ``exif_orientation = 1`` on trust.
+        check_images: fully decode every image (size, EXIF orientation, truncation, alpha). When
+            False, records take the JSON sizes on trust (and ``exif_orientation = 1`` unless the
+            EXIF rule needs the tag).
+        exif: ``"stored"`` or ``"apply"``: the EXIF rule of the module docstring.
 
     Returns:
         A :class:`Dataset` whose ``skips`` and ``notes`` list every element not loaded / altered.
@@ -613,11 +711,14 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path, name: str | No
     Raises:
         DataError: unreadable/malformed JSON or missing top-level keys (message names the file).
     """
+    _check_exif_mode(exif)
     path = Path(annotation_json)
     raw = _read_json(path)
     log = SkipLog(str(path))
     categories, bad_cats = _parse_categories(raw["categories"], log)
-    records, frames, skipped_images = _parse_images(raw["images"], Path(image_dir), check_images, log)
+    records, frames, skipped_images = _parse_images(raw["images"], Path(image_dir), check_images, exif, log)
+    file_names = {e["id"]: e["file_name"] for e in raw["images"]
+                  if isinstance(e, dict) and _is_int(e.get("id")) and isinstance(e.get("file_name"), str)}
     json_image_ids = {e.get("id") for e in raw["images"] if isinstance(e, dict)}
 
     anns = raw["annotations"]
@@ -630,7 +731,7 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path, name: str | No
                      f"annotation without int 'id': {a!r:.200}")
             continue
         inst = _annotation_to_instance(a, dup_ann, json_image_ids, skipped_images, frames,
-                                       categories, bad_cats, log)
+                                       categories, bad_cats, log, file_names)
         if inst is not None:
             instances.append(inst)
     instances.sort(key=lambda t: t.ann_id)
@@ -644,9 +745,15 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path, name: str | No
 
 def _annotation_to_instance(a: dict[str, Any], dup_ann: set[int], json_image_ids: set[Any],
                             skipped_images: dict[int, str], frames: dict[int, _Frame],
-                            categories: dict[int, str], bad_cats: set[int], log: SkipLog) -> Instance | None:
+                            categories: dict[int, str], bad_cats: set[int], log: SkipLog,
+                            file_names: Mapping[Any, str]) -> Instance | None:
     ann_id, image_id, cat_id = a["id"], a.get("image_id"), a.get("category_id")
     iscrowd = a.get("iscrowd", 0)
+    fn = file_names.get(image_id) if isinstance(image_id, int) else None
+
+    def skip(reason: str, detail: str) -> None:
+        log.skip(image_id, ann_id, reason, detail, file=fn)
+
     problems = []
     if not _is_int(image_id):
         problems.append("int 'image_id'")
@@ -657,45 +764,45 @@ def _annotation_to_instance(a: dict[str, Any], dup_ann: set[int], json_image_ids
     if iscrowd not in (0, 1) or isinstance(iscrowd, float):
         problems.append("'iscrowd' in {0, 1}")
     if problems:
-        log.skip(image_id, ann_id, "bad_annotation", f"annotation {ann_id} needs {', '.join(problems)}")
+        skip("bad_annotation", f"annotation {ann_id} needs {', '.join(problems)}")
         return None
     if ann_id in dup_ann:
-        log.skip(image_id, ann_id, "duplicate_ann_id", f"annotation id {ann_id} appears more than once")
+        skip("duplicate_ann_id", f"annotation id {ann_id} appears more than once")
         return None
     if image_id in skipped_images:
-        log.skip(image_id, ann_id, "image_skipped", f"its image {image_id} was skipped ({skipped_images[image_id]})")
+        skip("image_skipped", f"its image {image_id} was skipped ({skipped_images[image_id]})")
         return None
     if image_id not in frames:
         reason = "missing_image" if image_id not in json_image_ids else "image_skipped"
-        log.skip(image_id, ann_id, reason, f"image id {image_id} is not a loaded image of the file")
+        skip(reason, f"image id {image_id} is not a loaded image of the file")
         return None
     if cat_id in bad_cats:
-        log.skip(image_id, ann_id, "category_skipped", f"its category {cat_id} was skipped (duplicate id)")
+        skip("category_skipped", f"its category {cat_id} was skipped (duplicate id)")
         return None
     if cat_id not in categories:
-        log.skip(image_id, ann_id, "missing_category", f"category id {cat_id} is not in 'categories'")
+        skip("missing_category", f"category id {cat_id} is not in 'categories'")
         return None
     frame = frames[image_id]
     if "bbox" in a:
         reason, detail = _check_bbox(a["bbox"], frame.json_hw)
         if reason == "bbox_clipped":
-            log.note(image_id, ann_id, reason, detail)
+            log.note(image_id, ann_id, reason, detail, file=fn)
         elif reason:
-            log.skip(image_id, ann_id, reason, detail)
+            skip(reason, detail)
             return None
     rle, reason, detail = _parse_annotation(a, frame, log)
     if rle is None:
-        log.skip(image_id, ann_id, reason, detail)
+        skip(reason, detail)
         return None
     area = rle_area(rle)
     if area == 0:
-        log.skip(image_id, ann_id, "empty_mask", "segmentation covers no pixel of the image")
+        skip("empty_mask", "segmentation covers no pixel of the image")
         return None
     ignore_rle = None
     if isinstance(a.get("ignore_segmentation"), dict):
         ignore_rle, reason, detail = _validated_rle(a["ignore_segmentation"], frame.json_hw)
         if ignore_rle is None:
-            log.skip(image_id, ann_id, reason, "ignore_segmentation: " + detail)
+            skip(reason, "ignore_segmentation: " + detail)
             return None
         if frame.transpose_orientation != 1:
             ignore_rle = encode_rle(exif_transpose_mask(decode_rle(ignore_rle), frame.transpose_orientation))
@@ -732,11 +839,13 @@ def _json_safe(v: Any) -> Any:
 def coco_dict(dataset: Dataset) -> dict[str, Any]:
     """The COCO JSON object :func:`write_coco` writes (images, categories, annotations sorted by id).
 
-    Annotations carry ``segmentation`` as compressed RLE, ``bbox`` = tight box as xywh, ``area`` =
+    Images of the ``apply`` EXIF frame carry ``"exif": "apply"`` and their ``exif_orientation``
+    (their size and masks are displayed-frame). Annotations carry ``segmentation`` as compressed RLE, ``bbox`` = tight box as xywh, ``area`` =
     pixel count, ``iscrowd``; and, when not default, ``tags``, ``source_ann_ids``,
     ``ignore_segmentation``. ``info.samstudy`` holds the dataset name and policy log.
     """
-    images = [{"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width}
+    images = [{"id": r.image_id, "file_name": r.file_name, "height": r.height, "width": r.width,
+               **({"exif": "apply", "exif_orientation": r.exif_orientation} if r.exif == "apply" else {})}
               for _, r in sorted(dataset.images.items())]
     cats = [{"id": i, "name": n} for i, n in sorted(dataset.categories.items())]
     anns = []
@@ -780,7 +889,8 @@ def _rows_frame(rows: list[dict[str, Any]]):
 
 
 def skips_table(dataset: Dataset, include_notes: bool = False):
-    """Skip rows as a ``pandas.DataFrame`` with columns ``source, image_id, ann_id, reason, detail``.
+    """Skip rows as a ``pandas.DataFrame`` with columns ``source, image_id, ann_id, file, reason, detail``
+    (``file``: the image file the row is about, as named in the source; may be null).
 
     With ``include_notes=True`` the notes are appended and a ``kind`` column (``"skip"``/``"note"``)
     tells them apart.
@@ -794,3 +904,95 @@ def skips_table(dataset: Dataset, include_notes: bool = False):
     df.insert(0, "kind", "skip")
     notes.insert(0, "kind", "note")
     return pd.concat([df, notes], ignore_index=True) if len(notes) else df
+
+
+# ----------------------------------------------------------------------------------------------
+# The skip limit of a stage
+
+_CATEGORY_SKIP_REASONS = ("bad_category", "duplicate_category_id")
+
+
+class TooManySkips(DataError):
+    """A stage lost more of its inputs than ``max_skip_fraction`` allows, or has no object left.
+
+    ``summary`` is the dict :func:`check_skip_limit` builds; the message is its text form.
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+
+def check_skip_limit(skips, images_kept: int, objects_kept: int, max_fraction: float, where: str,
+                     objects_left: int | None = None, n_examples: int = 3) -> dict[str, Any]:
+    """Stop a stage whose inputs were mostly skipped: the one check of every stage that loads or scores data.
+
+    Args:
+        skips: tidy skip table, one row per skipped element, with columns ``image_id, ann_id,
+            reason, detail`` and optionally ``file`` (:func:`skips_table`, or the engine's
+            ``skip_table`` of result rows). A row whose reason is in ``IMAGE_SKIP_REASONS``
+            removes an image (counted once per ``image_id``; a row without id counts alone); every
+            other row except the category-level ones removes an object.
+        images_kept, objects_kept: how many images / objects the stage goes on with; the stage
+            was given ``kept + skipped`` of each.
+        max_fraction: the largest allowed share of skipped images, and of skipped objects, in
+            ``[0, 1]`` (the config's ``data.max_skip_fraction``).
+        where: names the stage and the source in the message.
+        objects_left: objects left for the stage's result (default ``objects_kept``), e.g. the
+            test objects after the category filter, the policy and the split.
+
+    Returns:
+        The summary ``{"where", "images", "images_skipped", "objects", "objects_skipped",
+        "objects_left", "max_skip_fraction", "by_reason": {reason: rows}, "examples": {reason:
+        [file or detail, ...]}}`` (reasons by decreasing count, at most ``n_examples`` examples).
+
+    Raises:
+        TooManySkips: ``objects_left == 0``, or more than ``max_fraction`` of the images or of the
+            objects skipped. The message holds the whole summary.
+    """
+    import pandas as pd
+
+    if not 0.0 <= float(max_fraction) <= 1.0:
+        raise ValueError(f"max_fraction must be in [0, 1], got {max_fraction}")
+    df = pd.DataFrame(skips).reset_index(drop=True)
+    for c in ("image_id", "ann_id", "reason", "detail", "file"):
+        if c not in df.columns:
+            df[c] = None
+    level = df["reason"].map(lambda r: "image" if r in IMAGE_SKIP_REASONS
+                             else "category" if r in _CATEGORY_SKIP_REASONS else "object")
+    img = df[level == "image"]
+    images_skipped = int(img["image_id"].dropna().nunique() + img["image_id"].isna().sum())
+    objects_skipped = int(((level == "object") | df["ann_id"].notna()).sum())
+    by_reason = df["reason"].value_counts()
+    examples = {}
+    for reason in by_reason.index:
+        rows = df[df["reason"] == reason]
+        names = [str(f) if f is not None and not (isinstance(f, float) and math.isnan(f)) else str(d)[:160]
+                 for f, d in zip(rows["file"], rows["detail"])]
+        examples[str(reason)] = list(dict.fromkeys(names))[:n_examples]
+    summary = {"where": where, "images": int(images_kept) + images_skipped, "images_skipped": images_skipped,
+               "objects": int(objects_kept) + objects_skipped, "objects_skipped": objects_skipped,
+               "objects_left": int(objects_kept if objects_left is None else objects_left),
+               "max_skip_fraction": float(max_fraction),
+               "by_reason": {str(k): int(v) for k, v in by_reason.items()}, "examples": examples}
+    problems = []
+    if summary["objects_left"] == 0:
+        problems.append("no object left to evaluate")
+    for what in ("images", "objects"):
+        n, k = summary[what], summary[f"{what}_skipped"]
+        if n and k > max_fraction * n:
+            problems.append(f"{k} of {n} {what} skipped ({k / n:.1%} > data.max_skip_fraction {max_fraction:g})")
+    if problems:
+        raise TooManySkips(f"{where}: {'; '.join(problems)}.\n{format_skip_summary(summary)}", summary)
+    return summary
+
+
+def format_skip_summary(summary: Mapping[str, Any]) -> str:
+    """The summary of :func:`check_skip_limit` as a few lines of text (counts per reason, example files)."""
+    lines = [f"  images: {summary['images']} given, {summary['images_skipped']} skipped; objects: "
+             f"{summary['objects']} given, {summary['objects_skipped']} skipped, {summary['objects_left']} left"]
+    for reason, n in summary["by_reason"].items():
+        lines.append(f"  {reason}: {n} (e.g. {', '.join(summary['examples'].get(reason, []))})")
+    if not summary["by_reason"]:
+        lines.append("  no skip rows")
+    return "\n".join(lines)
