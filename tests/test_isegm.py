@@ -126,18 +126,22 @@ def test_berkeley_suffixes_threshold_and_skips(tmp_path):
     assert sorted(s["reason"] for s in ds.skips) == ["image_missing", "image_size_mismatch", "mask_missing"]
 
 
-def test_berkeley_exif_rotated_image_compared_as_displayed(tmp_path):
+def test_berkeley_exif_rotated_image_compared_as_stored(tmp_path):
+    """The one EXIF rule (samstudy.data): masks and sizes are in the stored frame, the tag is ignored."""
     root = tmp_path / "Berkeley"
     (root / "images").mkdir(parents=True)
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(np.zeros((W, H, 3), np.uint8)).save(root / "images" / "1.jpg", exif=exif.tobytes())  # stored W x H
-    m = np.zeros((H, W), np.uint8)
+    Image.fromarray(np.zeros((W, H, 3), np.uint8)).save(root / "images" / "2.jpg", exif=exif.tobytes())
+    m = np.zeros((W, H), np.uint8)
     m[2:5, 2:9] = 255
-    _mask(root / "masks" / "1.png", m)   # displayed H x W
+    _mask(root / "masks" / "1.png", m)    # stored W x H: loaded
+    _mask(root / "masks" / "2.png", m.T)  # displayed H x W: a size mismatch
     ds = load_berkeley(root)
     assert len(ds.instances) == 1 and ds.images[1].exif_orientation == 6
-    assert read_image(ds.images[1].path).shape[:2] == (H, W)
+    assert read_image(ds.images[1].path).shape[:2] == (W, H) == (ds.images[1].height, ds.images[1].width)
+    assert [s["reason"] for s in ds.skips] == ["image_size_mismatch"]
 
 
 def test_missing_folders_raise(tmp_path):

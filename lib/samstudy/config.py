@@ -8,6 +8,8 @@ Rules:
 
 - Unknown keys are errors that name the key and the file (``ConfigError``); a typo never silently
   falls back to a default.
+- Data paths (``data.annotations``, ``images``, ``train_*``, ``isegm_root``) must exist when the
+  config is loaded (:func:`check_data_paths`), so a mistyped folder fails before any stage runs.
 - Relative paths are resolved against the repository root (the folder holding ``pyproject.toml``
   above the config file), so ``../shared/data/coco-sample`` means the ``shared`` folder beside the
   repository whatever the working directory is.
@@ -66,6 +68,10 @@ class DataConfig:
     include_crowd: keep COCO crowd annotations as objects (the study excludes them).
     policy: keyword arguments of ``policies.PolicyConfig`` (empty: the raw annotations).
     limit_images / limit_train_images: keep only the first N test / train images (tiny runs).
+    max_skip_fraction: a stage that skips more than this share of its images (or objects), or is
+        left with no object, stops with the skip table's summary (``data.check_skip_limit``).
+    exif: ``stored`` (pixels, sizes and masks in the stored frame, as COCO's are; the EXIF
+        orientation is ignored) or ``apply`` (images shown upright, masks transformed with them).
     """
 
     source: str = "synthetic"
@@ -82,6 +88,8 @@ class DataConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     limit_images: int | None = None
     limit_train_images: int | None = None
+    max_skip_fraction: float = 0.05
+    exif: str = "stored"
 
 
 @dataclass(frozen=True)
@@ -286,7 +294,43 @@ def _parse_data(d: dict[str, Any], file: Path) -> DataConfig:
     for k in ("limit_images", "limit_train_images"):
         v = getattr(data, k)
         _require(v is None or (isinstance(v, int) and v > 0), file, f"data.{k} must be a positive integer or null")
+    f = data.max_skip_fraction
+    _require(isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 <= f <= 1.0, file,
+             f"data.max_skip_fraction must be a number in [0, 1], got {f!r}")
+    _require(data.exif in ("stored", "apply"), file, f"data.exif must be 'stored' or 'apply', got {data.exif!r}")
     return data
+
+
+# Data paths each source needs: (key, "file" | "folder").
+_DATA_PATHS = {"coco": (("annotations", "file"), ("images", "folder"),
+                        ("train_annotations", "file"), ("train_images", "folder")),
+               "isegm": (("isegm_root", "folder"),)}
+_ISEGM_FOLDERS = {"grabcut": "GrabCut", "berkeley": "Berkeley"}
+
+
+def check_data_paths(cfg: "StudyConfig") -> None:
+    """Every data path of ``cfg`` exists: ``ConfigError`` naming the key, the config file and the path.
+
+    A mistyped images folder would otherwise load as 0 images and "succeed" (nothing else notices
+    an empty folder). Checked: ``data.annotations`` / ``train_annotations`` (files), ``data.images`` /
+    ``train_images`` and ``isegm_root`` with the ``isegm_datasets``' subfolders (folders).
+    """
+    d = cfg.data
+    for key, kind in _DATA_PATHS.get(d.source, ()):
+        given = getattr(d, key)
+        if not given:
+            continue
+        path = Path(cfg.resolve(given))
+        if not (path.is_file() if kind == "file" else path.is_dir()):
+            raise ConfigError(f"{cfg.path}: data.{key}: {kind} not found: {path}"
+                              + (f" (given as {given!r}, relative to {cfg.repo_root})" if not Path(given).is_absolute() else ""))
+    if d.source == "isegm":
+        root = Path(cfg.resolve(d.isegm_root))
+        for name in d.isegm_datasets:
+            sub = root / _ISEGM_FOLDERS.get(name, name)
+            if name in _ISEGM_FOLDERS and not sub.is_dir():
+                raise ConfigError(f"{cfg.path}: data.isegm_root: folder {sub} not found "
+                                  f"(data.isegm_datasets lists {name!r})")
 
 
 def _parse_foundation(d: dict[str, Any], file: Path) -> FoundationConfig:
@@ -405,8 +449,12 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     )
 
 
-def load_config(path: str | Path, repo_root: Path | None = None) -> StudyConfig:
-    """Read and validate a YAML study config (see the module docstring for the rules)."""
+def load_config(path: str | Path, repo_root: Path | None = None, check_paths: bool = True) -> StudyConfig:
+    """Read and validate a YAML study config (see the module docstring for the rules).
+
+    check_paths: also require every data path to exist (:func:`check_data_paths`); ``False`` only
+    to inspect a config whose data is not downloaded yet.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -414,4 +462,7 @@ def load_config(path: str | Path, repo_root: Path | None = None) -> StudyConfig:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_config(raw, path, repo_root)
+    cfg = parse_config(raw, path, repo_root)
+    if check_paths:
+        check_data_paths(cfg)
+    return cfg

@@ -9,7 +9,12 @@ split, and writes COCO files plus ``<data_dir>/datasets.json`` naming them
 
     {"policy": "<policy name>",
      "test":  [{"name", "annotations", "images", "raw_annotations"}, ...],
-     "train": {"name", "annotations", "images"} | null}
+     "train": {"name", "annotations", "images"} | null,
+     "max_skip_fraction": 0.05}
+
+``max_skip_fraction`` (the config's ``data.max_skip_fraction``) is the skip limit the engine-driven
+stages apply to their own skips (:func:`max_skip_fraction`); the data stage applies it to the loaded
+sources with :func:`check_inputs`. Both go through :func:`samstudy.data.check_skip_limit`.
 
 Annotation paths are relative to the data folder (or absolute); ``images`` is the folder the COCO
 ``file_name``s are relative to.
@@ -25,16 +30,19 @@ from typing import Any, Mapping, Sequence
 
 from .files import file_sha256, jsonable, read_json, write_json_atomic
 
-__all__ = ["DATASETS_FILE", "write_datasets_manifest", "read_datasets_manifest", "load_test_sets",
+__all__ = ["DATASETS_FILE", "SKIPS_TABLE", "write_datasets_manifest", "read_datasets_manifest", "load_test_sets",
            "load_train_set", "raw_gt_variant", "first_images", "load_source", "image_dir_of",
-           "write_stage_datasets", "training_dir"]
+           "write_stage_datasets", "training_dir", "max_skip_fraction", "check_inputs", "skip_counts"]
 
 DATASETS_FILE = "datasets.json"
+SKIPS_TABLE = "skips_and_notes"  # <data_dir>/skips_and_notes.{parquet,csv}: every skip and note of the sources
+DEFAULT_MAX_SKIP_FRACTION = 0.05
 
 
 # ----------------------------------------------------------------------------------- datasets.json
 def write_datasets_manifest(data_dir: str | os.PathLike, test: Sequence[Mapping[str, Any]],
-                            train: Mapping[str, Any] | None, policy: str) -> Path:
+                            train: Mapping[str, Any] | None, policy: str,
+                            max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION) -> Path:
     """Write ``<data_dir>/datasets.json`` (atomically) and return its path.
 
     test: one entry per evaluation set ``{"name", "annotations", "images", "raw_annotations"}``
@@ -44,8 +52,13 @@ def write_datasets_manifest(data_dir: str | os.PathLike, test: Sequence[Mapping[
     """
     path = Path(data_dir) / DATASETS_FILE
     write_json_atomic(path, {"policy": policy, "test": [dict(t) for t in test],
-                             "train": dict(train) if train else None})
+                             "train": dict(train) if train else None, "max_skip_fraction": float(max_skip_fraction)})
     return path
+
+
+def max_skip_fraction(data_dir: str | os.PathLike) -> float:
+    """The skip limit the data stage wrote (the default for a ``datasets.json`` written without one)."""
+    return float(read_datasets_manifest(data_dir).get("max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION))
 
 
 def read_datasets_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
@@ -120,17 +133,26 @@ def raw_gt_variant(data_dir: str | os.PathLike, test_name: str) -> dict[int, Any
 
 # ------------------------------------------------------------------------------- the data stage
 def first_images(dataset: Any, n: int | None) -> Any:
-    """The dataset restricted to its ``n`` smallest image ids (all when ``n`` is None): tiny runs."""
+    """The dataset restricted to its ``n`` smallest image ids (all when ``n`` is None): tiny runs.
+
+    Skip and note rows about images beyond the last kept id are dropped too, so that the share of
+    skipped images (:func:`check_inputs`) is that of the same id range; rows without an image id stay.
+    """
     if n is None or n >= len(dataset.images):
         return dataset
-    return dataset.subset(sorted(dataset.images)[:n])
+    ids = sorted(dataset.images)[:n]
+    sub = dataset.subset(ids)
+    in_range = (lambda r: r.get("image_id") is None or r["image_id"] <= ids[-1])
+    sub.skips = [r for r in sub.skips if in_range(r)]
+    sub.notes = [r for r in sub.notes if in_range(r)]
+    return sub
 
 
 def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: Mapping[str, Any] | None = None,
                 annotations: str | None = None, images: str | None = None,
                 train_annotations: str | None = None, train_images: str | None = None,
                 isegm_root: str | None = None, isegm_datasets: Sequence[str] = ("grabcut", "berkeley"),
-                limit_images: int | None = None, limit_train_images: int | None = None
+                limit_images: int | None = None, limit_train_images: int | None = None, exif: str = "stored"
                 ) -> tuple[dict[str, Any], Any | None]:
     """Load the config's data source: ``({eval set name: Dataset}, separate train Dataset or None)``.
 
@@ -138,7 +160,8 @@ def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: M
     fields in ``synthetic``); coco: ``annotations``/``images`` (+ ``train_*`` for a separate
     training set); isegm: ``isegm.load_grabcut`` / ``load_berkeley`` under ``isegm_root``.
     ``limit_images`` keeps the first N images of each evaluation source (before any split),
-    ``limit_train_images`` the first N of the separate training set.
+    ``limit_train_images`` the first N of the separate training set. ``exif``: the EXIF rule of
+    :func:`samstudy.data.load_coco` for COCO sources (``stored`` or ``apply``).
     """
     from .data import load_coco
 
@@ -149,8 +172,8 @@ def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: M
         sets = {name: load_coco(probe / INSTANCES_FILE, probe / "images", name=name)}
         train = None
     elif source == "coco":
-        sets = {name: load_coco(annotations, images, name=name)}
-        train = (load_coco(train_annotations, train_images, name=f"{name}-train", check_images=False)
+        sets = {name: load_coco(annotations, images, name=name, exif=exif)}
+        train = (load_coco(train_annotations, train_images, name=f"{name}-train", check_images=False, exif=exif)
                  if train_annotations else None)
     elif source == "isegm":
         from . import isegm
@@ -167,6 +190,41 @@ def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: M
     return sets, (first_images(train, limit_train_images) if train is not None else None)
 
 
+def skip_counts(table: Any) -> dict[str, Any]:
+    """What the report's index shows of the data stage's skip table (``skips_table(..., include_notes=True)``
+    rows of every source): ``{"skips", "notes", "by_reason": {kind: {reason: rows}}, "table"}``."""
+    kinds = table["kind"] if len(table) else []
+    by = {k: {str(r): int(n) for r, n in table[kinds == k]["reason"].value_counts().items()}
+          for k in ("skip", "note")} if len(table) else {"skip": {}, "note": {}}
+    return {"skips": int(sum(by["skip"].values())), "notes": int(sum(by["note"].values())),
+            "by_reason": by, "table": f"{SKIPS_TABLE}.csv"}
+
+
+def check_inputs(sources: Mapping[str, Any], test_sets: Mapping[str, Any], separate_train: Any | None,
+                 max_fraction: float) -> list[dict[str, Any]]:
+    """The data stage's skip limit: :func:`samstudy.data.check_skip_limit` on every loaded source.
+
+    sources: ``{name: Dataset}`` as loaded (before categories, crowd, policy and split; their
+    skips are the table's rows); test_sets: the evaluation sets of the same names, whose object
+    count is what is left; separate_train: a training source loaded on its own (``None``: none; a
+    training split of a source shares its skip rows and is covered by the source's check).
+    Returns one summary per source; raises :class:`samstudy.data.TooManySkips` (the stage stops)
+    when a source skipped more than ``max_fraction`` of its images or objects, or no test object is left.
+    """
+    from .data import check_skip_limit, skips_table
+
+    out = []
+    for name, ds in sources.items():
+        left = len(test_sets[name].instances) if name in test_sets else 0
+        out.append(check_skip_limit(skips_table(ds), len(ds.images), len(ds.instances), max_fraction,
+                                    f"data stage, test source {name!r}", objects_left=left))
+    if separate_train is not None:
+        t = separate_train
+        out.append(check_skip_limit(skips_table(t), len(t.images), len(t.instances), max_fraction,
+                                    f"data stage, training source {t.name!r}"))
+    return out
+
+
 def image_dir_of(dataset: Any) -> str:
     """The folder a dataset's ``file_name``s are relative to (from its first image record)."""
     if not dataset.images:
@@ -177,7 +235,8 @@ def image_dir_of(dataset: Any) -> str:
 
 
 def write_stage_datasets(out_dir: str | os.PathLike, test_sets: Mapping[str, Any], train: Any | None,
-                         raw_sets: Mapping[str, Any] | None, policy: str) -> Path:
+                         raw_sets: Mapping[str, Any] | None, policy: str,
+                         max_skip_fraction: float = DEFAULT_MAX_SKIP_FRACTION) -> Path:
     """Write the data stage's COCO files and ``datasets.json``; returns the latter's path.
 
     test_sets: ``{name: Dataset}`` with the policy applied (``test-<name>.json``); raw_sets: the
@@ -198,7 +257,7 @@ def write_stage_datasets(out_dir: str | os.PathLike, test_sets: Mapping[str, Any
     if train is not None:
         tr = {"name": train.name, "annotations": write_coco(train, out / "train.json").name,
               "images": image_dir_of(train)}
-    return write_datasets_manifest(out, entries, tr, policy)
+    return write_datasets_manifest(out, entries, tr, policy, max_skip_fraction)
 
 
 # ------------------------------------------------------------------------------ the training stage

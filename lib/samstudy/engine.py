@@ -143,7 +143,7 @@ import pyarrow.parquet as pq
 
 from .cache import EmbeddingCache
 from .clicks import ClickSimulator
-from .data import Dataset, ImageRecord, Instance, read_image
+from .data import IMAGE_SKIP_REASONS, Dataset, ImageRecord, Instance, check_skip_limit, read_record_image
 from .files import TMP_PREFIX, write_json_atomic, write_parquet_atomic
 from .locks import folder_lock
 from .masks import encode_rle
@@ -159,7 +159,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EmbeddingCache", "ENGINE_VERSION", "ONE_SHOT_SELECTIONS", "CLICK_SELECTIONS", "ManifestMismatch",
-    "prompt_rng", "process_image", "run_experiment", "run_identity",
+    "prompt_rng", "process_image", "run_experiment", "run_identity", "skip_table",
 ]
 
 ENGINE_VERSION = 1  # bump when rows change for identical inputs (part of the run identity)
@@ -391,7 +391,7 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, selection: str
 
 # =============================================================================== per-image step
 def _read_record(record: ImageRecord) -> np.ndarray:
-    return read_image(record.path)
+    return read_record_image(record)  # in the record's EXIF frame (data.load_coco's EXIF rule)
 
 
 def _selections(mode: PromptMode, multimask: Sequence[str], click_multimask: Sequence[str]) -> Sequence[str]:
@@ -456,7 +456,7 @@ def process_image(record: ImageRecord, instances: Sequence[Instance], model: Pro
         multimask / click_multimask: selections of one-shot modes / click sequences.
         min_box_side: objects whose tight box is narrower or lower (px) are skipped (``degenerate_box``).
         image: the decoded RGB ``uint8 (H, W, 3)`` (read with ``image_loader(record)`` when ``None``;
-            default loader :func:`samstudy.data.read_image` of ``record.path``).
+            default loader :func:`samstudy.data.read_record_image`).
         keep_predictions: also return prediction records (RLE masks).
 
     Returns:
@@ -533,8 +533,8 @@ def _run_id(identity: Mapping[str, Any]) -> str:
 
 def _image_fingerprint(record: ImageRecord, instances: Sequence[Instance], variants: GtVariants) -> str:
     """Hash of what the image's rows depend on besides the run identity (record, masks, variants)."""
-    h = hashlib.sha256(repr((record.image_id, record.file_name, record.height, record.width,
-                             record.exif_orientation)).encode())
+    h = hashlib.sha256(repr((record.image_id, record.file_name, record.height, record.width, record.exif_orientation)
+                            + (() if record.exif == "stored" else (record.exif,))).encode())
 
     def add(inst: Instance | None) -> None:
         if inst is None:
@@ -660,7 +660,7 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
                    progress: bool = True, *, multimask: Sequence[str] = ONE_SHOT_SELECTIONS,
                    click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
                    force: bool = False, image_loader: ImageLoader | None = None,
-                   store_predictions: bool = True) -> pd.DataFrame:
+                   store_predictions: bool = True, max_skip_fraction: float | None = None) -> pd.DataFrame:
     """Run ``model`` (any arm) with every prompt mode on every object of ``dataset``; resumable.
 
     Args:
@@ -676,6 +676,10 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
         force: discard results in ``out_dir`` of another run identity instead of refusing (parts of
             this identity are kept either way); the number discarded is in ``df.attrs["discarded_parts"]``.
         store_predictions: also write ``predictions.parquet``.
+        max_skip_fraction: when given, :func:`samstudy.data.check_skip_limit` on the finished rows
+            (:func:`skip_table`): more than this share of the images or objects skipped, or no
+            object scored, raises ``TooManySkips`` -- after the tables are written, so a rerun
+            resumes. ``None``: no limit (the caller judges the skips).
 
     Returns:
         The results table (also at ``out_dir/results.parquet``), sorted by
@@ -686,6 +690,7 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
         ValueError: a mode or selection the model does not support (before anything is read).
         ManifestMismatch: ``out_dir`` holds another run's results and ``force`` is False.
         samstudy.locks.FolderLocked: another process is writing ``out_dir``.
+        samstudy.data.TooManySkips: the skip limit above.
     """
     modes = parse_modes(DEFAULT_MODES if modes is None else modes)
     check_model_modes(model, modes, multimask, click_multimask)
@@ -706,7 +711,39 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
         df = _finish(dataset, out, store_predictions)
     df.attrs.update(computed_images=len(todo), resumed_images=len(dataset.images) - len(todo),
                     discarded_parts=discarded)
+    if max_skip_fraction is not None:
+        skips, images_kept, objects_kept = skip_table(df, dataset)
+        check_skip_limit(skips, images_kept, objects_kept, max_skip_fraction,
+                         f"{model.name} on {dataset.name} ({out})")
     return df
+
+
+def skip_table(rows: pd.DataFrame, dataset: Dataset) -> tuple[pd.DataFrame, int, int]:
+    """What the engine skipped, as :func:`samstudy.data.check_skip_limit` takes it.
+
+    rows: result rows of ``dataset`` (primary ground truth counts). An object is skipped when none
+    of its rows is ``ok``; an image is skipped when its objects' rows carry an image-level reason
+    (``samstudy.data.IMAGE_SKIP_REASONS``: unreadable, missing, truncated, size mismatch). Images
+    without objects give no rows and are not counted. Returns ``(table, images_kept,
+    objects_kept)``: one row ``(image_id, ann_id, file, reason, detail)`` per skipped image
+    (``ann_id`` null) and per skipped object (its first skip reason), and the numbers kept.
+    """
+    cols = ["image_id", "ann_id", "file", "reason", "detail"]
+    prim = rows[rows["gt_variant"] == PRIMARY] if len(rows) else rows
+    if not len(prim):
+        return pd.DataFrame(columns=cols), 0, 0
+    ok = prim.groupby(["image_id", "ann_id"])["status"].agg(lambda s: bool((s == "ok").any()))
+    first = prim[prim["status"] != "ok"].groupby(["image_id", "ann_id"])[["skip_reason", "skip_detail"]].first()
+    name = {i: r.file_name for i, r in dataset.images.items()}
+    out = []
+    for image_id, per_obj in ok.groupby(level=0):
+        bad = [(ann_id, *first.loc[(image_id, ann_id)]) for (_, ann_id), good in per_obj.items() if not good]
+        if len(bad) == len(per_obj) and bad[0][1] in IMAGE_SKIP_REASONS:
+            out.append((image_id, None, name.get(image_id), bad[0][1], bad[0][2]))
+        out += [(image_id, ann_id, name.get(image_id), reason, detail) for ann_id, reason, detail in bad]
+    n_images = int(ok.index.get_level_values(0).nunique())
+    images_kept = n_images - sum(1 for r in out if r[1] is None)
+    return pd.DataFrame(out, columns=cols), images_kept, int(ok.sum())
 
 
 def _todo_images(dataset: Dataset, parts: Path, run_id: str, variants: GtVariants,

@@ -117,13 +117,13 @@ class CaseSource:
     _index: dict[tuple, int] | None = field(default=None, repr=False)
 
     def image(self, dataset: str, image_id: int) -> np.ndarray:
-        from .data import read_image
+        from .data import read_record_image
 
         key = (dataset, int(image_id))
         if key not in self._images:
             if len(self._images) >= self.max_images:
                 self._images.pop(next(iter(self._images)))
-            self._images[key] = read_image(self.datasets[dataset].images[int(image_id)].path)
+            self._images[key] = read_record_image(self.datasets[dataset].images[int(image_id)])
         return self._images[key]
 
     def gt(self, dataset: str, ann_id: int) -> Any:

@@ -25,8 +25,10 @@ A collision raises :class:`~samstudy.data.DataError`.
 Skips (``Dataset.skips`` rows, reason codes shared with :mod:`samstudy.data`): mask without image
 [``image_missing``], image without mask [``mask_missing``], several image files for one stem
 [``image_ambiguous``], image unreadable/truncated [``image_unreadable``/``image_truncated``],
-mask unreadable [``mask_unreadable``], mask size different from the image's displayed size (EXIF
-orientation applied) [``image_size_mismatch``], mask with no object pixel [``empty_mask``]. A
+mask unreadable [``mask_unreadable``], mask size different from the image's stored size (the EXIF
+rule of :mod:`samstudy.data` with ``exif="stored"``: the benchmarks' masks were made on the stored
+pixels) [``image_size_mismatch``], mask with no object pixel [``empty_mask``]. An image with an
+alpha channel gets the note ``alpha_dropped``. A
 GrabCut mask with values other than 0/128/255 is loaded with a note [``mask_unexpected_values``].
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .data import DataError, Dataset, ImageRecord, Instance, SkipLog, probe_image
+from .data import DataError, Dataset, ImageRecord, Instance, SkipLog, note_alpha, probe_image
 from .masks import encode_rle, mask_box_xyxy
 
 CATEGORIES = {1: "object"}
@@ -82,8 +84,8 @@ def _build(root: Path, name: str, tag: str, pairs: list[tuple[str, str, Path, Pa
 
     ``pairs``: ``(image_stem, mask_stem, image_path, mask_path, ann_suffix_index)``.
     ``value_rule(values uint8 (H, W), mask_path, image_id, ann_id, log) -> (object bool (H, W),
-    ignore bool (H, W) | None)``. Every image header is opened (size, EXIF orientation, cheap
-    truncation check).
+    ignore bool (H, W) | None)``. Every image is fully decoded once (size, EXIF orientation,
+    truncation, alpha).
     """
     images: dict[int, ImageRecord] = {}
     instances: list[Instance] = []
@@ -97,11 +99,11 @@ def _build(root: Path, name: str, tag: str, pairs: list[tuple[str, str, Path, Pa
         if ann_names.setdefault(ann_id, mask_stem) != mask_stem:
             raise DataError(f"{root}: object id {ann_id} of '{mask_stem}' collides with '{ann_names[ann_id]}'")
         try:
-            probe = probe_image(image_path)  # header + cheap truncation check
+            probe = probe_image(image_path)  # a full decode: truncation, size, alpha
         except DataError as e:
             log.skip(image_id, ann_id, e.reason or "image_unreadable", str(e))
             continue
-        hw = probe.displayed_hw
+        hw = probe.stored_hw
         try:
             values = _read_mask_values(mask_path)
         except DataError as e:
@@ -110,13 +112,15 @@ def _build(root: Path, name: str, tag: str, pairs: list[tuple[str, str, Path, Pa
         if values.shape != hw:
             log.skip(image_id, ann_id, "image_size_mismatch",
                      f"{mask_path}: mask {values.shape[0]}x{values.shape[1]} but image {image_path} is "
-                     f"{hw[0]}x{hw[1]} as displayed")
+                     f"{hw[0]}x{hw[1]} as stored")
             continue
         obj, ignore = value_rule(values, mask_path, image_id, ann_id, log)
         if not obj.any():
             log.skip(image_id, ann_id, "empty_mask", f"{mask_path}: no object pixel")
             continue
         rel = image_path.relative_to(root).as_posix()
+        if image_id not in images:
+            note_alpha(log, image_id, image_path, probe)
         images.setdefault(image_id, ImageRecord(image_id=image_id, file_name=rel, path=image_path,
                                                 height=hw[0], width=hw[1],
                                                 exif_orientation=probe.orientation))

@@ -120,6 +120,7 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
                  test_fraction=d.split.test_fraction, split_seed=d.split.seed,
                  limit_images=d.limit_images, limit_train_images=d.limit_train_images,
                  train_needed=cfg.custom.enabled)
+        p.update(max_skip_fraction=d.max_skip_fraction, exif=d.exif)
     elif stage == "train_custom":
         p.update(minutes=cfg.custom.minutes, custom_options=dict(cfg.custom.options), device=f.device)
     elif stage == "foundation":

@@ -261,6 +261,20 @@ def _summary_html(manifest: Mapping[str, Any]) -> str:
     return "<table id='run-summary'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + "</table>"
 
 
+def _inputs_html(layout: "RunLayout") -> str:
+    """Counts of the data stage's skips and notes (its ``skips_and_notes`` record) with a link to the table."""
+    c = read_records(layout.stage_dir("data")).get("skips_and_notes")
+    if not c:
+        return "<p id='inputs' class='muted'>No skip table yet (the data stage has not run).</p>"
+    table = layout.stage_dir("data") / str(c.get("table", ""))
+    link = (f" <a href='{_esc(os.path.relpath(table, layout.report_dir))}'>skip and note table</a>"
+            if table.is_file() else "")
+    by = c.get("by_reason") or {}
+    detail = "; ".join(f"{_esc(r)} {n}" for k in ("skip", "note") for r, n in (by.get(k) or {}).items())
+    return (f"<p id='inputs'><b>{int(c.get('skips', 0))}</b> input elements skipped, <b>{int(c.get('notes', 0))}</b>"
+            f" notes{f' ({detail})' if detail else ''}.{link}</p>")
+
+
 def write_index(layout: "RunLayout", stages: Sequence["Stage"], manifest: Mapping[str, Any]) -> Path:
     """Write ``report/index.html`` from the run's manifests and the comparison stage's tables."""
     layout.report_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +305,7 @@ def write_index(layout: "RunLayout", stages: Sequence["Stage"], manifest: Mappin
         parts += ["<h2>Beside the published numbers</h2>",
                   "<p class='muted'>Published protocols differ from ours (column 'published protocol'); "
                   "ours is stated above.</p>", _table_html(published, "published-table")]
+    parts += ["<h2>Inputs</h2>", _inputs_html(layout)]
     parts += ["<h2>Pages</h2>", _stage_rows(layout, stages),
               "<h2>Run</h2>", _summary_html(manifest),
               "<p class='muted'>Full details: <code>manifest.json</code> and <code>stages/*.json</code> in the run folder.</p>"]

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import Dataset, Instance, read_image
+from ..data import Dataset, Instance, read_record_image
 from ..masks import decode_rle
 from ..prompts import extreme_points
 from ..compute import resolve_device, torch_settings
@@ -105,7 +105,7 @@ def collect_objects(dataset: Dataset, images: dict[int, np.ndarray] | None = Non
         if not usable:
             continue
         if image_id not in images:
-            images[image_id] = read_image(dataset.images[image_id].path)
+            images[image_id] = read_record_image(dataset.images[image_id])
         hw = images[image_id].shape[:2]
         for inst in usable:
             obj = _train_object(inst, hw)
