@@ -149,7 +149,7 @@ def test_config_refuses_models_and_modes_at_load_time(tmp_path):
 def test_config_paths_resolve_against_repo_root(tmp_path):
     p = _write_config(tmp_path, {"data": {"source": "coco", "annotations": "../shared/data/coco-sample/instances.json",
                                           "images": "../shared/data/coco-sample/images"}})
-    cfg = load_config(p)
+    cfg = load_config(p, check_paths=False)  # resolution only; existence: tests/test_inputs.py
     assert cfg.repo_root == tmp_path.resolve()
     assert cfg.resolve(cfg.data.annotations) == str((tmp_path.parent / "shared/data/coco-sample/instances.json").resolve())
     with pytest.raises(ConfigError, match="annotations"):
