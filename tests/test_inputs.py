@@ -421,3 +421,39 @@ def test_alpha_channels_are_noted_and_dropped(tmp_path):
     assert (table["kind"] == "note").sum() == 3 and data_stage.skip_counts(table)["notes"] == 3
     out = read_image(tmp_path / "rgba.png")
     assert out.shape == (H, W, 3) and (out == rgba[..., :3]).all()  # colours kept as stored
+
+
+# ======================================================== the real data notebook stops (never exit 0)
+@pytest.mark.slow
+def test_data_stage_notebook_fails_with_the_skip_summary_and_the_index_links_the_table(tmp_path):
+    """A real run of 00_data.ipynb on 10 images, 2 of them JPEGs cut short with FFD9 kept: the stage fails
+    (``samstudy run`` exits 1) with the summary, and the index shows the counts and links the table."""
+    from samstudy.pipeline import run_study
+
+    repo = Path(__file__).resolve().parents[1]
+    ann = _coco_set(tmp_path / "d", 10, 120, 160)  # big enough for the cut to fall in the scan data
+    for i in (4, 8):
+        p = tmp_path / "d" / "images" / f"{i}.jpg"
+        b = p.read_bytes()
+        p.write_bytes(b[: len(b) // 2] + b"\xff\xd9")
+    cfg = load_config(_config(tmp_path, {"source": "coco", "annotations": str(ann),
+                                         "images": str(tmp_path / "d" / "images")}))
+    result = run_study(cfg, "r", results_root=tmp_path / "results", notebooks_dir=repo / "notebooks",
+                       only=["data"], progress=False, log=lambda m: None)
+    assert result.failure is not None and result.failure.stage == "data"
+    msg = str(result.failure)
+    assert "TooManySkips" in msg and "2 of 10 images skipped" in msg and "image_truncated: 2 (e.g. 4.jpg, 8.jpg)" in msg
+    assert not (result.layout.stage_dir("data") / data_stage.DATASETS_FILE).exists()  # nothing for later stages
+    page = result.layout.index.read_text()
+    assert "<b>4</b> input elements skipped" in page  # 2 images + their 2 objects
+    assert "href='../data/skips_and_notes.csv'" in page
+
+
+def test_jpeg_cut_inside_its_header_is_still_a_skip(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_picture()).save(buf, "JPEG", quality=90)
+    b = buf.getvalue()
+    (tmp_path / "h.jpg").write_bytes(b[:200] + b"\xff\xd9")
+    with pytest.raises(DataError) as e:
+        probe_image(tmp_path / "h.jpg")
+    assert e.value.reason in ("image_truncated", "image_unreadable") and "h.jpg" in str(e.value)

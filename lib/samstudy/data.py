@@ -295,7 +295,9 @@ def _check_jpeg_data(path: Path) -> None:
     coefficient, so the check is complete and cheap. Raises :class:`DataError`:
     ``image_truncated`` when the data ends before the frame is filled ("premature end of data
     segment", also when an ``FFD9`` end marker was appended), ``image_unreadable`` for other
-    warnings. A file libjpeg-turbo cannot decode at all is left to PIL to judge.
+    warnings. A file libjpeg-turbo cannot decode at all (a header cut short, a chroma subsampling
+    TurboJPEG does not know) is left to PIL to judge: PIL raises on a cut header, but a damaged
+    scan in such a file is not caught.
     """
     import simplejpeg  # function-level: only JPEG files need it
 
@@ -305,9 +307,11 @@ def _check_jpeg_data(path: Path) -> None:
         f.seek(0)
         data = f.read()
     try:
-        cs = simplejpeg.decode_jpeg_header(data)[2]
-        kw = dict(colorspace="CMYK" if cs in ("CMYK", "YCCK") else "GRAY", min_height=1, min_width=1,
-                  min_factor=8)
+        cs = simplejpeg.decode_jpeg_header(data, strict=False)[2]
+    except (ValueError, KeyError):  # KeyError: a subsampling turbojpeg cannot name
+        return  # no usable header (e.g. cut inside its tables): PIL judges the file and names the problem
+    kw = dict(colorspace="CMYK" if cs in ("CMYK", "YCCK") else "GRAY", min_height=1, min_width=1, min_factor=8)
+    try:
         simplejpeg.decode_jpeg(data, strict=True, **kw)
     except ValueError as strict_error:
         try:
