@@ -287,8 +287,8 @@ def read_record_image(record: "ImageRecord") -> np.ndarray:
     return read_image(record.path, exif=record.exif)
 
 
-def _check_jpeg_data(path: Path) -> None:
-    """Decode a JPEG's entropy-coded data with libjpeg-turbo in strict mode (no-op for other files).
+def _check_jpeg_data(path: Path) -> bool:
+    """Decode a JPEG's entropy-coded data with libjpeg-turbo in strict mode; ``True`` when it decoded cleanly.
 
     libjpeg recovers from damaged data with a *warning* and invents the missing pixels (grey);
     strict mode turns the warning into an error. Decoding at 1/8 scale still reads every
@@ -297,19 +297,19 @@ def _check_jpeg_data(path: Path) -> None:
     segment", also when an ``FFD9`` end marker was appended), ``image_unreadable`` for other
     warnings. A file libjpeg-turbo cannot decode at all (a header cut short, a chroma subsampling
     TurboJPEG does not know) is left to PIL to judge: PIL raises on a cut header, but a damaged
-    scan in such a file is not caught.
+    scan in such a file is not caught. Returns ``False`` for other formats and those files.
     """
     import simplejpeg  # function-level: only JPEG files need it
 
     with open(path, "rb") as f:
         if f.read(3) != b"\xff\xd8\xff":
-            return
+            return False
         f.seek(0)
         data = f.read()
     try:
         cs = simplejpeg.decode_jpeg_header(data, strict=False)[2]
     except (ValueError, KeyError):  # KeyError: a subsampling turbojpeg cannot name
-        return  # no usable header (e.g. cut inside its tables): PIL judges the file and names the problem
+        return False  # no usable header (e.g. cut inside its tables): PIL judges the file and names the problem
     kw = dict(colorspace="CMYK" if cs in ("CMYK", "YCCK") else "GRAY", min_height=1, min_width=1, min_factor=8)
     try:
         simplejpeg.decode_jpeg(data, strict=True, **kw)
@@ -317,11 +317,12 @@ def _check_jpeg_data(path: Path) -> None:
         try:
             simplejpeg.decode_jpeg(data, strict=False, **kw)
         except ValueError:
-            return  # not decodable by libjpeg-turbo at all: PIL decides (and names the problem)
+            return False  # not decodable by libjpeg-turbo at all: PIL decides (and names the problem)
         msg = str(strict_error)
         if "premature end" in msg.lower():
             raise DataError(f"{path}: image file is truncated (libjpeg: {msg})", reason="image_truncated") from None
         raise DataError(f"{path}: corrupt JPEG data (libjpeg: {msg})", reason="image_unreadable") from None
+    return True
 
 
 @dataclass(frozen=True)
@@ -357,13 +358,14 @@ def probe_image(path: str | Path) -> ImageProbe:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found", reason="image_missing")
-    _check_jpeg_data(path)
+    jpeg_ok = _check_jpeg_data(path)  # a clean strict decode of every coefficient: no second decode needed
     try:
         with Image.open(path) as im:
             w, h = im.size
             fmt = im.format or ""
             orientation = int(im.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
-            im.load()  # a full decode: PIL raises on truncation
+            if not jpeg_ok:
+                im.load()  # a full decode: PIL raises on truncation
             alpha = _alpha_info(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
             Image.DecompressionBombError) as e:
