@@ -72,10 +72,11 @@ SKIP_REASONS = (
     "category_skipped", "degenerate_polygon", "rle_size_mismatch", "bad_segmentation",
     "empty_mask", "bad_bbox", "bbox_outside_image",
     # single-object benchmarks (samstudy.isegm)
-    "mask_missing", "mask_unreadable", "image_ambiguous",
+    "mask_missing", "mask_unreadable", "image_ambiguous", "mask_ambiguous",
 )
 NOTE_REASONS = ("exif_orientation_applied", "annotations_exif_transposed",
-                "degenerate_polygon_part", "bbox_clipped", "mask_unexpected_values")
+                "degenerate_polygon_part", "bbox_clipped", "mask_unexpected_values",
+                "union_differs")  # isegm: a Berkeley union file that is not exactly its parts' union
 SKIP_COLUMNS = ("source", "image_id", "ann_id", "reason", "detail")
 
 
