@@ -126,3 +126,14 @@ def test_effort_config_section(tmp_path):
                      ({"one_shot_modes": ["nope"]}, "one_shot_modes")]:
         with pytest.raises(ConfigError, match=msg):
             _cfg(tmp_path, bad)
+
+
+def test_effort_figures_have_one_series_per_assistant():
+    from samstudy import plots
+
+    t = effort.effort_table(_rows(), COSTS)
+    s = effort.effort_summary(t, np.random.default_rng(0), n_boot=100)
+    fig = plots.effort_bars(s, COSTS.polygon_s)
+    assert len(fig.axes) == 2 and all(len(ax.patches) == 4 for ax in fig.axes)  # 2 targets x 4 assistants
+    fig = plots.done_curves(effort.done_curve(t, 0.9), COSTS.polygon_s, 0.9)
+    assert len(fig.axes[0].get_lines()) == 4 + 1  # four curves and the polygon line

@@ -49,7 +49,7 @@ from .prompts import parse_modes
 from .results import PRIMARY
 from .stats import bootstrap_mean_ci
 
-__all__ = ["MANUAL", "prompt_cost", "assistant_label", "effort_table", "seconds", "effort_summary",
+__all__ = ["MANUAL", "COST_SOURCES", "cost_table", "prompt_cost", "assistant_label", "effort_table", "seconds", "effort_summary",
            "done_curve", "break_even_table", "sensitivity_table"]
 
 MANUAL = "manual polygon"
@@ -57,6 +57,25 @@ _OBJECT = ["dataset", "image_id", "ann_id"]
 _INFO = ["category", "size_bucket", "area"]
 _GROUP = ["model_label", "prompt_mode", "multimask"]
 _START_NAMES = {"box": "tight box", "loose_box": "loose box", "extreme_points": "extreme points"}
+
+
+# Where each default cost comes from (the report prints this beside the values in use).
+COST_SOURCES = {
+    "extreme_points_s": "Papadopoulos et al., ICCV 2017: extreme clicking 'only 7s per box'",
+    "tight_box_s": "Papadopoulos et al., ICCV 2017: '35s for one high-quality box' (ILSVRC, Su et al. 2012)",
+    "loose_box_s": "assumption (no published figure for a loose box): priced as extreme clicking's fast box",
+    "click_s": "derived from Papadopoulos et al. 2017 (4 extreme clicks in 7 s); Benenson et al. 2019's "
+               "per-click time was not verified here",
+    "polygon_s": "Lin et al., ECCV 2014 (COCO): 22 worker-hours per 1,000 segmentations = 79.2 s",
+    "edit_s": "no published figure: defaults to the polygon (editing never costs more than redrawing)",
+}
+
+
+def cost_table(costs: EffortConfig) -> pd.DataFrame:
+    """``cost, seconds, default, source``: the costs in use beside their defaults and sources."""
+    default = EffortConfig()
+    return pd.DataFrame([{"cost": k, "seconds": float(getattr(costs, k)), "default": float(getattr(default, k)),
+                          "source": src} for k, src in COST_SOURCES.items()])
 
 
 def prompt_cost(mode_key: str, costs: EffortConfig) -> tuple[float, int]:
