@@ -108,7 +108,8 @@ def assistant_label(model_label: str, mode_key: str, multimask: str) -> str:
         if start == "loose_box":
             how = f"loose box b={mode.params['buffer']:g} + clicks"
     else:
-        how = f"{mode.key.replace('_', ' ')} (no clicks)"
+        shown = f"loose box b={mode.params['buffer']:g}" if mode.name == "loose_box" else mode.key.replace("_", " ")
+        how = f"{shown} (no clicks)"
     mm = "" if multimask in ("single", "first_best_of_3") else f" [{multimask}]"
     return f"{model_label}, {how}{mm}"
 
@@ -180,11 +181,11 @@ def _ci(g: pd.DataFrame, value: str, rng: np.random.Generator, n_boot: int) -> t
 
 def effort_summary(table: pd.DataFrame, rng: np.random.Generator, n_boot: int = 2000,
                    by: str | None = None) -> pd.DataFrame:
-    """Mean modelled seconds per object per ``target, assistant`` (and ``by``, e.g. ``category`` or
-    ``size_bucket``) with the 95% bootstrap CI over images: columns ``target, [by], assistant, n,
-    seconds, lo, hi, reached (%), slower than manual (%), mean clicks``; sorted by target, group and
-    seconds (the ranking)."""
-    keys = ["target"] + ([by] if by else []) + ["assistant"]
+    """Mean modelled seconds per object per ``target, dataset, assistant`` (and ``by``, e.g.
+    ``category`` or ``size_bucket``) with the 95% bootstrap CI over images: columns ``target,
+    dataset, [by], assistant, n, seconds, lo, hi, reached (%), slower than manual (%), mean clicks``;
+    sorted by target, dataset, group and seconds (the ranking)."""
+    keys = ["target", "dataset"] + ([by] if by else []) + ["assistant"]
     out = []
     for key, g in table.groupby(keys, sort=True):
         mean, lo, hi = _ci(g, "seconds", rng, n_boot)
