@@ -167,7 +167,7 @@ def test_shipped_configs_are_valid(name):
 def test_custom_disabled_drops_custom_stages(tmp_path):
     cfg = load_config(_write_config(tmp_path, {"custom": {"enabled": False}}))
     names = [s.name for s in active_stages(cfg.custom.enabled)]
-    assert names == ["data", "foundation", "compare", "gallery", "explore"]
+    assert names == ["data", "foundation", "compare", "gallery", "explore", "effort"]
     compare = next(s for s in active_stages(cfg.custom.enabled) if s.name == "compare")
     params = stage_parameters(cfg, compare, RunLayout(tmp_path / "r"))
     assert params["evaluate_custom_dir"] == "" and params["custom_enabled"] is False
@@ -274,7 +274,7 @@ def test_failure_names_stage_and_cell_then_resumes(tmp_path, capsys):
     cfg_path = _write_config(tmp_path, {"custom": {"enabled": False}})  # fixed: resume at gallery
     r2 = _run(tmp_path, cfg_path, nb_dir)
     assert r2.ok and _statuses(r2) == {"data": "skipped", "foundation": "skipped", "compare": "skipped",
-                                       "gallery": "ran", "explore": "ran"}
+                                       "gallery": "ran", "explore": "ran", "effort": "ran"}
 
 
 @pytest.mark.slow

@@ -294,6 +294,10 @@ def noc_summary(rows: "pd.DataFrame", thresholds: Sequence[float] = (0.85, 0.9),
     One row per ``dataset, model_label, prompt_mode, multimask`` with ``objects, max_clicks,
     NoC@85, reached@85 (%), NoC@90, reached@90 (%)``; NoC per object from
     :func:`samstudy.metrics.noc_table` with ``max_clicks`` = the sequence's number of clicks.
+    Per threshold also two counts of objects: ``>=max@85`` -- RITM's ``>=20`` column, NoC equal to
+    the click limit, which includes targets reached exactly at the last click -- and
+    ``unreached@85``, objects that never reach the target (the ``>=`` count minus those reached at
+    the last click). For start prompts (``click = 0`` rows) NoC counts the clicks after the start.
     """
     import pandas as pd
 
@@ -310,6 +314,8 @@ def noc_summary(rows: "pd.DataFrame", thresholds: Sequence[float] = (0.85, 0.9),
             tag = f"{round(th * 100):d}"
             row[f"NoC@{tag}"] = float(t[f"noc_{tag}"].mean())
             row[f"reached@{tag} (%)"] = 100.0 * float(t[f"reached_{tag}"].mean())
+            row[f">=max@{tag}"] = int((t[f"noc_{tag}"] == max_clicks).sum())  # RITM's >=20 count
+            row[f"unreached@{tag}"] = int((~t[f"reached_{tag}"]).sum())
         out.append(row)
     return pd.DataFrame(out)
 

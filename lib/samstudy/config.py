@@ -154,6 +154,45 @@ class GalleryConfig:
     crop_margin: float = 0.3
 
 
+EFFORT_FALLBACKS = ("polygon", "edit")
+
+
+@dataclass(frozen=True)
+class EffortConfig:
+    """The annotator-effort model (``samstudy.effort``): **modelled** seconds per object, not measured.
+
+    seconds = prompt time + clicks x ``click_s`` + (``polygon_s`` or ``edit_s``, by ``fallback``) when
+    the IoU target is not reached within ``max_clicks``. Defaults and their sources:
+
+    - ``extreme_points_s`` 7.0: extreme clicking "only 7s per box" (Papadopoulos et al., ICCV 2017);
+    - ``tight_box_s`` 35.0: "35s for one high-quality box" (same paper, on the ILSVRC protocol of Su et al. 2012);
+    - ``loose_box_s`` 7.0: an assumption, no published figure for a deliberately loose box: a quick box
+      without the quality rounds, priced as the fast box of extreme clicking (7 s);
+    - ``click_s`` 1.75: per click, derived from the same extreme-clicking figure (4 clicks in 7 s);
+      the per-click time of Benenson et al. (CVPR 2019) could not be verified here;
+    - ``polygon_s`` 79.2: COCO polygons, 22 worker-hours per 1,000 segmentations (Lin et al., ECCV 2014);
+    - ``edit_s`` 79.2: no published figure; the default is the polygon (editing a mask never costs
+      more than redrawing it); used with ``fallback: edit``.
+
+    targets: IoU targets (0.85 and 0.90 by default). max_clicks: the click limit (RITM's 20; a
+    shorter sequence is its own limit). one_shot_modes: one-shot prompt modes (no corrective clicks)
+    that are assistants besides every click sequence. click_s_grid / polygon_s_grid: the sensitivity table.
+    """
+
+    targets: tuple[float, ...] = (0.85, 0.9)
+    extreme_points_s: float = 7.0
+    tight_box_s: float = 35.0
+    loose_box_s: float = 7.0
+    click_s: float = 1.75
+    polygon_s: float = 79.2
+    edit_s: float = 79.2
+    fallback: str = "polygon"
+    max_clicks: int = 20
+    one_shot_modes: tuple[str, ...] = ("tight_box", "loose_box[b=0.2]", "extreme_points")
+    click_s_grid: tuple[float, ...] = (1.0, 1.75, 3.0, 5.0)
+    polygon_s_grid: tuple[float, ...] = (40.0, 79.2, 120.0)
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A whole study run. ``path`` is the YAML file, ``repo_root`` what relative paths hang off."""
@@ -169,6 +208,7 @@ class StudyConfig:
     stage_params: Mapping[str, Mapping[str, Any]]
     path: Path
     repo_root: Path
+    effort: EffortConfig = field(default_factory=EffortConfig)
 
     def resolve(self, p: str | None) -> str | None:
         """Absolute form of a config path (relative ones hang off the repository root)."""
@@ -406,7 +446,20 @@ def _check_arms(compare: CompareConfig, fc: FoundationConfig, file: Path) -> Com
 
 
 TOP_KEYS = {"name", "description", "seed", "data", "foundation", "custom", "compare", "gallery",
-            "notebook_params"}
+            "notebook_params", "effort"}
+
+
+def _parse_effort(d: dict[str, Any], file: Path) -> EffortConfig:
+    e = _build(EffortConfig, d, "effort", file)
+    _require(len(e.targets) > 0 and all(0.0 < float(t) <= 1.0 for t in e.targets), file,
+             "effort.targets must list IoU targets in (0, 1]")
+    costs = ("extreme_points_s", "tight_box_s", "loose_box_s", "click_s", "polygon_s", "edit_s")
+    _require(all(float(getattr(e, k)) >= 0 for k in costs), file, f"effort: every cost ({', '.join(costs)}) must be >= 0 s")
+    _require(e.fallback in EFFORT_FALLBACKS, file, f"effort.fallback must be one of {EFFORT_FALLBACKS}, got {e.fallback!r}")
+    _require(isinstance(e.max_clicks, int) and e.max_clicks >= 0, file, "effort.max_clicks must be an integer >= 0")
+    _require(all(float(v) >= 0 for v in e.click_s_grid + e.polygon_s_grid), file, "effort grids must be >= 0 s")
+    _modes(list(e.one_shot_modes), "effort.one_shot_modes", file)
+    return e
 
 
 def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = None) -> StudyConfig:
@@ -444,6 +497,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
         compare=compare,
         gallery=gallery,
         stage_params=_parse_stage_params(_section(raw, "notebook_params", file), file, STAGE_NAMES),
+        effort=_parse_effort(_section(raw, "effort", file), file),
         path=file.resolve(),
         repo_root=(repo_root or find_repo_root(file)).resolve(),
     )

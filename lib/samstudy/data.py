@@ -81,10 +81,11 @@ SKIP_REASONS = (
     "category_skipped", "degenerate_polygon", "rle_size_mismatch", "bad_segmentation",
     "empty_mask", "bad_bbox", "bbox_outside_image",
     # single-object benchmarks (samstudy.isegm)
-    "mask_missing", "mask_unreadable", "image_ambiguous",
+    "mask_missing", "mask_unreadable", "image_ambiguous", "mask_ambiguous",
 )
 NOTE_REASONS = ("exif_orientation_ignored", "exif_orientation_applied", "alpha_dropped",
-                "degenerate_polygon_part", "bbox_clipped", "mask_unexpected_values")
+                "degenerate_polygon_part", "bbox_clipped", "mask_unexpected_values",
+                "union_differs")  # isegm: a Berkeley union file that is not exactly its parts' union
 # Skip reasons that remove a whole image (its objects get image_skipped rows or none at all).
 IMAGE_SKIP_REASONS = ("bad_image_record", "duplicate_image_id", "image_missing", "image_unreadable",
                       "image_truncated", "image_size_mismatch", "image_ambiguous")

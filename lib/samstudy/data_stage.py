@@ -158,7 +158,7 @@ def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: M
 
     synthetic: the probe set is generated into ``out_dir/probe_set`` (``synthetic.SyntheticConfig``
     fields in ``synthetic``); coco: ``annotations``/``images`` (+ ``train_*`` for a separate
-    training set); isegm: ``isegm.load_grabcut`` / ``load_berkeley`` under ``isegm_root``.
+    training set); isegm: ``isegm.load_isegm`` of each name (``isegm.BENCHMARKS``) under ``isegm_root``.
     ``limit_images`` keeps the first N images of each evaluation source (before any split),
     ``limit_train_images`` the first N of the separate training set. ``exif``: the EXIF rule of
     :func:`samstudy.data.load_coco` for COCO sources (``stored`` or ``apply``).
@@ -178,11 +178,10 @@ def load_source(source: str, out_dir: str | os.PathLike, name: str, synthetic: M
     elif source == "isegm":
         from . import isegm
 
-        loaders = {"grabcut": ("GrabCut", isegm.load_grabcut), "berkeley": ("Berkeley", isegm.load_berkeley)}
-        unknown = [d for d in isegm_datasets if d not in loaders]
+        unknown = [d for d in isegm_datasets if d not in isegm.BENCHMARKS]
         if unknown:
-            raise ValueError(f"unknown isegm dataset(s) {unknown}; known: {sorted(loaders)}")
-        sets = {d: loaders[d][1](Path(isegm_root) / loaders[d][0]) for d in isegm_datasets}
+            raise ValueError(f"unknown isegm dataset(s) {unknown}; known: {sorted(isegm.BENCHMARKS)}")
+        sets = {d: isegm.load_isegm(isegm_root, d) for d in isegm_datasets}
         train = None
     else:
         raise ValueError(f"unknown data source {source!r}")

@@ -56,9 +56,13 @@ Click sequences (``clicks[start=...,max_clicks=M]``)
 ----------------------------------------------------
 RITM clicks from :class:`samstudy.clicks.ClickSimulator` on the *primary* ground truth with the
 instance's ``ignore_rle`` (no clicks on ignored pixels). Step ``k`` (``click = k``, 1..M) decodes
-the k clicks so far (plus the tight box for ``start=box``) with ``mask_inputs`` = the previous
-step's selected low-res logits ``(N, 1, 256, 256)``, as SAM's interactive loop does. ``start=box``
-also writes the box-only prediction as ``click = 0`` (no mask input). When the simulator finds no
+the k clicks so far (plus the start prompt: the tight box for ``start=box``, the loose box for
+``start=loose_box``, the 4 positive extreme points, given before the clicks, for
+``start=extreme_points``) with ``mask_inputs`` = the previous step's selected low-res logits
+``(N, 1, 256, 256)``, as SAM's interactive loop does. Every start but ``click`` also writes the
+start-only prediction as ``click = 0`` (no mask input); so NoC counts the corrective clicks after
+it. Which starts a model takes follows from its ``supported_modes`` (the start's one-shot mode,
+:data:`samstudy.prompts.CLICK_START_MODES`), so no arm is a special case. When the simulator finds no
 clickable error (the prediction is perfect outside ignored pixels) the annotator stops: later
 click rows repeat the last result with ``time_decode_s = 0`` (so mIoU-per-click curves are over
 all objects at every k) and no prediction is stored for them. NoC: :func:`samstudy.metrics.noc_table`.
@@ -332,12 +336,16 @@ def _click_best_of_3(selection: str, first: bool) -> bool:
 
 def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, selection: str, emb: Embedding,
                 rows: list, preds: list | None) -> None:
-    """A click sequence for every object, batched over objects at each click step."""
-    start_box = mode.params["start"] == "box"
+    """A click sequence for every object, batched over objects at each click step.
+
+    A start other than ``click`` (tight box, loose box, extreme points) is decoded first as click 0
+    and stays in every later prompt: its box, and its points before the corrective clicks."""
+    start_prompt = mode.params["start"] != "click"
     max_clicks = int(mode.params["max_clicks"])
     n = len(objs)
     sims = [ClickSimulator(o.gt, o.ignore) for o in objs]
-    boxes = [tight_box(o.gt) if start_box else None for o in objs]
+    starts = [make_prompt(mode, o.gt, o.gt.shape) if start_prompt else None for o in objs]
+    boxes = [None if p is None else p.box for p in starts]
     preds_now: list[np.ndarray] = [np.zeros_like(o.gt) for o in objs]
     last_rows: list[list[dict] | None] = [None] * n
     logits: np.ndarray | None = None  # (n, 1, 256, 256) selected low-res logits of the last step
@@ -351,8 +359,15 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, selection: str
         if preds is not None:
             preds.append(_pred_record(ctx, objs[i].inst, mode, selection, click, prompt, mask, piou, new[0]["iou"]))
 
-    if start_box:
-        prompts = [Prompt(mode=mode.key, box=b, params=dict(mode.params)) for b in boxes]
+    def step_prompt(i: int) -> Prompt:
+        pts, lab = sims[i].points, sims[i].labels
+        first = starts[i]
+        if first is not None and first.points is not None:
+            pts, lab = np.concatenate([first.points, pts]), np.concatenate([first.labels, lab])
+        return Prompt(mode=mode.key, box=boxes[i], points=pts, labels=lab, params=dict(mode.params))
+
+    if start_prompt:
+        prompts = list(starts)
         (dec,), dt = _timed_decode(ctx.model, emb, prompts, [_click_best_of_3(selection, True)])
         logits = np.zeros((n, 1) + dec.low_res_logits.shape[2:], np.float32)
         for i in range(n):
@@ -376,8 +391,7 @@ def _run_clicks(ctx: _Ctx, objs: list[_Object], mode: PromptMode, selection: str
                 rows.extend(dict(r, click=click, time_decode_s=0.0) for r in last_rows[i])
         if not active:
             continue
-        prompts = [Prompt(mode=mode.key, box=boxes[i], points=sims[i].points, labels=sims[i].labels,
-                          params=dict(mode.params)) for i in active]
+        prompts = [step_prompt(i) for i in active]
         mask_in = None if logits is None else logits[active]
         bo3 = _click_best_of_3(selection, first)
         (dec,), dt = _timed_decode(ctx.model, emb, prompts, [bo3], mask_in)

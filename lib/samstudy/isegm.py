@@ -1,6 +1,10 @@
-"""Single-object interactive-segmentation benchmarks (GrabCut, Berkeley) as :class:`Dataset`s.
+"""Single-object interactive-segmentation benchmarks (GrabCut, Berkeley, DAVIS, COCO_MVal) as :class:`Dataset`s.
 
-Both loaders return the same :class:`~samstudy.data.Dataset` of :class:`~samstudy.data.Instance`
+The loaders follow RITM's evaluation protocol (Sofiiuk et al., 2022; its ``isegm/data/datasets``
+readers, read here and re-implemented): one object per image, 20 clicks, NoC@85/90
+(:func:`samstudy.compare.noc_summary`, whose ``>=20`` columns count NoC == 20 as RITM does).
+
+Every loader returns the same :class:`~samstudy.data.Dataset` of :class:`~samstudy.data.Instance`
 as :func:`~samstudy.data.load_coco`, with one category ``{1: "object"}``, so every experiment
 runs on them unchanged. Instances carry ``tags=("grabcut",)`` or ``("berkeley",)``.
 
@@ -10,16 +14,31 @@ Layouts (``root`` is the benchmark's own folder, e.g. ``../shared/data/isegm/Gra
   ``boundary_GT/<name>.bmp``. Mask value ``128`` is an uncertain band along the boundary: it goes
   to ``ignore_rle``; values above 128 (255) are the object; the rest is background. Mask pixels
   are the maximum over colour channels (grey and colour files read alike).
-- **Berkeley**: images ``images/<id>.jpg``, masks ``masks/<id><suffix>.png`` with an optional
-  one-letter suffix for several objects of one image (``189011a``/``189011b`` on ``189011.jpg``;
-  ``189011.png`` itself is a third object, the union of the two). Object = maximum over colour
-  channels ``> 127``.
+- **Berkeley** (``protocol="ritm"``, the default, as RITM evaluates it: 96 objects): images
+  ``images/<id>.jpg``, one object per image: the mask ``masks/<id>.png`` named like the image
+  (for ``189011``/``239007``, which also carry ``<id>a``/``<id>b``, that file is the union of the two
+  parts); an image without it but with parts ``masks/<id>[a-z].png`` takes their union. Values as
+  GrabCut's (RITM reads both alike): ``> 128`` object, ``128`` ignored. When both the union file and
+  its parts exist and differ, a ``union_differs`` note gives the pixel count (the file is used, as RITM
+  does; on the shared copy ``239007`` differs by 9 pixels).
+  ``protocol="all_masks"`` (the earlier variant, 100 objects): every mask file is an object, the
+  optional one-letter suffix marking several objects of one image (``189011a``/``189011b`` on
+  ``189011.jpg``; ``189011.png`` itself is a third object, the union of the two); object =
+  maximum over colour channels ``> 127``.
+- **DAVIS** (345 images) and **COCO_MVal** (800 images), RITM's layout: images ``img/<name>.<ext>``,
+  masks ``gt/<name>.<ext>`` (same stem); the mask's maximum over colour channels, every non-zero
+  value is the one object (RITM's ``DavisDataset``); no ignore pixels.
+
+Channels: RITM reads GrabCut/Berkeley masks as the first (blue) channel of OpenCV's BGR image; we
+take the maximum over channels. The two agree on every shared GrabCut/Berkeley mask
+(``tests/test_isegm.py``).
 
 **Ids** (stable: they depend only on the file name, never on which other files are present):
 ``image_id`` = the image stem as an integer when it is all digits (the BSDS image number, so
 GrabCut and Berkeley rows of one BSDS picture share it), else the CRC-32 of the UTF-8 stem masked
 to 31 bits. ``ann_id`` = ``image_id`` for GrabCut (one object per image); for Berkeley
-``image_id * 10 + k`` with ``k = 0`` without suffix and ``k = 1, 2, ...`` for ``a, b, ...``.
+``image_id * 10 + k`` with ``k = 0`` without suffix (and for the RITM protocol's one object) and
+``k = 1, 2, ...`` for ``a, b, ...``; DAVIS/COCO_MVal: ``ann_id = image_id``.
 A collision raises :class:`~samstudy.data.DataError`.
 
 Skips (``Dataset.skips`` rows, reason codes shared with :mod:`samstudy.data`): mask without image
@@ -94,6 +113,7 @@ def _build(root: Path, name: str, tag: str, pairs: list[tuple[str, str, Path, Pa
     for image_stem, mask_stem, image_path, mask_path, k in pairs:
         image_id = stable_id(image_stem)
         ann_id = image_id * 10 + k if tag == "berkeley" else image_id
+        mask_stem = mask_stem if isinstance(mask_stem, str) else "+".join(mask_stem)
         if names_of_image.setdefault(image_id, image_stem) != image_stem:
             raise DataError(f"{root}: image id {image_id} of '{image_stem}' collides with '{names_of_image[image_id]}'")
         if ann_names.setdefault(ann_id, mask_stem) != mask_stem:
@@ -104,11 +124,18 @@ def _build(root: Path, name: str, tag: str, pairs: list[tuple[str, str, Path, Pa
             log.skip(image_id, ann_id, e.reason or "image_unreadable", str(e))
             continue
         hw = probe.stored_hw
-        try:
-            values = _read_mask_values(mask_path)
+        try:  # several files (the union of a Berkeley image's parts): the pixelwise maximum
+            paths = mask_path if isinstance(mask_path, tuple) else (mask_path,)
+            values = _read_mask_values(paths[0])
+            for extra in paths[1:]:
+                more = _read_mask_values(extra)
+                if more.shape != values.shape:
+                    raise DataError(f"{extra}: size {more.shape} differs from {paths[0]} {values.shape}")
+                values = np.maximum(values, more)
         except DataError as e:
             log.skip(image_id, ann_id, "mask_unreadable", str(e))
             continue
+        mask_path = paths[0]
         if values.shape != hw:
             log.skip(image_id, ann_id, "image_size_mismatch",
                      f"{mask_path}: mask {values.shape[0]}x{values.shape[1]} but image {image_path} is "
@@ -146,6 +173,16 @@ def _berkeley_rule(values: np.ndarray, path: Path, image_id: int, ann_id: int, l
     return values > 127, None
 
 
+def _ritm_rule(values: np.ndarray, path: Path, image_id: int, ann_id: int, log: SkipLog):
+    """RITM's GrabCut/Berkeley reading: 128 ignored, above 128 object."""
+    return values > 128, values == 128
+
+
+def _nonzero_rule(values: np.ndarray, path: Path, image_id: int, ann_id: int, log: SkipLog):
+    """RITM's DAVIS/COCO_MVal reading: every non-zero value is the object."""
+    return values > 0, None
+
+
 def load_grabcut(root: str | Path) -> Dataset:
     """Load GrabCut from ``root`` (folder holding ``data_GT/`` and ``boundary_GT/``).
 
@@ -180,20 +217,29 @@ def load_grabcut(root: str | Path) -> Dataset:
 _BERKELEY_MASK = re.compile(r"^(?P<image>.+?)(?P<suffix>[a-z]?)$")
 
 
-def load_berkeley(root: str | Path) -> Dataset:
+BERKELEY_PROTOCOLS = ("ritm", "all_masks")
+
+
+def load_berkeley(root: str | Path, protocol: str = "ritm") -> Dataset:
     """Load Berkeley from ``root`` (folder holding ``images/`` and ``masks/``).
 
-    Returns a ``Dataset`` named ``"berkeley"`` (100 objects on 96 images in the standard release).
-    A mask ``<stem><letter>.png`` belongs to image ``<stem>.jpg`` when ``<stem><letter>.jpg`` does
-    not exist. See the module docstring for ids and skip rules. Raises :class:`DataError` when a
-    folder is missing.
+    ``protocol="ritm"`` (default): a ``Dataset`` named ``"berkeley"`` with one object per image as
+    RITM evaluates it (96 on the standard release). ``protocol="all_masks"``: named
+    ``"berkeley_all"``, every mask file an object (100 on 96 images); a mask ``<stem><letter>.png``
+    belongs to image ``<stem>.jpg`` when ``<stem><letter>.jpg`` does not exist. See the module
+    docstring for values, ids and skip rules. Raises :class:`DataError` when a folder is missing,
+    ``ValueError`` for an unknown protocol.
     """
+    if protocol not in BERKELEY_PROTOCOLS:
+        raise ValueError(f"unknown Berkeley protocol {protocol!r}; known: {BERKELEY_PROTOCOLS}")
     root = Path(root)
     img_dir, mask_dir = root / "images", root / "masks"
     _require_dir(img_dir, "Berkeley images")
     _require_dir(mask_dir, "Berkeley masks")
     log = SkipLog(str(root))
     by_stem = _images_by_stem(img_dir)
+    if protocol == "ritm":
+        return _load_berkeley_ritm(root, mask_dir, by_stem, log)
     used: set[str] = set()
     pairs = []
     for mpath in sorted(p for p in mask_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"):
@@ -220,14 +266,109 @@ def load_berkeley(root: str | Path) -> Dataset:
     for stem, cands in by_stem.items():
         if stem not in used:
             log.skip(stable_id(stem), None, "mask_missing", f"{cands[0]}: no mask masks/{stem}[a-z].png")
-    return _build(root, "berkeley", "berkeley", pairs, _berkeley_rule, log)
+    return _build(root, "berkeley_all", "berkeley", pairs, _berkeley_rule, log)
+
+
+def _load_berkeley_ritm(root: Path, mask_dir: Path, by_stem: dict[str, list[Path]], log: SkipLog) -> Dataset:
+    """One object per image: ``masks/<stem>.png``, else the union of ``masks/<stem>[a-z].png``."""
+    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.is_file() and p.suffix.lower() == ".png"}
+    parts: dict[str, list[Path]] = {}
+    for mstem, mpath in masks.items():
+        m = _BERKELEY_MASK.match(mstem)
+        if m.group("suffix") and m.group("image") in by_stem and mstem not in by_stem:
+            parts.setdefault(m.group("image"), []).append(mpath)
+    pairs = []
+    for stem, cands in by_stem.items():
+        sid = stable_id(stem)
+        if len(cands) > 1:
+            log.skip(sid, sid * 10, "image_ambiguous", f"{cands[0]}: several images {[c.name for c in cands]}")
+        elif stem in masks:
+            pairs.append((stem, stem, cands[0], masks[stem], 0))
+            if stem in parts:
+                _note_union(log, sid, masks[stem], parts[stem])
+        elif stem in parts:
+            pairs.append((stem, tuple(p.stem for p in parts[stem]), cands[0], tuple(parts[stem]), 0))
+        else:
+            log.skip(sid, None, "mask_missing", f"{cands[0]}: no mask masks/{stem}.png or masks/{stem}[a-z].png")
+    used = set(by_stem) | {p.stem for ps in parts.values() for p in ps}
+    for mstem, mpath in masks.items():
+        if mstem not in used:
+            sid = stable_id(mstem)
+            log.skip(sid, sid * 10, "image_missing", f"{mpath}: no image images/{mstem}.*")
+    return _build(root, "berkeley", "berkeley", pairs, _ritm_rule, log)
+
+
+def _note_union(log: SkipLog, image_id: int, union_path: Path, part_paths: list[Path]) -> None:
+    """Note when a Berkeley union file is not exactly the union of its parts (the file is used)."""
+    try:
+        union = _read_mask_values(union_path) > 128
+        mine = np.zeros_like(union)
+        for p in part_paths:
+            v = _read_mask_values(p)
+            if v.shape != union.shape:
+                return
+            mine |= v > 128
+    except DataError:
+        return  # the unreadable file is reported where it is loaded
+    diff = int((union != mine).sum())
+    if diff:
+        log.note(image_id, image_id * 10, "union_differs",
+                 f"{union_path}: {diff} pixels differ from the union of {[p.name for p in part_paths]} (file used)")
+
+
+def load_davis_layout(root: str | Path, name: str) -> Dataset:
+    """RITM's ``img/`` + ``gt/`` layout (DAVIS, COCO_MVal): one object per image, every non-zero
+    value of the mask (maximum over channels) is the object. ``name`` names the ``Dataset`` and
+    tags its instances. Raises :class:`DataError` when a folder is missing."""
+    root = Path(root)
+    img_dir, mask_dir = root / "img", root / "gt"
+    _require_dir(img_dir, f"{name} images (img)")
+    _require_dir(mask_dir, f"{name} masks (gt)")
+    log = SkipLog(str(root))
+    by_stem = _images_by_stem(img_dir)
+    masks = _images_by_stem(mask_dir)
+    pairs = []
+    for stem, mpaths in masks.items():
+        sid, cands = stable_id(stem), by_stem.get(stem, [])
+        if len(mpaths) > 1:
+            log.skip(sid, sid, "mask_ambiguous", f"{mpaths[0]}: several masks {[m.name for m in mpaths]}")
+        elif not cands:
+            log.skip(sid, sid, "image_missing", f"{mpaths[0]}: no image img/{stem}.*")
+        elif len(cands) > 1:
+            log.skip(sid, sid, "image_ambiguous", f"{mpaths[0]}: several images {[c.name for c in cands]}")
+        else:
+            pairs.append((stem, stem, cands[0], mpaths[0], 0))
+    for stem, cands in by_stem.items():
+        if stem not in masks:
+            log.skip(stable_id(stem), None, "mask_missing", f"{cands[0]}: no mask gt/{stem}.*")
+    return _build(root, name, name, pairs, _nonzero_rule, log)
+
+
+def load_davis(root: str | Path) -> Dataset:
+    """DAVIS as RITM evaluates it (345 images): :func:`load_davis_layout` named ``"davis"``."""
+    return load_davis_layout(root, "davis")
+
+
+def load_coco_mval(root: str | Path) -> Dataset:
+    """COCO_MVal as RITM evaluates it (800 images): :func:`load_davis_layout` named ``"coco_mval"``."""
+    return load_davis_layout(root, "coco_mval")
+
+
+# benchmark name -> (folder under the isegm root, loader); "berkeley" is RITM's 96-object protocol
+BENCHMARKS = {
+    "grabcut": ("GrabCut", load_grabcut),
+    "berkeley": ("Berkeley", load_berkeley),
+    "berkeley_all": ("Berkeley", lambda root: load_berkeley(root, protocol="all_masks")),
+    "davis": ("DAVIS", load_davis),
+    "coco_mval": ("COCO_MVal", load_coco_mval),
+}
 
 
 def load_isegm(isegm_dir: str | Path, name: str) -> Dataset:
-    """``load_grabcut``/``load_berkeley`` on ``isegm_dir/GrabCut`` or ``isegm_dir/Berkeley`` by ``name``."""
-    loaders = {"grabcut": (load_grabcut, "GrabCut"), "berkeley": (load_berkeley, "Berkeley")}
+    """The benchmark ``name`` (:data:`BENCHMARKS`: ``grabcut``, ``berkeley`` (RITM, 96 objects),
+    ``berkeley_all`` (100 masks), ``davis``, ``coco_mval``) from its folder under ``isegm_dir``."""
     key = name.lower()
-    if key not in loaders:
-        raise ValueError(f"unknown isegm benchmark '{name}'; known: {sorted(loaders)}")
-    fn, folder = loaders[key]
+    if key not in BENCHMARKS:
+        raise ValueError(f"unknown isegm benchmark '{name}'; known: {sorted(BENCHMARKS)}")
+    folder, fn = BENCHMARKS[key]
     return fn(Path(isegm_dir) / folder)

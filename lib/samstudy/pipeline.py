@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -139,6 +140,9 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
                  crop_margin=cfg.gallery.crop_margin)
     elif stage == "explore":
         p.update(arms)
+    elif stage == "effort":
+        p.update(dataclasses.asdict(cfg.effort), custom_enabled=cfg.custom.enabled, n_boot=c.n_boot,
+                 config_name=cfg.name)
     return p
 
 

@@ -205,3 +205,42 @@ def dataset_overview(stats: pd.DataFrame, title: str = "Objects per category and
             ax.legend(fontsize=7, frameon=False, title="size", title_fontsize=7)
     fig.suptitle(title, fontsize=11)
     return fig
+
+
+def effort_bars(summary: pd.DataFrame, polygon_s: float,
+                title: str = "Modelled annotator seconds per object (95% CI, images resampled)") -> Figure:
+    """Horizontal bars of mean modelled seconds per assistant, one panel per IoU target, the manual
+    polygon time marked; ``summary``: ``effort.effort_summary`` (no ``by``)."""
+    targets = sorted(summary["target"].unique())
+    n = summary.groupby("target").size().max() if len(summary) else 1
+    fig = Figure(figsize=(6.0 * max(1, len(targets)), 0.45 * n + 1.6), layout="constrained")
+    for i, t in enumerate(targets):
+        ax = fig.add_subplot(1, len(targets), i + 1)
+        d = summary[summary["target"] == t].iloc[::-1]
+        y = np.arange(len(d))
+        err = _yerr(d, "seconds")
+        ax.barh(y, d["seconds"].to_numpy(float), xerr=err, capsize=2,
+                color=[PALETTE[j % len(PALETTE)] for j in range(len(d))][::-1])
+        ax.set_yticks(y, [_wrap(a, 44) for a in d["assistant"]], fontsize=7)
+        ax.axvline(polygon_s, color="grey", ls=":", lw=1)
+        ax.set_xlabel("modelled seconds per object")
+        ax.set_title(f"IoU target {t:g} (polygon by hand: {polygon_s:g} s)", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def done_curves(curve: pd.DataFrame, polygon_s: float, target: float,
+                title: str = "Share of objects done against modelled seconds per object") -> Figure:
+    """Step curves of ``effort.done_curve`` (one per assistant), the polygon time marked."""
+    fig, ax = _figure(7.0, 4.2)
+    for i, (name, d) in enumerate(curve.groupby("assistant", sort=True)):
+        ax.step(d["seconds"], d["share"], where="post", color=PALETTE[i % len(PALETTE)], label=_wrap(name, 48))
+    ax.axvline(polygon_s, color="grey", ls=":", lw=1)
+    ax.set_xlabel("modelled seconds per object")
+    ax.set_ylabel(f"share of objects at IoU >= {target:g}")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    return fig

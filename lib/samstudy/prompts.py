@@ -44,7 +44,7 @@ from samstudy.masks import mask_box_xyxy
 
 __all__ = [
     "tight_box", "loose_box", "jitter_box", "extreme_points", "extreme_points_box", "interior_point",
-    "Prompt", "PromptMode", "MODE_SPECS", "DEFAULT_MODES", "parse_modes", "make_prompt",
+    "Prompt", "PromptMode", "MODE_SPECS", "CLICK_START_MODES", "DEFAULT_MODES", "parse_modes", "make_prompt",
 ]
 
 
@@ -282,12 +282,16 @@ MODE_SPECS: dict[str, dict[str, Any]] = {
     "extreme_points_box": {"jitter_px": 0},
     "center_point": {},
     "box_center_point": {},
-    "clicks": {"start": "click", "max_clicks": 20},
+    "clicks": {"start": "click", "max_clicks": 20, "buffer": 0.2},  # buffer: only with start=loose_box
 }
 # Short names used in keys, and params shown only when not at their default.
 _KEY_ALIASES = {"buffer": "b"}
 _HIDDEN_AT_DEFAULT = {"jitter_px"}
-_CLICK_STARTS = ("click", "box")
+# Starts of a click sequence (the prompt of click 0; "click": the first click itself) and the one-shot
+# mode each one is, whose support a model must declare to run that start (models.base.check_model_modes).
+CLICK_START_MODES = {"click": "center_point", "box": "tight_box", "loose_box": "loose_box",
+                     "extreme_points": "extreme_points"}
+_CLICK_STARTS = tuple(CLICK_START_MODES)
 
 
 def _fmt(v: Any) -> str:
@@ -335,6 +339,10 @@ class PromptMode:
         unknown = set(params) - set(spec)
         if unknown:
             raise ValueError(f"{self.name}: unknown parameters {sorted(unknown)}; allowed: {list(spec)}")
+        if self.name == "clicks" and str(params.get("start", spec["start"])) != "loose_box":
+            if "buffer" in params:
+                raise ValueError("clicks: buffer is a parameter of start=loose_box only")
+            spec = {k: v for k, v in spec.items() if k != "buffer"}  # keys and params as before starts grew
         full = {p: _coerce(self.name, p, params.get(p, d)) for p, d in spec.items()}
         if self.name in ("loose_box", "jitter_box"):
             p = "buffer" if self.name == "loose_box" else "noise"
@@ -347,6 +355,8 @@ class PromptMode:
                 raise ValueError(f"clicks: start must be one of {_CLICK_STARTS}, got {full['start']!r}")
             if full["max_clicks"] < 1:
                 raise ValueError("clicks: max_clicks must be >= 1")
+            if "buffer" in full and not (np.isfinite(full["buffer"]) and full["buffer"] >= 0):
+                raise ValueError(f"clicks: buffer must be >= 0, got {full['buffer']}")
         object.__setattr__(self, "params", full)
 
     @property
@@ -365,6 +375,15 @@ class PromptMode:
         if self.name == "tight_box":
             return 0.0
         return None
+
+    @property
+    def required_modes(self) -> frozenset[str]:
+        """Names of the modes a model must decode to run this one: itself, and for a click sequence
+        also the one-shot mode of its start (:data:`CLICK_START_MODES`; ``start=click`` needs
+        ``center_point``, a single positive point)."""
+        if self.name == "clicks":
+            return frozenset({self.name, CLICK_START_MODES[self.params["start"]]})
+        return frozenset({self.name})
 
     @property
     def is_interactive(self) -> bool:
@@ -463,10 +482,11 @@ def make_prompt(mode: PromptMode | str, mask: np.ndarray, image_hw: Sequence[int
     - ``extreme_points_box``: the same 4 points plus :func:`extreme_points_box`.
     - ``center_point``: 1 positive point, :func:`interior_point`.
     - ``box_center_point``: tight box + 1 positive point, :func:`interior_point`.
-    - ``clicks``: the *initial* prompt of a click session; the engine then drives
-      :class:`samstudy.clicks.ClickSimulator`. ``start="click"``: the first RITM click
-      (:func:`samstudy.clicks.next_click`) on an empty prediction, always positive;
-      ``start="box"``: the tight box.
+    - ``clicks``: the *initial* prompt of a click session (click 0, or click 1 for ``start="click"``);
+      the engine then drives :class:`samstudy.clicks.ClickSimulator` and keeps this prompt in every
+      later step. ``start="click"``: the first RITM click (:func:`samstudy.clicks.next_click`) on an
+      empty prediction, always positive; ``start="box"``: the tight box; ``start="loose_box"``: the
+      loose box with ``buffer``; ``start="extreme_points"``: the 4 extreme points (positive).
 
     Raises ``ValueError`` on an empty mask or a mask whose shape differs from ``image_hw``.
     """
@@ -481,12 +501,14 @@ def make_prompt(mode: PromptMode | str, mask: np.ndarray, image_hw: Sequence[int
     kw: dict[str, Any] = {}
     if mode.name == "tight_box" or (mode.name == "clicks" and p["start"] == "box"):
         kw["box"] = tight_box(mask)
-    elif mode.name == "loose_box":
+    elif mode.name == "loose_box" or (mode.name == "clicks" and p["start"] == "loose_box"):
         kw["box"] = loose_box(tight_box(mask), p["buffer"], hw)
     elif mode.name == "jitter_box":
         if rng is None:
             raise ValueError("jitter_box needs a numpy.random.Generator (rng)")
         kw["box"] = jitter_box(tight_box(mask), rng, p["noise"], hw)
+    elif mode.name == "clicks" and p["start"] == "extreme_points":
+        kw["points"], kw["labels"] = extreme_points(mask), np.ones(4, dtype=np.int64)
     elif mode.name in ("extreme_points", "extreme_points_box"):
         if p["jitter_px"] > 0 and rng is None:
             raise ValueError(f"{mode.name} with jitter_px > 0 needs a numpy.random.Generator (rng)")

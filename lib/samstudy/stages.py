@@ -2,7 +2,7 @@
 
 One notebook per stage, run in this order::
 
-    data -> train_custom -> foundation -> evaluate_custom -> compare -> gallery -> explore
+    data -> train_custom -> foundation -> evaluate_custom -> compare -> gallery -> explore -> effort
 
 - :data:`STAGES` -- every stage with its notebook, the stages whose outputs it reads and its title.
 - :func:`active_stages` -- the stages a config runs (the custom-model ones drop out when the custom
@@ -48,6 +48,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("compare", "04_compare.ipynb", ("data", "foundation", "evaluate_custom"), "Comparison"),
     Stage("gallery", "05_failure_gallery.ipynb", ("data", "foundation", "evaluate_custom"), "Failure gallery"),
     Stage("explore", "06_explore.ipynb", ("data", "foundation", "evaluate_custom"), "Explorer"),
+    Stage("effort", "07_effort.ipynb", ("data", "foundation", "evaluate_custom"), "Annotator effort (modelled)"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 

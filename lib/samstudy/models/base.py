@@ -157,6 +157,12 @@ def check_model_modes(model: "PromptableSegmenter | type[PromptableSegmenter]", 
     if bad_modes:
         raise ValueError(f"model {name!r} does not support prompt mode(s) {bad_modes}; "
                          f"it supports {sorted(model.supported_modes)}")
+    # a click sequence also needs its start (click 0): e.g. clicks[start=extreme_points] needs extreme_points
+    bad_starts = sorted(m.key for m in modes if not m.required_modes <= set(model.supported_modes))
+    if bad_starts:
+        raise ValueError(f"model {name!r} cannot start click sequence(s) {bad_starts}: each start needs its "
+                         f"one-shot mode (samstudy.prompts.CLICK_START_MODES); it supports "
+                         f"{sorted(model.supported_modes)}")
     clicking = any(m.is_interactive for m in modes)
     multi = set(multimask) - {"single"} | (set(click_multimask) - {"single"} if clicking else set())
     if model.multimask_outputs < 2 and multi:
