@@ -137,11 +137,13 @@ def format_cell(value: Any, decimals: int = 3) -> str:
 
 
 def _flat_columns(df: "pd.DataFrame") -> "pd.DataFrame":
-    """Index folded into columns (a default ``RangeIndex`` dropped, a meaningful one kept as
-    columns, an unnamed one with an empty header) and MultiIndex headers joined with ' · '."""
+    """Index folded into columns and MultiIndex headers joined with ' · '. An unnamed integer index
+    is row positions (a ``RangeIndex`` or what is left of one after filtering) and is dropped; a
+    named or non-integer index (keys of a Series, groups) becomes columns, unnamed ones with an
+    empty header."""
     import pandas as pd
 
-    if isinstance(df.index, pd.RangeIndex):
+    if df.index.nlevels == 1 and df.index.name is None and pd.api.types.is_integer_dtype(df.index):
         df = df.reset_index(drop=True)
     else:
         names = [n if n is not None else ("" if df.index.nlevels == 1 else f"level {i}")
@@ -284,6 +286,9 @@ def write_stylesheet(report_dir: str | os.PathLike) -> Path:
     if not out.is_file() or out.read_text(encoding="utf-8") != text:
         with atomic_path(out) as tmp:
             tmp.write_text(text, encoding="utf-8")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o644 & ~umask)  # a page's stylesheet is as readable as the page
     return out
 
 
