@@ -388,6 +388,22 @@ def test_explorer_opens_on_an_object(tmp_path):
     box = gallery.build_explorer(rows, custom, _source(tmp_path), start=tight)
     (cat, model, mode), slider = box.children[0].children, box.children[1]
     assert (cat.value, model.value, mode.value) == ("(all)", "litemedsam", "tight_box")
-    assert slider.max == 2  # three objects to browse, the first shown
+    assert (slider.value, slider.max) == (1, 3)  # three objects to browse, the first shown
+    note, image = box.children[2], box.children[3]
+    assert note.value == "" and image.value[:8] == b"\x89PNG\r\n\x1a\n"
     model.value = "custom_stage2"  # switching model keeps a valid mode selected
     assert mode.value == "extreme_points"
+
+
+def test_explorer_opening_figure_and_widget_text(tmp_path):
+    rows = _rows()
+    custom, tight, _ = _arms(rows)
+    fig = gallery.explorer_opening_figure(rows, custom, _source(tmp_path), start=tight)
+    assert fig.get_suptitle() == "object 1 of 3 (sorted by IoU gap)"
+    # the first object: largest gap custom - tight (1: 0.3, 2: -0.1, 3: 0.2) -> object 1
+    assert "obj 1" in fig.axes[0].get_title() and fig.axes[1].get_title() == "ground truth"
+    import ipywidgets as W
+
+    bundle = report.widget_with_text(W.IntSlider(), "run the notebook")._repr_mimebundle_()
+    assert bundle["text/plain"] == "run the notebook"
+    assert "model_id" in bundle["application/vnd.jupyter.widget-view+json"]

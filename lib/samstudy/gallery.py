@@ -342,6 +342,30 @@ def _multimask_of(one: pd.DataFrame, model: str, mode: str) -> str | None:
     return "single" if "single" in set(mm) else (mm.iloc[0] if len(mm) else None)
 
 
+def _explorer_figure(rows: pd.DataFrame, reference: Arm, arm: Arm, table: pd.DataFrame, number: int,
+                     source: CaseSource, margin: float) -> Figure:
+    """The explorer's view of object ``number`` (1-based) of ``table`` (:func:`explorer_table`)."""
+    arms = [reference] + ([arm] if arm.label != reference.label else [])
+    number = min(max(1, number), len(table))
+    key = table.iloc[[number - 1]][OBJECT_KEYS]
+    return case_figure(case_table(rows, arms).merge(key, on=OBJECT_KEYS), arms, source, margin,
+                       title=f"object {number} of {len(table)} (sorted by IoU gap)")
+
+
+def explorer_opening_figure(rows: pd.DataFrame, reference: Arm, source: CaseSource, margin: float = 0.3,
+                            start: Arm | None = None) -> Figure | None:
+    """The figure the explorer opens on (:func:`explorer_start`, all categories, object 1): the
+    notebook shows it as a static image under the widget, for readers without a running kernel
+    (JupyterLab does not load saved widget state by default, and exported pages run no widget).
+    ``None`` when the opening selection has no object."""
+    model, mode, mm = explorer_start(rows, reference, start)
+    table = explorer_table(rows, reference, model, mode, mm)
+    if not len(table):
+        return None
+    return _explorer_figure(rows, reference, Arm(f"{model} · {mode}", model, mode, mm, "other"), table, 1,
+                            source, margin)
+
+
 def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margin: float = 0.3,
                    start: Arm | None = None) -> Any:
     """ipywidgets explorer: pick category, model and prompt mode; browse objects sorted by IoU gap.
@@ -349,11 +373,10 @@ def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margi
     The gap is the reference arm's IoU minus the chosen (model, prompt mode)'s IoU on the same object.
     It opens on :func:`explorer_start` (every dropdown has a value: ipywidgets leaves ``value``
     ``None`` when options are set after construction, which showed "no object for this selection"),
-    object 1. Returns an ``ipywidgets.VBox`` (live in a kernel; the executed notebook saves its
-    state, from which the exported page shows the opening view).
+    object 1. Returns an ``ipywidgets.VBox`` (live in a kernel only: show
+    :func:`explorer_opening_figure` beside it for everyone else).
     """
     import ipywidgets as W
-    from IPython.display import display
 
     one = rows[(rows["click"] == 0) & (rows["status"] == "ok")]
     models = sorted(one["model"].unique())
@@ -365,8 +388,11 @@ def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margi
     cat = W.Dropdown(options=["(all)"] + sorted(one["category"].unique()), value="(all)", description="category")
     model = W.Dropdown(options=models, value=first_model, description="model")
     mode = W.Dropdown(options=modes_for(first_model), value=first_mode, description="prompt mode")
-    idx = W.IntSlider(min=0, max=0, description="object #")
-    out = W.Output()
+    idx = W.IntSlider(min=1, max=1, value=1, description="object #")  # 1-based, as the figure's title
+    # An Image widget, not an Output widget: capturing display() into an Output widget while
+    # papermill/nbclient executes the notebook deadlocked the kernel now and then.
+    image = W.Image(format="png")
+    note = W.HTML()
     state: dict[str, Any] = {"table": pd.DataFrame()}
 
     def refresh_table(*_: Any) -> None:
@@ -376,22 +402,18 @@ def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margi
         state["table"] = explorer_table(rows, reference, model.value, mode.value, mm_value,
                                         None if cat.value == "(all)" else cat.value)
         state["arm"] = Arm(f"{model.value} · {mode.value}", model.value, mode.value, mm_value, "other")
-        idx.max = max(0, len(state["table"]) - 1)
-        idx.value = 0
-        show()
+        idx.max = max(1, len(state["table"]))
+        if idx.value == 1:
+            show()
+        idx.value = 1
 
     def show(*_: Any) -> None:
-        out.clear_output(wait=True)
-        t = state["table"]
-        with out:
-            if not len(t):
-                print("no object for this selection")
-                return
-            arms = [reference] + ([state["arm"]] if state["arm"].label != reference.label else [])
-            key = t.iloc[[idx.value]][OBJECT_KEYS]
-            fig = case_figure(case_table(rows, arms).merge(key, on=OBJECT_KEYS), arms, source, margin,
-                              title=f"object {idx.value + 1} of {len(t)} (sorted by IoU gap)")
-            display(figure_image(fig))
+        if not len(state["table"]):
+            note.value, image.layout.display = "no object for this selection", "none"
+            return
+        fig = _explorer_figure(rows, reference, state["arm"], state["table"], idx.value, source, margin)
+        note.value, image.layout.display = "", None
+        image.value = figure_image(fig).data
 
     def on_model(*_: Any) -> None:
         options = modes_for(model.value)
@@ -409,7 +431,7 @@ def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margi
     cat.observe(refresh_table, names="value")
     idx.observe(show, names="value")
     refresh_table()
-    return W.VBox([W.HBox([cat, model, mode]), idx, out])
+    return W.VBox([W.HBox([cat, model, mode]), idx, note, image])
 
 
 def static_explorer(rows: pd.DataFrame, reference: Arm, per_category: int = 3) -> pd.DataFrame:

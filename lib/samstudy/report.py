@@ -216,12 +216,13 @@ nav.samstudy { font: 14px sans-serif; padding: 8px 16px; background: #f3f4f6; bo
 .samstudy-widget-note { font: 13px sans-serif; color: #555; padding: 6px 10px; border-left: 3px solid #bbb; }
 .samstudy-table { max-width: 100%; overflow-x: auto; margin: 6px 0; }
 .samstudy-table.scroll { max-height: 32em; overflow-y: auto; }
-.samstudy-table table { border-collapse: collapse; font-size: 13px; table-layout: auto; }
-.samstudy-table th, .samstudy-table td { border: 1px solid #d6d6d6; padding: 3px 7px; text-align: left;
-  vertical-align: top; max-width: 22em; overflow-wrap: anywhere; }
-.samstudy-table th { background: #f3f4f6; position: sticky; top: 0; }
-.samstudy-table td.num, .samstudy-table th.num { text-align: right; font-variant-numeric: tabular-nums;
-  white-space: nowrap; }
+/* the class is doubled to outrank JupyterLab's ":not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td" */
+.samstudy-table.samstudy-table table { border-collapse: collapse; font-size: 13px; table-layout: auto; margin: 0; }
+.samstudy-table.samstudy-table th, .samstudy-table.samstudy-table td { border: 1px solid #d6d6d6; padding: 3px 7px;
+  text-align: left; vertical-align: top; max-width: 22em; overflow-wrap: break-word; }
+.samstudy-table.samstudy-table th { background: #f3f4f6; position: sticky; top: 0; font-weight: bold; }
+.samstudy-table.samstudy-table td.num, .samstudy-table.samstudy-table th.num { text-align: right;
+  font-variant-numeric: tabular-nums; white-space: nowrap; }
 body.samstudy-index { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px;
   padding: 16px 24px; color: #222; }
 body.samstudy-index h1 { font-size: 1.6em; margin-bottom: 0.2em; }
@@ -253,15 +254,8 @@ _TEMPLATE = r"""
 <nav class="samstudy"><a href="index.html">&larr; report index</a></nav>
 {%- endblock body_header -%}
 {%- block data_widget_view -%}
-{%- set shown = output.metadata.get('samstudy_static') -%}
-{%- if shown -%}
-<div class="samstudy-widget-note">Interactive widget (open the executed notebook in Jupyter to use it);
-its opening view:</div>
-{{ shown }}
-{%- else -%}
-<div class="samstudy-widget-note">Interactive widget: open the executed notebook in Jupyter to use it;
-the static fallback is shown below.</div>
-{%- endif -%}
+<div class="samstudy-widget-note">Interactive widget: run the notebook in Jupyter to use it;
+a static copy of its opening view is shown below.</div>
 {%- endblock data_widget_view -%}
 {%- block data_png scoped -%}
 {%- set alt = output | get_metadata('alt', 'image/png') -%}
@@ -316,51 +310,12 @@ def _progress_text(state: Mapping[str, Any], model_id: str) -> str | None:
     return f"{texts[0] if texts else ''} [{'#' * round(20 * frac):<20s}] {' '.join(texts[1:])}".strip()
 
 
-def _widget_tree(state: Mapping[str, Any], model_id: str) -> list[Mapping[str, Any]]:
-    """The models of a widget and its descendants (through ``children``), depth first."""
-    out, todo, seen = [], [model_id], set()
-    while todo:
-        mid = todo.pop(0)
-        if mid in seen or mid not in state:
-            continue
-        seen.add(mid)
-        out.append(state[mid])
-        todo[:0] = [str(c).removeprefix("IPY_MODEL_") for c in state[mid].get("state", {}).get("children", [])]
-    return out
-
-
-def _saved_view_html(state: Mapping[str, Any], model_id: str) -> str:
-    """A static rendering of a widget from its saved state (nbclient stores it when it executes the
-    notebook): the selections of its dropdowns and sliders, then what its Output widgets showed
-    (PNG images, text). Empty when there is nothing to show."""
-    parts, picks = [], []
-    for m in _widget_tree(state, model_id):
-        st = m.get("state", {})
-        name = m.get("model_name")
-        if name == "DropdownModel" and st.get("index") is not None:
-            picks.append(f"{st.get('description', '')}: {st.get('_options_labels', [])[int(st['index'])]}")
-        elif name == "IntSliderModel":
-            picks.append(f"{st.get('description', '')}: {st.get('value')}")
-        elif name == "OutputModel":
-            for o in st.get("outputs", []):
-                data = o.get("data", {})
-                if "image/png" in data:
-                    alt = (o.get("metadata", {}).get("image/png") or {}).get("alt") or "widget output"
-                    parts.append(f"<img src='data:image/png;base64,{data['image/png']}' alt='{html.escape(alt)}'>")
-                elif o.get("output_type") == "stream" or "text/plain" in data:
-                    text = o.get("text", data.get("text/plain", ""))
-                    parts.append(f"<pre>{html.escape(''.join(text) if isinstance(text, list) else text)}</pre>")
-    if not parts:
-        return ""
-    head = f"<p class='samstudy-widget-picks'>{html.escape(' · '.join(picks))}</p>" if picks else ""
-    return f"<div class='samstudy-widget-static'>{head}{''.join(parts)}</div>"
-
-
 def _static_widgets(nb: Any) -> None:
     """Make widget outputs static. Progress bars (tqdm in a kernel) become their final text; other
     widgets keep a view whose model id alone stays in the state, so nbconvert renders the view (our
-    template turns it into a note plus the widget's saved opening view, :func:`_saved_view_html`)
-    rather than the widget's text repr, and the page carries no widget payload."""
+    template turns it into a note; the notebook shows a static image of the widget's opening view
+    itself, :func:`widget_with_text`) rather than the widget's text repr, and the page carries no
+    widget payload."""
     state = nb.metadata.get("widgets", {}).get(_WIDGET_STATE, {}).get("state")
     if state is None:
         return
@@ -372,9 +327,25 @@ def _static_widgets(nb: Any) -> None:
             text = _progress_text(state, view.get("model_id", ""))
             if text is not None:
                 out["data"] = {"text/plain": text}
-            else:
-                out.setdefault("metadata", {})["samstudy_static"] = _saved_view_html(state, view.get("model_id", ""))
     nb.metadata["widgets"][_WIDGET_STATE]["state"] = {k: {} for k in state}
+
+
+class _WidgetWithText:
+    def __init__(self, widget: Any, text: str):
+        self.widget, self.text = widget, text
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        bundle["text/plain"] = self.text
+        return bundle
+
+
+def widget_with_text(widget: Any, text: str) -> Any:
+    """An object that displays ``widget`` with ``text`` as its plain-text form instead of the
+    widget's repr. A frontend that cannot show the widget (JupyterLab opening a saved notebook:
+    it does not load saved widget state by default; any viewer without the widget manager) shows
+    ``text``, e.g. a pointer to the static copy below, rather than ``VBox(children=(HBox(...``."""
+    return _WidgetWithText(widget, text)
 
 
 def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:
