@@ -221,8 +221,8 @@ nav.samstudy { font: 14px sans-serif; padding: 8px 16px; background: #f3f4f6; bo
 .samstudy-table.samstudy-table th, .samstudy-table.samstudy-table td { border: 1px solid #d6d6d6; padding: 3px 7px;
   text-align: left; vertical-align: top; max-width: 22em; overflow-wrap: break-word; }
 .samstudy-table.samstudy-table th { background: #f3f4f6; position: sticky; top: 0; font-weight: bold; }
-.samstudy-table.samstudy-table td.num, .samstudy-table.samstudy-table th.num { text-align: right;
-  font-variant-numeric: tabular-nums; white-space: nowrap; }
+.samstudy-table.samstudy-table td.num, .samstudy-table.samstudy-table th.num { text-align: right; }
+.samstudy-table.samstudy-table td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
 body.samstudy-index { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px;
   padding: 16px 24px; color: #222; }
 body.samstudy-index h1 { font-size: 1.6em; margin-bottom: 0.2em; }
@@ -236,6 +236,7 @@ body.samstudy-index td.num { text-align: right; font-variant-numeric: tabular-nu
 .banner { padding: 8px 12px; border-radius: 4px; margin: 12px 0; }
 .banner.failed { background: #fde8ea; border: 1px solid #f3b5bd; } .banner.ok { background: #e8f6ee; border: 1px solid #b6e0c6; }
 body.samstudy-index code { background: #f5f5f5; padding: 0 3px; }
+body.samstudy-index a, nav.samstudy a { color: #0645ad; text-decoration: underline; }
 """
 
 # The lab template with its head replaced: no script (requirejs, MathJax, mermaid, widget manager)
