@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= demo
 CONFIG ?= configs/demo.yaml
 
-.PHONY: study test install bench data-coco weights shared-coco isegm policy policy-synthetic clean-venv
+.PHONY: help study test install bench data-coco weights shared-coco isegm policy policy-synthetic clean-venv
 
 # Install into .venv when the pins changed (pip takes torch/torchvision from this machine's disk).
 $(STAMP): requirements.txt pyproject.toml
@@ -16,7 +16,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+## Install into .venv (when requirements.txt or pyproject.toml changed)
 install: $(STAMP)
+
+## List the targets with what they do (the "## " line above each target)
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-zA-Z_-]+:/{if(doc!=""){split($$0,t,":"); printf "  %-18s %s\n", t[1], doc}; doc=""; next} {doc=""}' $(MAKEFILE_LIST)
 
 ## The whole study on the embedded synthetic default -> results/demo/report/index.html
 study: $(STAMP)
@@ -31,13 +36,15 @@ bench: $(STAMP)
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_custom.py
 
-## Real-image runs (need ../shared/data or a downloaded COCO)
+## Real images: the 341-image COCO sample in ../shared/data/coco-sample (read in place)
 shared-coco: $(STAMP)
 	$(VENV)/bin/samstudy run --config configs/shared-coco.yaml --run shared-coco
 
+## GrabCut + Berkeley click benchmarks (../shared/data/isegm): NoC@85/90
 isegm: $(STAMP)
 	$(VENV)/bin/samstudy run --config configs/isegm.yaml --run isegm
 
+## The labeling-policy experiment on COCO vehicles and pedestrians
 policy: $(STAMP)
 	$(VENV)/bin/samstudy run --config configs/policy-automotive.yaml --run policy-automotive
 
@@ -45,12 +52,14 @@ policy: $(STAMP)
 policy-synthetic: $(STAMP)
 	$(VENV)/bin/samstudy run --config configs/policy-synthetic.yaml --run policy-synthetic
 
-## Downloads for the real study (need internet)
+## COCO 2017 val + train + annotations into data/coco (needs internet; MD5 verified)
 data-coco: $(STAMP)
 	$(VENV)/bin/samstudy download coco --dest data/coco
 
+## SAM checkpoint into data/weights (MODEL=vit_h | vit_l | vit_b; needs internet)
 weights: $(STAMP)
 	$(VENV)/bin/samstudy download sam --model $${MODEL:-vit_h} --dest data/weights
 
+## Remove .venv
 clean-venv:
 	rm -rf $(VENV)

