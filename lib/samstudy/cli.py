@@ -49,7 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             return _dry_run(cfg, run_name, only, args)
         except Exception as e:  # noqa: BLE001 - a dry run reports in one line, never a traceback
-            print(f"samstudy: dry run: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"samstudy: dry run: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
     try:
         result = run_study(cfg, run_name, results_root=Path(args.results) if args.results else None,
@@ -89,8 +89,8 @@ def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) 
     will_run: set[str] = set()
     for s in active_stages(cfg.custom.enabled):
         params = stage_parameters(cfg, s, layout)
+        validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))  # an error: exit 2
         try:
-            validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))
             if only and s.name not in only:
                 print(f"  {s.name:16s} not selected")
                 continue

@@ -477,7 +477,7 @@ def follow_progress(path: Path, log: Callable[[str], None], prefix: str, every: 
             *done, tail = text.split("\n")
             for line in done:
                 last = line.split("\r")[-1].strip()
-                if last:
+                if last and last != shown:
                     log(f"{prefix} {last}")
                     shown, shown_at = last, time.monotonic()
             current = tail.split("\r")[-1].strip()

@@ -51,4 +51,4 @@ def note(message: str) -> None:
     path = os.environ.get(PROGRESS_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(message + "\n")
+            fh.write("\n" + message + "\n")  # ends a bar line the note would otherwise join
