@@ -35,6 +35,12 @@ compare: {n_boot: 200}
 """
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_root(tmp_path, monkeypatch):
+    """Checksum records and the like go to this test's folder, not the user's cache."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache-root"))
+
+
 def _cfg(folder: Path, text: str, name: str = "c.yaml") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     p = folder / name
@@ -214,7 +220,10 @@ def test_tiny_run_from_outside_the_checkout(tmp_path, capsys, monkeypatch):
     per-epoch progress on the terminal, a one-time ONNX export announced, nothing written outside
     the results folder and the cache root, result files 0644 under umask 022."""
     user, home = tmp_path / "user", tmp_path / "home"
-    cfg = _cfg(user, (REPO / "configs" / "tiny.yaml").read_text(), "tiny.yaml")
+    text = (REPO / "configs" / "tiny.yaml").read_text()
+    # epochs: 2 bounds training; the longer wall-clock budget keeps a loaded machine from cutting it to 0 epochs
+    cfg = _cfg(user, text.replace("minutes: 0.25", "minutes: 5"), "tiny.yaml")
+    home.mkdir()
     monkeypatch.chdir(user)
     monkeypatch.setenv("HOME", str(home))
     for var in (CACHE_ENV, "XDG_CACHE_HOME", "SAMSTUDY_ONNX_DIR"):
