@@ -249,8 +249,10 @@ def test_run_skip_rerun_and_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_failure_names_stage_and_cell_then_resumes(tmp_path, capsys):
+def test_failure_names_stage_and_cell_then_resumes(tmp_path, capsys, monkeypatch):
     nb_dir = _dummy_notebooks(tmp_path, _write_config(tmp_path))
+    monkeypatch.setattr("samstudy.pipeline.package_notebooks", lambda: nb_dir)  # the CLI runs the stand-ins
+    monkeypatch.chdir(tmp_path)  # into ./results
     cfg_path = _write_config(tmp_path, {"custom": {"enabled": False},
                                         "notebook_params": {"gallery": {"fail": True}}})
     layout = RunLayout(tmp_path / "results" / "x")
