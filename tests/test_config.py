@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -237,9 +238,10 @@ def test_tiny_run_from_outside_the_checkout(tmp_path, capsys, monkeypatch):
     out, err = capsys.readouterr()
     assert code == 0, err[-3000:]
     assert f"cache: {tmp_path / 'cache'} (0.0 MiB)" in err
-    engine = [ln for ln in err.splitlines() if ln.startswith("[foundation] litemedsam")]
+    # tqdm.write clears the stage bar first: the lines come after a carriage return / cursor-up
+    engine = re.findall(r"\[foundation\] litemedsam tiny: [^\r\n]*", err)
     assert engine and "img/s" in engine[-1] and "obj_s=" in engine[-1] and "3/3" in engine[-1], err[-3000:]
-    assert any(ln.startswith("[train_custom] custom") and "step" in ln for ln in err.splitlines())
+    assert re.search(r"\[train_custom\] custom tiny-train: [^\r\n]*step/s", err)
     assert "to ONNX (one time)" in err and "exported " in err
     assert sorted(p.name for p in user.iterdir()) == ["results", "tiny.yaml"]
     assert {p.name for p in (tmp_path / "cache").iterdir()} <= {"embeddings", "onnx"}
