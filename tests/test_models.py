@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -126,10 +128,16 @@ def test_official_file_name_with_wrong_hash_is_a_checksum_error(tiny_ckpt, tmp_p
         build_model("sam_vit_b", checkpoint=fake)
 
 
-def test_checkpoint_hash_is_the_file_sha256_and_cached_in_a_sidecar(tiny, tiny_ckpt):
+def test_checkpoint_hash_is_the_file_sha256_and_cached_in_the_cache_root(tiny, tiny_ckpt, tmp_path, monkeypatch):
     import hashlib, json
+    from samstudy.models.download import cached_file_sha256
+
     assert tiny.checkpoint_sha256 == hashlib.sha256(open(tiny_ckpt, "rb").read()).hexdigest()
-    assert json.load(open(tiny_ckpt + ".sha256"))["sha256"] == tiny.checkpoint_sha256
+    monkeypatch.setenv("SAMSTUDY_CACHE_DIR", str(tmp_path))
+    assert cached_file_sha256(tiny_ckpt) == tiny.checkpoint_sha256
+    (record,) = (tmp_path / "checksums").glob("*.json")
+    assert json.loads(record.read_text())["sha256"] == tiny.checkpoint_sha256
+    assert sorted(p.name for p in Path(tiny_ckpt).parent.iterdir()) == ["tiny_sam.pth"]  # nothing beside it
     assert tiny.label == "SAM (custom architecture) (checkpoint tiny_sam.pth)"
 
 

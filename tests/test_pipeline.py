@@ -21,13 +21,14 @@ import yaml
 from samstudy import cli
 from samstudy.config import ConfigError, load_config, parse_config
 from samstudy.pipeline import (MISSING, ParameterError, RunResult, aligned_parameters_source, defined_names,
-                               notebook_defaults, parameter_mismatches, parameters_cell_values, run_study,
+                               notebook_defaults, package_notebooks, parameter_mismatches, parameters_cell_values, run_study,
                                stage_input_hash, stage_parameters, validate_parameters)
 from samstudy.report import read_records
 from samstudy.files import read_json
 from samstudy.stages import STAGES, RunLayout, active_stages
 
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = package_notebooks()
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -45,7 +46,6 @@ def _write_config(tmp: Path, extra: dict | None = None, name: str = "tiny") -> P
     path = tmp / "configs" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
-    (tmp / "pyproject.toml").touch()  # marks tmp as the repo root
     return path
 
 
@@ -120,7 +120,7 @@ def test_config_unknown_key_names_key_and_file(tmp_path):
     with pytest.raises(ConfigError, match="no_such_stage"):
         load_config(p)
     p = _write_config(tmp_path, {"foundation": {"models": [{"name": "litemedsam", "options": ["onnxruntime"]}]}})
-    with pytest.raises(ConfigError, match=r"models\[0\]\.options must be a mapping"):
+    with pytest.raises(ConfigError, match=r"models\[0\]\.options: expected Mapping.*got \['onnxruntime'\]"):
         load_config(p)
     p = _write_config(tmp_path, {"foundation": {"models": [{"name": "litemedsam", "options": {"runtime": "onnxruntime"}}]}})
     assert dict(load_config(p).foundation.models[0].options) == {"runtime": "onnxruntime"}
@@ -146,22 +146,23 @@ def test_config_refuses_models_and_modes_at_load_time(tmp_path):
     assert list(cfg.foundation.modes) == ["tight_box", "extreme_points", "clicks"]
 
 
-def test_config_paths_resolve_against_repo_root(tmp_path):
+def test_config_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
     p = _write_config(tmp_path, {"data": {"source": "coco", "annotations": "../shared/data/coco-sample/instances.json",
                                           "images": "../shared/data/coco-sample/images"}})
-    cfg = load_config(p, check_paths=False)  # resolution only; existence: tests/test_inputs.py
-    assert cfg.repo_root == tmp_path.resolve()
-    assert cfg.resolve(cfg.data.annotations) == str((tmp_path.parent / "shared/data/coco-sample/instances.json").resolve())
+    monkeypatch.chdir(REPO)  # the working directory plays no part
+    cfg = load_config(p, check_files=False)  # resolution only; existence: tests/test_inputs.py
+    assert cfg.repo_root == (tmp_path / "configs").resolve()
+    assert cfg.resolve(cfg.data.annotations) == str((tmp_path / "shared/data/coco-sample/instances.json").resolve())
     with pytest.raises(ConfigError, match="annotations"):
         load_config(_write_config(tmp_path, {"data": {"source": "coco", "annotations": None, "images": None}}))
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
 def test_shipped_configs_are_valid(name):
-    cfg = load_config(REPO / "configs" / name, check_paths=False)  # coco.yaml's data is downloaded on demand
-    assert cfg.repo_root == REPO
+    cfg = load_config(REPO / "configs" / name, check_files=False)  # coco.yaml's data and checkpoint are downloaded on demand
+    assert cfg.repo_root == REPO / "configs"
     for s in active_stages(cfg.custom.enabled):  # every parameter a shipped config passes exists in its notebook
-        validate_parameters(REPO / "notebooks" / s.notebook, stage_parameters(cfg, s, RunLayout(REPO / "results" / "t")))
+        validate_parameters(NOTEBOOKS / s.notebook, stage_parameters(cfg, s, RunLayout(REPO / "results" / "t")))
 
 
 def test_custom_disabled_drops_custom_stages(tmp_path):
@@ -248,8 +249,10 @@ def test_run_skip_rerun_and_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_failure_names_stage_and_cell_then_resumes(tmp_path, capsys):
+def test_failure_names_stage_and_cell_then_resumes(tmp_path, capsys, monkeypatch):
     nb_dir = _dummy_notebooks(tmp_path, _write_config(tmp_path))
+    monkeypatch.setattr("samstudy.pipeline.package_notebooks", lambda: nb_dir)  # the CLI runs the stand-ins
+    monkeypatch.chdir(tmp_path)  # into ./results
     cfg_path = _write_config(tmp_path, {"custom": {"enabled": False},
                                         "notebook_params": {"gallery": {"fail": True}}})
     layout = RunLayout(tmp_path / "results" / "x")
@@ -389,7 +392,7 @@ def test_notebook_parameter_defaults_are_the_config_defaults(stage):
     """Each parameters cell assigns what a run of the default config into results/dev would pass
     (config paths compared relative to the repository root, see ``notebook_defaults``)."""
     expected = notebook_defaults(stage, REPO)
-    mismatches = parameter_mismatches(REPO / "notebooks" / stage.notebook, expected)
+    mismatches = parameter_mismatches(NOTEBOOKS / stage.notebook, expected)
     assert not mismatches, "\n".join(f"{stage.notebook}: {name} = {nb!r} in the notebook, {cfg!r} from the config"
                                      for name, nb, cfg in mismatches)
 
@@ -398,7 +401,7 @@ def test_notebook_defaults_are_relative_dev_paths():
     foundation = next(s for s in STAGES if s.name == "foundation")
     d = notebook_defaults(foundation, REPO)
     assert d["run_dir"] == "results/dev" and d["out_dir"] == "results/dev/foundation"
-    assert d["data_dir"] == "results/dev/data" and d["cache_dir"] == ".cache/embeddings"
+    assert d["data_dir"] == "results/dev/data" and d["cache_dir"] is None
 
 
 def test_parameter_mismatches_and_alignment(tmp_path):

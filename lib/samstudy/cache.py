@@ -4,6 +4,9 @@ Key: ``model.cache_key`` (model name + checkpoint SHA-256 prefix + preprocessing
 content hash :func:`image_sha256` (SHA-256 of the decoded RGB array's shape, dtype and bytes, so a
 re-encoded JPEG with identical pixels hits, a resized one misses).
 
+The default root is ``<cache root>/embeddings`` (:func:`embedding_dir`, :func:`samstudy.files.cache_root`:
+``--cache-dir``, ``$SAMSTUDY_CACHE_DIR`` or XDG), never a folder of the repository.
+
 Layout: ``root/<cache_key>/<hash[:2]>/<hash>.pt``, one :func:`torch.save` file per image holding
 ``{"format", "cache_key", "image_sha256", "features", "original_hw", "input_hw"}``. Features are
 kept float32 (exact: a cached rerun gives bit-identical masks); size per image is
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_path
+from .files import atomic_path, cache_root
 from .models.base import Embedding, PromptableSegmenter
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,11 @@ def image_sha256(image: np.ndarray) -> str:
     h = hashlib.sha256(f"{arr.shape}|{arr.dtype.str}|".encode("ascii"))
     h.update(memoryview(arr).cast("B"))
     return h.hexdigest()
+
+
+def embedding_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` when given (``foundation.cache_dir``), else ``<cache root>/embeddings``."""
+    return Path(cache_dir) if cache_dir else cache_root() / "embeddings"
 
 
 def _safe(name: str) -> str:

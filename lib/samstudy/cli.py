@@ -1,13 +1,18 @@
 """Command line: ``samstudy run | download | synth``.
 
     samstudy run --config configs/demo.yaml [--run NAME] [--only STAGE ...] [--force] [--dry-run]
+                 [--results DIR] [--cache-dir DIR]
     samstudy download coco --dest data/coco [--splits val2017 train2017]
     samstudy download sam --model vit_h --dest data/weights
     samstudy synth --out DIR [--n-images N --seed S --width W --height H --force]
 
-``run`` executes the study notebooks into ``results/<run>/`` and writes ``results/<run>/report/``.
+``run`` executes the study notebooks (shipped with the package) into ``results/<run>/`` (under
+``--results``, default ``./results``) and writes ``results/<run>/report/``. The only other folder it
+writes is the cache root (embeddings, ONNX exports): ``--cache-dir``, else ``$SAMSTUDY_CACHE_DIR``,
+else ``$XDG_CACHE_HOME/samstudy`` or ``~/.cache/samstudy``; printed with its size at the start.
+Relative paths in a config hang off the config file's folder.
 Exit codes of ``run``: 0 every selected stage ran or was skipped; 1 a stage failed (stderr names
-the stage and the cell); 2 a bad config, stage selection or notebook parameter (nothing ran);
+the stage and the cell); 2 a bad config, stage selection or notebook parameter (nothing ran; also every ``--dry-run`` error);
 3 another process is running into the same ``results/<run>/`` (stderr names its pid, host, command
 and start time; nothing was written); 130 interrupted.
 
@@ -25,6 +30,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
     from .locks import FolderLocked
     from .pipeline import PipelineError, run_study
+    from .stages import active_stages
 
     try:
         cfg = load_config(args.config)
@@ -33,11 +39,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     run_name = args.run or cfg.name
     only = [s for item in (args.only or []) for s in item.split(",") if s]
+    valid = [s.name for s in active_stages(cfg.custom.enabled)]
+    bad = [s for s in only if s not in valid]
+    if bad:
+        print(f"samstudy: --only: unknown stage(s) {bad}; the stages of {cfg.path.name} are: {', '.join(valid)}",
+              file=sys.stderr)
+        return 2
     if args.dry_run:
-        return _dry_run(cfg, run_name, only, args)
+        try:
+            return _dry_run(cfg, run_name, only, args)
+        except Exception as e:  # noqa: BLE001 - a dry run reports in one line, never a traceback
+            print(f"samstudy: dry run: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
     try:
         result = run_study(cfg, run_name, results_root=Path(args.results) if args.results else None,
-                           only=only or None, force=args.force, progress=not args.quiet)
+                           only=only or None, force=args.force, progress=not args.quiet,
+                           cache_dir=args.cache_dir)
     except PipelineError as e:
         print(f"samstudy: {e}", file=sys.stderr)
         return 2
@@ -60,18 +77,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) -> int:
     """Print, per stage, whether it would run and why (assuming upstream stages keep their outputs)."""
-    from .pipeline import (PipelineError, _skip_reason, _upstream_hashes, stage_input_hash, stage_parameters,
-                           validate_parameters)
+    from .files import cache_root
+    from .pipeline import (PipelineError, _skip_reason, _upstream_hashes, package_notebooks, stage_input_hash,
+                           stage_parameters, validate_parameters)
     from .stages import RunLayout, active_stages
 
-    root = (Path(args.results) if args.results else cfg.repo_root / "results").resolve()
+    root = Path(args.results or "results").resolve()
     layout = RunLayout(root / run_name)
-    nb_dir = cfg.repo_root / "notebooks"
+    nb_dir = package_notebooks()
+    print(f"run folder: {layout.root}\ncache: {cache_root(args.cache_dir)}")
     will_run: set[str] = set()
     for s in active_stages(cfg.custom.enabled):
         params = stage_parameters(cfg, s, layout)
+        validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))  # an error: exit 2
         try:
-            validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))
             if only and s.name not in only:
                 print(f"  {s.name:16s} not selected")
                 continue
@@ -117,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only this stage (repeatable or comma-separated); upstream stages must have run")
     r.add_argument("--force", action="store_true", help="rerun selected stages even when unchanged")
     r.add_argument("--dry-run", action="store_true", help="show what would run and why, run nothing")
-    r.add_argument("--results", help="results root (default: <repo>/results)")
+    r.add_argument("--results", help="results root (default: ./results)")
+    r.add_argument("--cache-dir", help="cache root for embeddings and ONNX exports "
+                                       "(default: $SAMSTUDY_CACHE_DIR, else $XDG_CACHE_HOME/samstudy or ~/.cache/samstudy)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_run)
 

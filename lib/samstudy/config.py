@@ -6,13 +6,21 @@ the comparison and gallery settings, and optional extra notebook parameters per 
 
 Rules:
 
-- Unknown keys are errors that name the key and the file (``ConfigError``); a typo never silently
-  falls back to a default.
+- Every section is checked by pydantic against the dataclass declarations below (unknown keys and
+  wrong types, e.g. ``n_boot: two hundred``) and then by the cross-field rules here, all at load
+  time, before any stage runs. Errors are ``ConfigError`` naming the file, the dotted key
+  (``compare.n_boot``, ``foundation.models[0].options``), the expected type and the value given.
 - Data paths (``data.annotations``, ``images``, ``train_*``, ``isegm_root``) must exist when the
   config is loaded (:func:`check_data_paths`), so a mistyped folder fails before any stage runs.
-- Relative paths are resolved against the repository root (the folder holding ``pyproject.toml``
-  above the config file), so ``../shared/data/coco-sample`` means the ``shared`` folder beside the
-  repository whatever the working directory is.
+- Relative paths are resolved against **the folder holding the config file** (``StudyConfig.repo_root``),
+  whatever the working directory is: ``configs/shared-coco.yaml`` names ``../../shared/data/coco-sample``.
+  Results go to ``./results`` (the working directory) unless ``--results`` says otherwise; caches go
+  to the cache root (:func:`samstudy.files.cache_root`).
+- Model options are checked against the keyword parameters of the registered builder and class;
+  a configured checkpoint must exist, and must match its SHA-256 (``sha256:`` of the model entry,
+  or the published one of an official SAM file, ``models.download.SAM_CHECKPOINTS``).
+- Prompt modes with parameters (``loose_box[b=0.2]``) cannot stand unquoted in a YAML flow list
+  (``[tight_box, loose_box[b=0.2]]``); write them as mappings, ``{name: loose_box, b: 0.2}``.
 - Sections passed through to library dataclasses (``data.synthetic`` -> ``SyntheticConfig``,
   ``data.policy`` -> ``PolicyConfig``, ``custom.options`` -> ``custom.CustomConfig``) and the
   prompt modes (``prompts.parse_modes``) are checked by those very constructors at load time.
@@ -22,15 +30,19 @@ See ``configs/demo.yaml`` for a commented example of every section.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import pydantic
 import yaml
 
-from .files import jsonable
+from .files import file_sha256, jsonable
 from .stages import STAGE_NAMES
 
 SOURCES = ("synthetic", "coco", "isegm")
@@ -101,6 +113,7 @@ class ModelSpec:
     name: str
     checkpoint: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    sha256: str | None = None  # expected SHA-256 of the checkpoint file (checked at load time)
 
 
 @dataclass(frozen=True)
@@ -111,7 +124,8 @@ class FoundationConfig:
     multimask: one-shot multimask policies of the engine: ``single`` (SAM's single output) and/or
         ``best_of_3`` (highest predicted IoU of 3 masks); the headline uses ``compare.multimask``.
     gt_variants: score against the policy ground truth, the raw one, or both.
-    cache_dir: embedding cache shared across runs.
+    cache_dir: embedding cache shared across runs (null: ``<cache root>/embeddings``,
+        :func:`samstudy.files.cache_root`).
     """
 
     models: tuple[ModelSpec, ...] = (ModelSpec("litemedsam"),)
@@ -119,7 +133,7 @@ class FoundationConfig:
     buffer_sweep: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
     multimask: tuple[str, ...] = ("single",)
     gt_variants: tuple[str, ...] = ("policy",)  # the policy GT is always scored; add "raw" to also score raw GT
-    cache_dir: str = ".cache/embeddings"
+    cache_dir: str | None = None
     device: str = "cpu"
 
 
@@ -195,7 +209,8 @@ class EffortConfig:
 
 @dataclass(frozen=True)
 class StudyConfig:
-    """A whole study run. ``path`` is the YAML file, ``repo_root`` what relative paths hang off."""
+    """A whole study run. ``path`` is the YAML file, ``repo_root`` what relative paths hang off
+    (the config file's folder)."""
 
     name: str
     description: str
@@ -211,7 +226,7 @@ class StudyConfig:
     effort: EffortConfig = field(default_factory=EffortConfig)
 
     def resolve(self, p: str | None) -> str | None:
-        """Absolute form of a config path (relative ones hang off the repository root)."""
+        """Absolute form of a config path (relative ones hang off the config file's folder)."""
         if p is None or p == "":
             return None
         q = Path(p).expanduser()
@@ -233,13 +248,9 @@ class StudyConfig:
 
 # ----------------------------------------------------------------------------------------- parsing
 def find_repo_root(start: Path) -> Path:
-    """The nearest folder at or above ``start`` holding ``pyproject.toml`` (else ``start``'s folder)."""
-    start = start.resolve()
-    here = start if start.is_dir() else start.parent
-    for d in (here, *here.parents):
-        if (d / "pyproject.toml").is_file():
-            return d
-    return here
+    """The folder relative paths of the config ``start`` hang off: the folder holding it."""
+    start = Path(start).resolve()
+    return start if start.is_dir() else start.parent
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str, file: Path) -> None:
@@ -261,20 +272,82 @@ def _fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
 
+@functools.cache
+def _adapter(tp: Any) -> type[pydantic.BaseModel]:
+    """A pydantic model with the one field ``value: tp``: its ``extra="forbid"`` reaches every nested
+    standard dataclass (a stdlib dataclass takes its parent's config), so unknown keys are errors."""
+    return pydantic.create_model("Config", __config__=pydantic.ConfigDict(extra="forbid"), value=(tp, ...))
+
+
+def _dotted(where: str, loc: tuple[Any, ...]) -> str:
+    out = where
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _declared_type(cls: Any, loc: tuple[Any, ...]) -> str | None:
+    """The declared annotation (source text) of the field at ``loc`` inside dataclass ``cls``."""
+    tp: Any = None
+    for part in loc:
+        if not (isinstance(part, str) and dataclasses.is_dataclass(cls)):
+            return None
+        f = {f.name: f for f in dataclasses.fields(cls)}.get(part)
+        if f is None:
+            return None
+        tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        cls = globals().get(tp)
+    return tp
+
+
+def _validation_error(e: pydantic.ValidationError, cls: Any, where: str, file: Path) -> ConfigError:
+    """The first error of ``e`` as one line: file, dotted key, expected type, value given."""
+    err = e.errors()[0]
+    loc = tuple(err["loc"])[1:]  # without _adapter's "value"
+    if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        parent = cls
+        for part in loc[:-1]:
+            parent = globals().get(_declared_type(parent, (part,)) or "")
+        allowed = f"; allowed in {_dotted(where, loc[:-1]) or 'the top level'}: {sorted(_fields(parent))}" \
+            if dataclasses.is_dataclass(parent) else ""
+        return ConfigError(f"{file}: unknown key {_dotted(where, loc)!r}{allowed}")
+    declared = _declared_type(cls, loc) if dataclasses.is_dataclass(cls) else getattr(cls, "__name__", None)
+    expected = f"expected {declared}, " if declared else ""
+    more = f" (and {e.error_count() - 1} more error(s))" if e.error_count() > 1 else ""
+    return ConfigError(f"{file}: {_dotted(where, loc)}: {expected}got {err['input']!r}: {err['msg']}{more}")
+
+
+def _validated(tp: Any, value: Any, where: str, file: Path) -> Any:
+    """``value`` validated (and converted: lists -> tuples, dicts -> dataclasses) as type ``tp``."""
+    try:
+        return _adapter(tp).model_validate({"value": value}).value
+    except pydantic.ValidationError as e:
+        raise _validation_error(e, tp, where, file) from None
+
+
 def _build(cls: type, d: Mapping[str, Any], where: str, file: Path) -> Any:
-    """Instantiate a config dataclass after checking keys; lists become tuples (frozen, hashable)."""
-    _check_keys(d, _fields(cls), where, file)
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**kw)
+    """Instantiate a config dataclass from a mapping, validated by pydantic against its declaration."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{file}: {where}: expected a mapping, got {d!r}")
+    return _validated(cls, dict(d), where, file)
 
 
 def _check_passthrough(d: Mapping[str, Any], cls: type, build: Callable[[dict[str, Any]], Any],
                        where: str, file: Path) -> None:
     """Validate a section by building the library's own object from it: ``build(dict(d))``.
 
-    ``cls`` is the dataclass the keys belong to (it names an unknown key). Unknown keys and bad
-    values then fail here, at load time, naming the section and the file.
+    ``cls`` is the dataclass the keys belong to: its declared types are checked first (pydantic),
+    then ``build`` applies the library's own rules. Unknown keys and bad values fail here, at load
+    time, naming the section and the file.
     """
+    if dataclasses.is_dataclass(cls):
+        known = {k: v for k, v in d.items() if k in _fields(cls)}
+        try:
+            _adapter(cls)
+        except (pydantic.PydanticUserError, pydantic.PydanticSchemaGenerationError):
+            pass  # a declaration pydantic cannot read: the constructor below still checks
+        else:
+            _validated(cls, known, where, file)
     try:
         build(dict(d))
     except TypeError as e:  # dataclass(**d) with an unknown keyword
@@ -298,30 +371,23 @@ def _parse_models(items: Any, file: Path) -> tuple[ModelSpec, ...]:
         m = {"name": m} if isinstance(m, str) else m
         _require(isinstance(m, Mapping), file, f"foundation.models[{i}] must be a name or a mapping")
         spec = _build(ModelSpec, m, f"foundation.models[{i}]", file)
-        _require(isinstance(spec.options, Mapping) and all(isinstance(k, str) for k in spec.options), file,
+        _require(all(isinstance(k, str) for k in spec.options), file,
                  f"foundation.models[{i}].options must be a mapping of keyword -> value")
         out.append(spec)
     return tuple(out)
 
 
 def _parse_data(d: dict[str, Any], file: Path) -> DataConfig:
-    split = _section(d, "split", file)
-    d = dict(d)
-    d["split"] = _build(SplitConfig, split, "data.split", file)
-    for k in ("synthetic", "policy"):
-        if k in d and not isinstance(d[k] or {}, Mapping):
-            raise ConfigError(f"{file}: data.{k} must be a mapping")
-        d[k] = dict(d.get(k) or {})
+    data = _build(DataConfig, d, "data", file)
     # Function-level imports: the library modules load numpy/OpenCV, needed only when there is something to check.
-    if d["synthetic"]:
+    if data.synthetic:
         from .synthetic import SyntheticConfig
 
-        _check_passthrough(d["synthetic"], SyntheticConfig, lambda kw: SyntheticConfig(**kw), "data.synthetic", file)
-    if d["policy"]:
+        _check_passthrough(data.synthetic, SyntheticConfig, lambda kw: SyntheticConfig(**kw), "data.synthetic", file)
+    if data.policy:
         from .policies import PolicyConfig
 
-        _check_passthrough(d["policy"], PolicyConfig, PolicyConfig.from_dict, "data.policy", file)
-    data = _build(DataConfig, d, "data", file)
+        _check_passthrough(data.policy, PolicyConfig, PolicyConfig.from_dict, "data.policy", file)
     _require(data.source in SOURCES, file, f"data.source must be one of {SOURCES}, got {data.source!r}")
     if data.source == "coco":
         _require(bool(data.annotations and data.images), file,
@@ -388,6 +454,7 @@ def _parse_foundation(d: dict[str, Any], file: Path) -> FoundationConfig:
     modes = _modes(list(fc.modes), "foundation.modes", file, fc.buffer_sweep)
     for i, spec in enumerate(fc.models):
         _check_model(spec.name, modes, fc.multimask, f"foundation.models[{i}]", file)
+        _check_model_options(spec, f"foundation.models[{i}]", file)
     return fc
 
 
@@ -410,6 +477,66 @@ def _check_model(name: str, modes: list[Any], multimask: tuple[str, ...], where:
         check_model_modes(model_class(name), modes, multimask, ("first_best_of_3",), name=name)
     except ValueError as e:
         raise ConfigError(f"{file}: {where}: {e}") from None
+
+
+def _keywords(fn: Callable[..., Any]) -> tuple[set[str], bool]:
+    """Keyword parameters of ``fn`` that have a default, and whether it also takes ``**kwargs``."""
+    params = inspect.signature(fn).parameters.values()
+    names = {p.name for p in params if p.default is not p.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def model_options(name: str) -> set[str] | None:
+    """The option names a registered model accepts (``None``: open-ended, cannot be checked).
+
+    A builder's own keywords, then, while each takes ``**kwargs`` and hands them on, those of the
+    registered class's ``__init__`` and of its bases. ``checkpoint`` and ``device`` are not options
+    (the model entry's ``checkpoint`` and ``foundation.device`` set them)."""
+    from .models.registry import MODEL_CLASSES, MODEL_REGISTRY, model_class
+
+    model_class(name)  # loads the built-ins
+    names, more = _keywords(MODEL_REGISTRY[name])
+    for klass in MODEL_CLASSES[name].__mro__:
+        if not more:
+            break
+        if "__init__" in vars(klass):
+            n, more = _keywords(klass.__init__)
+            names |= n
+    return None if more else names - {"checkpoint", "device"}
+
+
+def _check_model_options(spec: ModelSpec, where: str, file: Path) -> None:
+    allowed = model_options(spec.name)
+    unknown = sorted(set(spec.options) - allowed) if allowed is not None else []
+    _require(not unknown, file, f"{where}.options: unknown option {unknown[0]!r} of model {spec.name!r}; "
+             f"its options: {sorted(allowed or ())}" if unknown else "")
+
+
+def _known_sha256(path: Path) -> str | None:
+    """The published SHA-256 of an official checkpoint file name (``models.download.SAM_CHECKPOINTS``)."""
+    from .models.download import SAM_CHECKPOINTS
+
+    return next((sha for url, sha, _ in SAM_CHECKPOINTS.values() if url.rsplit("/", 1)[-1] == path.name), None)
+
+
+def check_checkpoints(cfg: StudyConfig) -> None:
+    """Every configured checkpoint exists and matches its expected SHA-256 (the model entry's
+    ``sha256``, else the published one of an official file name; the sidecar hash cache
+    ``models.download.cached_file_sha256`` makes this free after the first time)."""
+    from .models.download import cached_file_sha256
+
+    for i, m in enumerate(cfg.foundation.models):
+        if m.checkpoint is None:
+            continue
+        path = Path(cfg.resolve(m.checkpoint))
+        where = f"foundation.models[{i}].checkpoint"
+        _require(path.is_file(), cfg.path, f"{where}: checkpoint file not found: {path}"
+                 + (" (samstudy download sam --model ... fetches official SAM weights)" if _known_sha256(path) else ""))
+        expected = (m.sha256 or _known_sha256(path) or "").lower()
+        if expected:
+            got = cached_file_sha256(path)
+            _require(got == expected, cfg.path, f"{where}: {path} has SHA-256 {got}, expected {expected}")
 
 
 def _parse_stage_params(d: Mapping[str, Any], file: Path, stage_names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -462,15 +589,16 @@ def _parse_effort(d: dict[str, Any], file: Path) -> EffortConfig:
     return e
 
 
-def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = None) -> StudyConfig:
-    """Validate a parsed YAML mapping. ``file`` is used in error messages and to find the repo root."""
+def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = None,
+                 check_files: bool = False) -> StudyConfig:
+    """Validate a parsed YAML mapping. ``file`` is used in error messages and to find the folder
+    relative paths hang off (``repo_root`` overrides it); ``check_files``: also
+    :func:`check_checkpoints`."""
     file = Path(file)
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{file}: the top level must be a mapping, got {type(raw).__name__}")
     _check_keys(raw, TOP_KEYS, "", file)
-    custom = _section(raw, "custom", file)
-    _check_keys(custom, _fields(CustomSection), "custom", file)
-    custom_cfg = CustomSection(**custom)
+    custom_cfg = _build(CustomSection, _section(raw, "custom", file), "custom", file)
     if custom_cfg.options:
         from .custom.model import CustomConfig  # function-level: loads torch, only when there are options
 
@@ -486,11 +614,10 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     _require(compare.n_boot >= 100, file, "compare.n_boot must be >= 100")
     foundation = _parse_foundation(_section(raw, "foundation", file), file)
     compare = _check_arms(compare, foundation, file)
-    name = str(raw.get("name") or file.stem)
-    return StudyConfig(
-        name=name,
-        description=str(raw.get("description") or ""),
-        seed=int(raw.get("seed", 0)),
+    cfg = StudyConfig(
+        name=_validated(str, raw.get("name") or file.stem, "name", file),
+        description=_validated(str, raw.get("description") or "", "description", file),
+        seed=_validated(int, raw.get("seed", 0), "seed", file),
         data=_parse_data(_section(raw, "data", file), file),
         foundation=foundation,
         custom=custom_cfg,
@@ -501,22 +628,31 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
         path=file.resolve(),
         repo_root=(repo_root or find_repo_root(file)).resolve(),
     )
+    if check_files:
+        check_checkpoints(cfg)
+    return cfg
 
 
-def load_config(path: str | Path, repo_root: Path | None = None, check_paths: bool = True) -> StudyConfig:
-    """Read and validate a YAML study config (see the module docstring for the rules).
+# A prompt-mode key with parameters, which YAML cannot read unquoted inside a flow list.
+_MODE_KEY = re.compile(r"\b\w+\[\w+=[^\]]*\]")
 
-    check_paths: also require every data path to exist (:func:`check_data_paths`); ``False`` only
-    to inspect a config whose data is not downloaded yet.
-    """
+
+def load_config(path: str | Path, repo_root: Path | None = None, check_files: bool = True) -> StudyConfig:
+    """Read and validate a YAML study config (see the module docstring for the rules);
+    ``check_files=False`` skips the data-path and checkpoint checks (e.g. to check a config on another machine)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    cfg = parse_config(raw, path, repo_root)
-    if check_paths:
+        hint = ""
+        if _MODE_KEY.search(text):
+            hint = ("\n  (a prompt mode such as loose_box[b=0.2] cannot stand unquoted in a [...] list: "
+                    "quote it, 'loose_box[b=0.2]', or write it as a mapping, {name: loose_box, b: 0.2})")
+        raise ConfigError(f"{path}: not valid YAML: {e}{hint}") from None
+    cfg = parse_config(raw, path, repo_root, check_files=check_files)
+    if check_files:
         check_data_paths(cfg)
     return cfg

@@ -779,7 +779,7 @@ def _run_images(dataset: Dataset, model: PromptableSegmenter, modes: Sequence[Pr
                 todo: Sequence[tuple[int, str]], parts: Path, run_id: str, step: Mapping[str, Any],
                 progress: bool) -> None:
     """:func:`process_image` over ``todo``, each image's parts written as soon as it is done."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     by_image = dataset.instances_by_image()
     n = len(dataset.images)

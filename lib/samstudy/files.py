@@ -3,7 +3,11 @@
 - :func:`file_sha256` -- hex SHA-256 of a file's bytes (read in 1 MiB chunks).
 - :func:`atomic_path` -- a temporary name in the target's folder that becomes the target with
   :func:`os.replace` only when the block finishes: a killed process never leaves half a file under
-  the final name, and a failed write leaves the old file untouched.
+  the final name, and a failed write leaves the old file untouched. The file gets the usual
+  permissions (``0o666`` minus the umask: 0644 under umask 022), not ``mkstemp``'s private 0600.
+- :func:`cache_root` -- the one folder the study writes outside a run's results (embedding cache,
+  ONNX exports): ``--cache-dir``, else ``$SAMSTUDY_CACHE_DIR``, else ``$XDG_CACHE_HOME/samstudy``,
+  else ``~/.cache/samstudy``; :func:`folder_bytes` is its size.
 - :func:`write_json_atomic`, :func:`write_parquet_atomic` -- the two writers built on it.
 - :func:`read_json` -- the tolerant reader of the study's JSON bookkeeping (manifests, owner records).
 - :func:`jsonable` -- tuples, mappings, paths, numpy and pandas values -> plain JSON values
@@ -23,7 +27,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 if TYPE_CHECKING:  # pyarrow is imported by the one writer that needs it
     import pyarrow as pa
 
-__all__ = ["file_sha256", "atomic_path", "write_json_atomic", "write_parquet_atomic", "jsonable", "read_json", "TMP_PREFIX"]
+__all__ = ["file_sha256", "atomic_path", "write_json_atomic", "write_parquet_atomic", "jsonable", "read_json", "TMP_PREFIX",
+           "cache_root", "folder_bytes", "CACHE_ENV"]
+
+CACHE_ENV = "SAMSTUDY_CACHE_DIR"
 
 TMP_PREFIX = ".tmp-"  # temporary files of atomic writes start with this (ignored by readers)
 _CHUNK = 1 << 20
@@ -48,6 +55,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=suffix or path.suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield Path(tmp)
@@ -55,6 +63,29 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def cache_root(explicit: str | os.PathLike | None = None) -> Path:
+    """The cache root: ``explicit`` (``--cache-dir``), else ``$SAMSTUDY_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/samstudy``, else ``~/.cache/samstudy`` (absolute, not created)."""
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return (Path(base).expanduser() / "samstudy").resolve()
+
+
+def folder_bytes(path: str | os.PathLike) -> int:
+    """Total bytes of the files under ``path`` (0 when it does not exist)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() else 0
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, sort_keys: bool = False) -> Path:

@@ -26,6 +26,14 @@ Rules:
 - A failing stage keeps papermill's partial output notebook, its manifest records the failing cell,
   and the run stops with :class:`StageFailed`; the next run skips the completed stages by hash and
   resumes at the failed one.
+- The notebooks ship inside the package (:func:`package_notebooks`, found through
+  :mod:`importlib.resources`), so a config anywhere runs the same study. Kernels run in the run
+  folder. Nothing is written outside ``results/<run>/`` but the cache root
+  (:func:`samstudy.files.cache_root`), which the run prints with its size at the start and hands to
+  the kernels as ``$SAMSTUDY_CACHE_DIR``.
+- Progress: the engine's per-image bars and the custom model's training bar
+  (:mod:`samstudy.progress`) are written to ``results/<run>/stages/<stage>.progress`` and printed
+  by the runner every few seconds (:func:`follow_progress`).
 - One run at a time per results folder: :func:`run_study` holds ``results/<run>/`` with
   :func:`samstudy.locks.folder_lock` and raises :class:`samstudy.locks.FolderLocked` when another
   process is running into it.
@@ -42,6 +50,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +59,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import nbformat
 
 from .config import StudyConfig, parse_config
-from .files import atomic_path, file_sha256, jsonable, read_json, write_json_atomic
+from .files import CACHE_ENV, atomic_path, cache_root, file_sha256, folder_bytes, jsonable, read_json, write_json_atomic
 from .locks import LOCK_NAME, OWNER_NAME, folder_lock
+from .progress import PROGRESS_ENV
 from .provenance import git_info, package_versions
 from .stages import STAGE_NAMES, STAGES, RunLayout, Stage, active_stages
 
@@ -77,6 +87,13 @@ class StageFailed(PipelineError):
         where = (f"cell {cell_index} (In [{exec_count}]): {cell_first_line!r}" if cell_index is not None
                  else "outside any cell")
         super().__init__(f"stage {stage!r} failed at {where}\n  {error}\n  partial notebook: {notebook}")
+
+
+def package_notebooks() -> Path:
+    """The study notebooks shipped with the package (``samstudy/notebooks/``)."""
+    from importlib.resources import files
+
+    return Path(str(files("samstudy").joinpath("notebooks")))
 
 
 # ------------------------------------------------------------------------------------- parameters
@@ -431,6 +448,60 @@ def _cached_sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------------------- running
 @contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Set environment variables (inherited by notebook kernels) for the block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def follow_progress(path: Path, log: Callable[[str], None], prefix: str, every: float = 5.0,
+                    poll: float = 0.5) -> Iterator[None]:
+    """While the block runs, print (``log``) the text progress bars written to ``path``
+    (:mod:`samstudy.progress`): each bar's latest state at most every ``every`` seconds, and
+    every finished line (a bar's last state, a one-time note). ``path`` is truncated first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    stop = threading.Event()
+
+    def loop() -> None:
+        pos, tail, shown, shown_at = 0, "", "", 0.0
+        while True:
+            stopping = stop.wait(poll)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                fh.seek(pos)
+                text, pos = tail + fh.read(), fh.tell()
+            *done, tail = text.split("\n")
+            for line in done:
+                last = line.split("\r")[-1].strip()
+                if last and last != shown:
+                    log(f"{prefix} {last}")
+                    shown, shown_at = last, time.monotonic()
+            current = tail.split("\r")[-1].strip()
+            if current and current != shown and (stopping or time.monotonic() - shown_at >= every):
+                log(f"{prefix} {current}")
+                shown, shown_at = current, time.monotonic()
+            if stopping:
+                return
+
+    thread = threading.Thread(target=loop, name=f"progress {prefix}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
 def kernel_import_path(lib_dir: Path) -> Iterator[None]:
     """Let the notebook kernel (a child process) import this very ``samstudy`` (PYTHONPATH += lib)."""
     old = os.environ.get("PYTHONPATH")
@@ -463,8 +534,12 @@ def _kernel_config() -> Any:
 
 
 def execute_stage(stage: Stage, notebook_in: Path, notebook_out: Path, params: Mapping[str, Any],
-                  cwd: Path, progress: bool = True, kernel_name: str | None = None) -> None:
-    """Execute one notebook with papermill; raise :class:`StageFailed` naming the failing cell."""
+                  cwd: Path, progress: bool = True, kernel_name: str | None = None,
+                  progress_file: Path | None = None, log: Callable[[str], None] | None = None) -> None:
+    """Execute one notebook with papermill; raise :class:`StageFailed` naming the failing cell.
+
+    progress_file: where the kernel's progress bars go (``$SAMSTUDY_PROGRESS_FILE``); with ``log``
+    they are printed while the notebook runs (:func:`follow_progress`)."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -474,8 +549,11 @@ def execute_stage(stage: Stage, notebook_in: Path, notebook_out: Path, params: M
     pm_logs = [logging.getLogger(n) for n in ("papermill", "papermill.translators")]  # filters do not inherit
     for lg in pm_logs:
         lg.addFilter(noise)
+    follow = (follow_progress(progress_file, log, f"[{stage.name}]") if progress_file and log and progress
+              else contextlib.nullcontext())
+    env = {PROGRESS_ENV: str(progress_file)} if progress_file and progress else {}
     try:
-        with kernel_import_path(lib_dir):
+        with kernel_import_path(lib_dir), environ(**env), follow:
             pm.execute_notebook(str(notebook_in), str(notebook_out), parameters=dict(params),
                                 progress_bar=progress, cwd=str(cwd), kernel_name=kernel_name,
                                 request_save_on_cell_execute=True, config=_kernel_config())
@@ -559,7 +637,8 @@ def _run_one(stage: Stage, params: dict[str, Any], input_hash: str, layout: RunL
     failure: StageFailed | None = None
     try:
         execute_stage(stage, notebooks_dir / stage.notebook, layout.notebook(stage), params, cwd,
-                      progress, kernel_name)
+                      progress, kernel_name, progress_file=layout.root / "stages" / f"{stage.name}.progress",
+                      log=log)
     except StageFailed as e:
         failure = e
     except KeyboardInterrupt:
@@ -599,27 +678,29 @@ def _select(stages: Sequence[Stage], only: Sequence[str] | None) -> set[str]:
 def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = None,
               notebooks_dir: Path | None = None, only: Sequence[str] | None = None, force: bool = False,
               progress: bool = True, log: Log | None = None, stages: Sequence[Stage] | None = None,
-              kernel_name: str | None = None) -> RunResult:
+              kernel_name: str | None = None, cache_dir: str | os.PathLike | None = None) -> RunResult:
     """Run (or resume) the study of ``cfg`` into ``results_root/run_name`` and write its report.
 
     only: run just these stages (their upstream stages must have succeeded before); skipping by
         hash still applies unless ``force``.
     force: rerun the selected stages even when their inputs are unchanged.
     stages: the DAG (default: :data:`STAGES` filtered by :func:`active_stages`); tests pass their own.
+    results_root: default ``./results``; notebooks_dir: default :func:`package_notebooks`.
+    cache_dir: the cache root (default :func:`samstudy.files.cache_root`: ``$SAMSTUDY_CACHE_DIR`` or XDG).
     Returns a :class:`RunResult`; a failed stage is in ``result.failure`` (not raised). Raised before
     anything is written: :class:`ParameterError` / :class:`PipelineError` for a bad configuration
     or selection, :class:`samstudy.locks.FolderLocked` when another process is running into the
     same ``results_root/run_name`` (the folder is held for the whole run).
     """
-    repo = cfg.repo_root
-    notebooks_dir = notebooks_dir or repo / "notebooks"
-    layout = RunLayout(Path(results_root or repo / "results").resolve() / run_name)
+    notebooks = Path(notebooks_dir) if notebooks_dir else package_notebooks()
+    layout = RunLayout(Path(results_root or "results").resolve() / run_name)
     plan = list(stages) if stages is not None else active_stages(cfg.custom.enabled)
     selected = _select(plan, only)
-    params = _checked_parameters(cfg, plan, layout, notebooks_dir)
-    with folder_lock(layout.root, f"samstudy run {run_name}"):
-        return _run_plan(cfg, run_name, layout, plan, selected, params, notebooks_dir, only, force,
-                         progress, log, kernel_name)
+    params = _checked_parameters(cfg, plan, layout, notebooks)
+    cache = cache_root(cache_dir)
+    with folder_lock(layout.root, f"samstudy run {run_name}"), environ(**{CACHE_ENV: str(cache)}):
+        return _run_plan(cfg, run_name, layout, plan, selected, params, notebooks, only, force,
+                         progress, log, kernel_name, cache)
 
 
 def _checked_parameters(cfg: StudyConfig, plan: Sequence[Stage], layout: RunLayout,
@@ -637,13 +718,14 @@ def _checked_parameters(cfg: StudyConfig, plan: Sequence[Stage], layout: RunLayo
 
 def _run_plan(cfg: StudyConfig, run_name: str, layout: RunLayout, plan: Sequence[Stage], selected: set[str],
               params: Mapping[str, dict[str, Any]], notebooks_dir: Path, only: Sequence[str] | None,
-              force: bool, progress: bool, log: Log | None, kernel_name: str | None) -> RunResult:
+              force: bool, progress: bool, log: Log | None, kernel_name: str | None, cache: Path) -> RunResult:
     """The body of :func:`run_study`, run while the results folder is held."""
     from tqdm.auto import tqdm
 
     from .report import write_index
 
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+    log(f"cache: {cache} ({folder_bytes(cache) / 2**20:.1f} MiB)")
     run_manifest = _start_manifest(cfg, run_name, layout, plan, only, force)
     result = RunResult(layout)
     t_run = time.perf_counter()
@@ -665,7 +747,7 @@ def _run_plan(cfg: StudyConfig, run_name: str, layout: RunLayout, plan: Sequence
             log(f"[{s.name}] runs: {reason}")
             try:
                 result.outcomes.append(_run_one(s, params[s.name], input_hash, layout, notebooks_dir,
-                                                cfg.repo_root, progress, log, kernel_name))
+                                                layout.root, progress, log, kernel_name))
             except StageFailed as e:
                 result.outcomes.append(StageOutcome(s.name, "failed", reason=str(e)))
                 result.failure = e
@@ -695,7 +777,7 @@ def _ensure_html(layout: RunLayout, stage: Stage) -> None:
 def _start_manifest(cfg: StudyConfig, run_name: str, layout: RunLayout, plan: Sequence[Stage],
                     only: Sequence[str] | None, force: bool) -> dict[str, Any]:
     m = {"format": MANIFEST_FORMAT, "run": run_name, "config_file": str(cfg.path),
-         "config_sha256": cfg.sha256(), "config": cfg.to_dict(), "git": git_info(cfg.repo_root),
+         "config_sha256": cfg.sha256(), "config": cfg.to_dict(), "git": git_info(),
          "packages": package_versions(), "platform": {"machine": platform.machine(),
                                                       "system": platform.platform(), "cpus": os.cpu_count()},
          "checkpoints": checkpoint_info(cfg), "invocation": {"only": list(only or []), "force": force,

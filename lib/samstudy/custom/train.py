@@ -368,7 +368,7 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
         _write_json(out / "train_meta.json", meta)
         val_s, lr = 0.0, float("nan")
         epochs_this_call = 0
-        from tqdm.auto import tqdm
+        from ..progress import tqdm
 
         bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                    desc=f"custom {train_dataset.name}")

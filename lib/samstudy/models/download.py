@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 from tqdm.auto import tqdm
 
-from ..files import file_sha256
+from ..files import cache_root, file_sha256
 
 _CHUNK = 1 << 20
 
@@ -32,24 +32,28 @@ class ChecksumError(RuntimeError):
 
 
 def cached_file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of ``path``, cached in the sidecar ``<path>.sha256`` (JSON keyed by size + mtime_ns).
+    """SHA-256 of ``path``, cached as JSON keyed by size + mtime_ns: the sidecar ``<path>.sha256``
+    a download wrote, else ``<cache root>/checksums/<sha1 of the absolute path>.json`` (written here:
+    loading a checkpoint writes nothing beside it).
 
-    A 2.5 GB ViT-H checkpoint takes ~10 s to hash; the sidecar makes later runs free. The cache is
-    trusted only when size and mtime match the file exactly; a read-only folder just skips the write.
+    A 2.5 GB ViT-H checkpoint takes ~10 s to hash; the cache makes later runs free. It is trusted
+    only when size and mtime match the file exactly; an unwritable cache root just skips the write.
     """
     path = Path(path)
     st = path.stat()
-    sidecar = path.with_name(path.name + ".sha256")
     key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    try:
-        cached = json.loads(sidecar.read_text())
-        if {k: cached.get(k) for k in key} == key and len(str(cached.get("sha256", ""))) == 64:
-            return str(cached["sha256"])
-    except (OSError, ValueError):
-        pass
+    ours = cache_root() / "checksums" / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()}.json"
+    for sidecar in (path.with_name(path.name + ".sha256"), ours):
+        try:
+            cached = json.loads(sidecar.read_text())
+            if {k: cached.get(k) for k in key} == key and len(str(cached.get("sha256", ""))) == 64:
+                return str(cached["sha256"])
+        except (OSError, ValueError):
+            pass
     digest = file_sha256(path)
     try:
-        sidecar.write_text(json.dumps({**key, "sha256": digest}))
+        ours.parent.mkdir(parents=True, exist_ok=True)
+        ours.write_text(json.dumps({**key, "sha256": digest, "path": str(path.resolve())}))
     except OSError:
         pass
     return digest

@@ -8,13 +8,14 @@ LiteMedSAM's TinyViT encoder took 2.52 s in PyTorch and 0.89 s in ONNX Runtime, 
 (``bench/bench_engine.py`` measures it again on your machine).
 
 Exported files are cached under ``cache_dir`` (default ``$SAMSTUDY_ONNX_DIR`` or
-``~/.cache/samstudy/onnx``), named by the model's cache key and the torch/onnxruntime versions,
+``<cache root>/onnx``, :func:`samstudy.files.cache_root`), named by the model's cache key and the torch/onnxruntime versions,
 written atomically. The decoder is exported for one prompt at a time with a variable number of
 prompt tokens (point count, box or not), which is how the CPU path decodes anyway.
 """
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..files import atomic_path
+from ..files import atomic_path, cache_root
+from ..progress import note
 
 ONNX_DIR_ENV = "SAMSTUDY_ONNX_DIR"
 _OPSET = 17
 
 
 def default_onnx_dir() -> Path:
-    """``$SAMSTUDY_ONNX_DIR``, else ``$XDG_CACHE_HOME/samstudy/onnx`` (``~/.cache/...``)."""
+    """``$SAMSTUDY_ONNX_DIR``, else ``<cache root>/onnx`` (:func:`samstudy.files.cache_root`)."""
     if os.environ.get(ONNX_DIR_ENV):
         return Path(os.environ[ONNX_DIR_ENV])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "samstudy" / "onnx"
+    return cache_root() / "onnx"
 
 
 def _import_ort() -> Any:
@@ -60,6 +61,15 @@ class _DecoderAllOutputs(nn.Module):
 
 def _export_atomic(module: nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str],
                    dynamic_axes: dict | None) -> None:
+    """Export once, announced on stderr with its duration (it takes seconds, and writes to the cache root)."""
+    note(f"exporting {path.name} to ONNX (one time) into {path.parent} ...")
+    t0 = time.perf_counter()
+    _export_file(module, args, path, names, outputs, dynamic_axes)
+    note(f"exported {path.name} in {time.perf_counter() - t0:.1f} s")
+
+
+def _export_file(module: nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str],
+                 dynamic_axes: dict | None) -> None:
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about Python-side shape arithmetic
         torch.onnx.export(module, args, str(tmp), input_names=names, output_names=outputs,
