@@ -66,7 +66,8 @@ from IPython.display import display
 head = pd.DataFrame({"arm": ["custom", "tight box", "loose box"], "mIoU": [0.8, 0.7, 0.6]})
 head.to_csv(out / "headline.csv", index=False)
 record(out_dir, "protocol", "Protocol: per-object mIoU (test).")
-fig, ax = plt.subplots(figsize=(2, 2)); ax.bar(head.arm, head.mIoU); display(fig)
+from samstudy.report import show_figure
+fig, ax = plt.subplots(figsize=(2, 2)); ax.bar(head.arm, head.mIoU); display(show_figure(fig, out, "bars"))
 display(head)
 '''
 
