@@ -66,7 +66,8 @@ from IPython.display import display
 head = pd.DataFrame({"arm": ["custom", "tight box", "loose box"], "mIoU": [0.8, 0.7, 0.6]})
 head.to_csv(out / "headline.csv", index=False)
 record(out_dir, "protocol", "Protocol: per-object mIoU (test).")
-fig, ax = plt.subplots(figsize=(2, 2)); ax.bar(head.arm, head.mIoU); display(fig)
+from samstudy.report import show_figure
+fig, ax = plt.subplots(figsize=(2, 2)); ax.bar(head.arm, head.mIoU); display(show_figure(fig, out, "bars"))
 display(head)
 '''
 
@@ -331,7 +332,7 @@ def test_real_notebooks_tiny(tiny_run):
         assert m["status"] == "ok" and m["outputs"]
         assert _executed(layout.notebook(s), m["parameters"]), s.notebook
         page = layout.html(s).read_text()  # styles live in the shared report.css, not in the page
-        assert len(page) > 3_000 and '<link rel="stylesheet" href="report.css">' in page
+        assert len(page) > 3_000 and 'href="report.css"' in page
     assert (layout.report_dir / "report.css").stat().st_size > 100_000
     # a second run finds every stage unchanged: all skipped, nothing executed again
     before = {s.name: (layout.notebook(s).stat().st_mtime_ns, layout.stage_manifest(s.name).read_bytes())
