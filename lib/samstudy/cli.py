@@ -68,7 +68,7 @@ def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) 
     layout = RunLayout(root / run_name)
     nb_dir = cfg.repo_root / "notebooks"
     will_run: set[str] = set()
-    for s in active_stages(cfg.custom.enabled):
+    for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled):
         params = stage_parameters(cfg, s, layout)
         try:
             validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))

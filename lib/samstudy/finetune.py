@@ -354,9 +354,9 @@ def encoder_hash(module: torch.nn.Module) -> str:
     """SHA-256 over the image encoder's state (names, dtypes, shapes, bytes; sorted by name)."""
     h = hashlib.sha256()
     for name, t in sorted(module.image_encoder.state_dict().items()):
-        t = t.detach().cpu().contiguous()
+        t = t.detach().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -681,3 +681,96 @@ def build_finetuned(checkpoint: str | os.PathLike | None = None, device: str | t
     name = f"{base}_ft-{prompt}" if prompt else f"{base}_ft"
     label = f"{base_label} fine-tuned on {what} (decoder; checkpoint {path.parent.name}/{path.name})"
     return FinetunedSegmenter(inner, name=name, label=label, embedding_key=key, prompt=prompt)
+
+
+# ------------------------------------------------------------------------------------ the stage
+def arm_dir(out_dir: str | os.PathLike, model: str, prompt: str) -> Path:
+    """``<out_dir>/train/<model>-<prompt>``: one fine-tuning folder per (base model, prompt type)."""
+    return Path(out_dir) / "train" / f"{model}-{prompt}"
+
+
+def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
+              prompts: Sequence[str], options: Mapping[str, Any] | None = None, minutes: float | None = None,
+              cache_dir: str | os.PathLike | None = None, gt_variants: Sequence[str] = ("policy",), seed: int = 0,
+              device: str = "cpu", progress: bool = True, force: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+    """The fine-tuning stage: for each base model x prompt type, fine-tune on the data stage's train
+    set (resuming its folder when the config is the same) and score the arm with the engine on every
+    test set with :data:`EVAL_MODES` of its prompt type (``single`` selection; ``raw`` ground-truth
+    rows too when in ``gt_variants``). ``minutes``: budget per arm.
+
+    Returns ``(rows DataFrame, info)``; ``info`` has one dict per arm (checkpoint, SHA-256, training
+    meta). Writes ``out_dir/runs/<arm>-<test set>/`` (engine) and ``out_dir/train/<model>-<prompt>/``.
+    """
+    import pandas as pd
+
+    from . import data_stage
+    from .engine import run_experiment
+
+    train = data_stage.load_train_set(data_dir)
+    if train is None:
+        raise ValueError(f"{data_dir}: the data stage wrote no training set; the fine-tuned arm needs one")
+    policy = data_stage.read_datasets_manifest(data_dir)["policy"]
+    tests = data_stage.load_test_sets(data_dir)
+    cache = EmbeddingCache(cache_dir)
+    frames, info = [], []
+    for spec in models:
+        for prompt in prompts:
+            cfg = FinetuneConfig(model=spec["name"], checkpoint=spec.get("checkpoint"),
+                                 options=dict(spec.get("options") or {}), prompt=prompt, max_minutes=minutes,
+                                 seed=seed, device=device, **dict(options or {}))
+            path = finetune(train, cfg, arm_dir(out_dir, cfg.model, prompt), cache, progress=progress)
+            arm = build_model("finetuned", checkpoint=path, device=device, num_threads=cfg.num_threads,
+                              **dict(cfg.options))
+            meta = read_json(path.with_suffix(".json")) or {}
+            tmeta = read_json(path.parent / "train_meta.json") or {}
+            info.append({"model": arm.name, "label": arm.label, "base_model": cfg.model, "prompt": prompt,
+                         "checkpoint": str(path), "checkpoint_sha256": arm.checkpoint_sha256,
+                         "best_epoch": meta.get("best", {}).get("epoch"), "val_miou": meta.get("best", {}).get("val_miou"),
+                         "epochs_done": tmeta.get("epochs_done"), "steps_done": tmeta.get("steps_done"),
+                         "train_seconds": tmeta.get("train_seconds"), "stopped_by_budget": tmeta.get("stopped_by_budget"),
+                         "n_train_objects": tmeta.get("n_train_objects"), "n_val_objects": tmeta.get("n_val_objects")})
+            for ds in tests:
+                raw = data_stage.raw_gt_variant(data_dir, ds.name) if "raw" in gt_variants else None
+                df = run_experiment(ds, arm, list(EVAL_MODES[prompt]), out_dir=Path(out_dir) / "runs" / f"{arm.name}-{ds.name}",
+                                    cache=cache, seed=seed, split="test", policy=policy,
+                                    gt_variants={"raw": raw} if raw else None, multimask=("single",),
+                                    progress=progress, force=force)
+                frames.append(df)
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return rows, info
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m samstudy.finetune --data-dir results/<run>/data --out DIR [--prompt box] ...``: the
+    stage without the notebook (rows at ``DIR/rows.parquet``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m samstudy.finetune", description=main.__doc__)
+    ap.add_argument("--data-dir", required=True, help="the data stage's folder (datasets.json)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--model", default="litemedsam")
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--runtime", default="onnxruntime", choices=("torch", "onnxruntime"))
+    ap.add_argument("--prompt", action="append", choices=PROMPT_TYPES, help="repeatable (default: box)")
+    ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs)
+    ap.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
+    ap.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    ap.add_argument("--minutes", type=float, default=None)
+    ap.add_argument("--cache-dir", default=".cache/embeddings")
+    ap.add_argument("--gt-variants", nargs="+", default=["policy"])
+    args = ap.parse_args(argv)
+    rows, info = run_stage(args.data_dir, args.out, [{"name": args.model, "checkpoint": args.checkpoint,
+                                                      "options": {"runtime": args.runtime}}],
+                           args.prompt or ["box"], {"epochs": args.epochs, "batch_size": args.batch_size,
+                                                    "lr": args.lr},
+                           args.minutes, args.cache_dir, args.gt_variants)
+    rows.to_parquet(Path(args.out) / "rows.parquet")
+    write_json_atomic(Path(args.out) / "arms.json", info)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
