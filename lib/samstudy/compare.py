@@ -13,7 +13,7 @@ comparison, gallery and explorer notebooks call these and show the result.
 - Labeling policy: :func:`policy_gap_table` (per category with ``by``), :func:`policy_effect_table`
   (does an arm fill what the policy fills and merge what it merges?), :func:`policy_changes`;
   data: :func:`dataset_stats`.
-- The fine-tuned arm: :func:`finetuned_arms`, :func:`finetuned_base`.
+- The fine-tuned arm: :func:`finetuned_arms`, :func:`finetuned_base`, :func:`finetune_gain_table`.
 - Our numbers under the keys of :data:`samstudy.published.PUBLISHED`: :func:`ours_for_published`.
 
 This module imports neither :mod:`samstudy.report` nor :mod:`samstudy.pipeline`.
@@ -37,7 +37,7 @@ __all__ = [
     "loose_buffer", "arm_matrix", "mean_table", "headline_table", "ci_table", "paired_diff_table",
     "buffer_sweep_table", "click_rows", "click_curve_table", "noc_summary", "policy_gap_table", "policy_changes",
     "dataset_stats", "ours_for_published", "published_key", "finetuned_arms", "finetuned_base",
-    "policy_effect_table",
+    "policy_effect_table", "finetune_gain_table",
 ]
 
 OBJECT_KEYS = ["dataset", "image_id", "ann_id"]
@@ -563,3 +563,35 @@ def _first_model_mean(foundation: "pd.DataFrame", mode: str, multimask: str) -> 
         return None
     first = sel["model_label"].iloc[0]
     return first, float(sel.loc[sel["model_label"] == first, "iou"].mean())
+
+
+def finetune_gain_table(foundation: "pd.DataFrame", tuned: "pd.DataFrame", rng: "np.random.Generator",
+                        n_boot: int, multimask: str = "single") -> "pd.DataFrame":
+    """What fine-tuning adds, per fine-tuned model and prompt mode it was scored with: the paired
+    mIoU of the zero-shot base model and of the fine-tuned one on the same objects (primary ground
+    truth, one-shot, ``multimask``), with the 95% image-bootstrap CI of the difference.
+
+    Columns: ``model, prompt_mode, n, zero-shot, fine-tuned, diff, lo, hi``. A mode the base model
+    was not scored with in ``foundation`` is left out.
+    """
+    import pandas as pd
+
+    out = []
+    if tuned is None or not len(tuned):
+        return pd.DataFrame(columns=["model", "prompt_mode", "n", "zero-shot", "fine-tuned", "diff", "lo", "hi"])
+    one = tuned[tuned["click"] == 0]
+    for (model, label), g in one.groupby(["model", "model_label"], sort=True):
+        base = finetuned_base(model)
+        for mode in sorted(g["prompt_mode"].unique()):
+            zs = foundation[(foundation["model"] == base) & (foundation["prompt_mode"] == mode)] if len(foundation) else foundation
+            if not len(zs):
+                continue
+            a = Arm(f"{label}, {_mode_label(mode)}", model, mode, multimask, "finetuned")
+            b = Arm(f"{zs['model_label'].iloc[0]}, {_mode_label(mode)}", base, mode, multimask, "tight")
+            m = arm_matrix(pd.concat([zs, g], ignore_index=True), [a, b])
+            if not len(m):
+                continue
+            d = paired_diff_table(m, [(a.label, b.label)], rng, n_boot, by=None).iloc[0]
+            out.append({"model": model, "prompt_mode": mode, "n": len(m), "zero-shot": m[b.label].mean(),
+                        "fine-tuned": m[a.label].mean(), "diff": d["diff"], "lo": d["lo"], "hi": d["hi"]})
+    return pd.DataFrame(out, columns=["model", "prompt_mode", "n", "zero-shot", "fine-tuned", "diff", "lo", "hi"])

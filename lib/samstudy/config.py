@@ -388,8 +388,10 @@ def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> Fine
     """The ``finetune`` section; base models default to the foundation models, each must be a
     SAM-family model the fine-tuned arm can decode with every mode of its prompt types."""
     d = dict(d)
-    if "models" in d:
+    if d.get("models"):
         d["models"] = _parse_models(d["models"], file)
+    else:
+        d.pop("models", None)
     ft = _build(FinetuneSection, d, "finetune", file)
     if not ft.models:
         ft = dataclasses.replace(ft, models=fc.models)

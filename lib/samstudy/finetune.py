@@ -104,6 +104,8 @@ class FinetuneConfig:
     prompt: one of :data:`PROMPT_TYPES`. epochs, batch_size (objects per step), lr (peak),
         weight_decay: the optimiser schedule (by steps). jitter_px: extreme-point jitter.
     val_fraction / max_val_objects: the validation part of the train split (model selection).
+    objects_per_epoch: train on only this many objects per epoch (the first of each epoch's seeded
+        permutation, so epochs see different objects; None: all) -- for slow machines.
     max_minutes: wall-clock budget; only stops training. seed, num_threads, device.
     """
 
@@ -118,6 +120,7 @@ class FinetuneConfig:
     jitter_px: int = 5
     val_fraction: float = 0.1
     max_val_objects: int = 200
+    objects_per_epoch: int | None = None
     max_minutes: float | None = None
     seed: int = 0
     num_threads: int | None = 1
@@ -269,36 +272,62 @@ def _eval_prompt(mode_key: str, obj: FinetuneObject, seed: int) -> Prompt:
 
 
 # -------------------------------------------------------------------------------------- forward
-def decoder_forward(seg: Any, embedding: Embedding, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt encoder + mask decoder of ``seg`` (a :class:`~samstudy.models.sam.SamSegmenter`) on
-    prompts of one image, with autograd: low-res logits ``(N, 4, L, L)`` and IoU ``(N, 4)``.
+def decoder_forward(seg: Any, embedding: Embedding | Sequence[Embedding], prompts: Sequence[Prompt]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt encoder + mask decoder of ``seg`` (a :class:`~samstudy.models.sam.SamSegmenter`) with
+    autograd: low-res logits ``(N, 4, L, L)`` and IoU ``(N, 4)``.
 
-    Prompts must share box presence and point count (one batch). The coordinates go through the
-    model's own ``to_input_frame``, exactly as ``seg.decode`` (tested equal in eval mode).
+    embedding: one image's embedding for every prompt, or one embedding per prompt (several images in
+    one decoder call; only for decoders that take per-prompt image embeddings, see
+    :func:`batches_across_images`). Prompts must share box presence and point count. Coordinates go
+    through the model's own ``to_input_frame``, exactly as ``seg.decode`` (tested equal in eval mode).
     """
-    frame = (embedding.original_hw, embedding.input_hw)
+    embs = [embedding] * len(prompts) if isinstance(embedding, Embedding) else list(embedding)
     dev = seg.device
     points = None
     if prompts[0].points is not None:
-        coords = np.stack([seg.to_input_frame(p.points, *frame) for p in prompts])
+        coords = np.stack([seg.to_input_frame(p.points, e.original_hw, e.input_hw) for p, e in zip(prompts, embs)])
         labels = np.stack([p.labels for p in prompts])
         points = (torch.as_tensor(coords, dtype=torch.float32, device=dev),
                   torch.as_tensor(labels, dtype=torch.int64, device=dev))
     boxes = None
     if prompts[0].box is not None:
-        b = np.stack([seg.to_input_frame(p.box.reshape(2, 2), *frame).reshape(4) for p in prompts])
+        b = np.stack([seg.to_input_frame(p.box.reshape(2, 2), e.original_hw, e.input_hw).reshape(4)
+                      for p, e in zip(prompts, embs)])
         boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
     pe = seg.model.prompt_encoder
     sparse, dense = pe(points=points, boxes=boxes, masks=None)
-    feats = embedding.features.to(dev, dtype=torch.float32)
+    if isinstance(embedding, Embedding):
+        feats = embedding.features.to(dev, dtype=torch.float32)
+    else:
+        feats = torch.cat([e.features for e in embs]).to(dev, dtype=torch.float32)
     return seg.model.mask_decoder.predict_masks(image_embeddings=feats, image_pe=pe.get_dense_pe(),
                                                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
 
 
-def _groups(prompts: Sequence[Prompt], image_ids: Sequence[int]) -> dict[tuple[int, bool, int], list[int]]:
+def batches_across_images(seg: Any, embeddings: Sequence[Embedding], prompts: Sequence[Prompt]) -> bool:
+    """Whether ``seg``'s mask decoder takes one image embedding per prompt (LiteMedSAM's does; the
+    original ``segment_anything`` decoder repeats one embedding per prompt). Probed on two prompts
+    of two images: the batched call must equal the two single calls (1e-4), else ``False``."""
+    if len(embeddings) < 2:
+        return False
+    try:
+        with torch.no_grad():
+            low, _ = decoder_forward(seg, list(embeddings[:2]), list(prompts[:2]))
+            one = [decoder_forward(seg, embeddings[i], [prompts[i]])[0] for i in range(2)]
+    except (RuntimeError, ValueError):
+        return False
+    return tuple(low.shape) == (2, *one[0].shape[1:]) and all(
+        torch.allclose(low[i], one[i][0], atol=1e-4) for i in range(2))
+
+
+def _groups(prompts: Sequence[Prompt], image_ids: Sequence[int] | None) -> dict[tuple[int, bool, int], list[int]]:
+    """Prompt indices per decoder call: by (image, box presence, point count); ``image_ids=None``
+    puts every image in one call (decoders that take per-prompt embeddings)."""
     out: dict[tuple[int, bool, int], list[int]] = {}
-    for i, (p, im) in enumerate(zip(prompts, image_ids)):
-        key = (int(im), p.box is not None, 0 if p.points is None else len(p.points))
+    for i, p in enumerate(prompts):
+        im = -1 if image_ids is None else int(image_ids[i])
+        key = (im, p.box is not None, 0 if p.points is None else len(p.points))
         out.setdefault(key, []).append(i)
     return out
 
@@ -310,13 +339,16 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
-               prompts: Sequence[Prompt], embeddings: Mapping[int, Embedding]) -> float:
-    """One optimiser step on a batch (decoded per image group; the loss is the batch mean)."""
+               prompts: Sequence[Prompt], embeddings: Mapping[int, Embedding], across_images: bool = False) -> float:
+    """One optimiser step on a batch; the loss is the batch mean. ``across_images``: one decoder
+    call for every image (see :func:`batches_across_images`), else one per image group (the same
+    loss up to float rounding)."""
     opt.zero_grad(set_to_none=True)
     total = 0.0
     n = len(objs)
-    for (image_id, _, _), idx in _groups(prompts, [o.image_id for o in objs]).items():
-        low, iou = decoder_forward(seg, embeddings[image_id], [prompts[i] for i in idx])
+    for (image_id, _, _), idx in _groups(prompts, None if across_images else [o.image_id for o in objs]).items():
+        emb = [embeddings[objs[i].image_id] for i in idx] if across_images else embeddings[image_id]
+        low, iou = decoder_forward(seg, emb, [prompts[i] for i in idx])
         logits = low[:, 0]
         target = torch.from_numpy(np.stack([objs[i].target for i in idx])).float().div_(255.0).to(logits.device)
         bce = F.binary_cross_entropy_with_logits(logits, target)
@@ -505,8 +537,13 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
         train_objs, val_objs = carve_validation(objects, config.val_fraction, config.seed, config.max_val_objects)
         bs = min(config.batch_size, len(train_objs))
         steps_per_epoch = max(1, len(train_objs) // bs)
+        if config.objects_per_epoch is not None:
+            steps_per_epoch = min(steps_per_epoch, max(1, math.ceil(config.objects_per_epoch / bs)))
         total_steps = config.epochs * steps_per_epoch
         modes = EVAL_MODES[config.prompt]
+        probe = [o for o in train_objs if o.image_id != train_objs[0].image_id][:1] + train_objs[:1]
+        across = batches_across_images(seg, [embeddings[o.image_id] for o in probe],
+                                       [sample_prompt("box", o, np.random.default_rng(0)) for o in probe])
 
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         epoch, step, elapsed_before = 0, 0, 0.0
@@ -532,7 +569,8 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                 "val_image_ids": sorted({o.image_id for o in val_objs}), "skipped": len(skips),
                 "steps_per_epoch": steps_per_epoch, "batch_size": bs, "total_steps": total_steps,
                 "embedding_seconds": round(data_s, 3), "cache": dataclasses.asdict(cache.stats),
-                "trainable_parameters": int(sum(p.numel() for p in params))}
+                "trainable_parameters": int(sum(p.numel() for p in params)),
+                "decoder_batches_across_images": across}
         write_json_atomic(out / "train_meta.json", meta, sort_keys=True)
         from tqdm.auto import tqdm
 
@@ -556,7 +594,7 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                         g["lr"] = lr
                     batch = [train_objs[i] for i in order[k * bs:(k + 1) * bs]]
                     prompts = [sample_prompt(config.prompt, o, rng, config.jitter_px) for o in batch]
-                    losses.append(train_step(seg, opt, batch, prompts, embeddings))
+                    losses.append(train_step(seg, opt, batch, prompts, embeddings, across))
                     step += 1
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", refresh=False)
@@ -692,7 +730,8 @@ def arm_dir(out_dir: str | os.PathLike, model: str, prompt: str) -> Path:
 def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
               prompts: Sequence[str], options: Mapping[str, Any] | None = None, minutes: float | None = None,
               cache_dir: str | os.PathLike | None = None, gt_variants: Sequence[str] = ("policy",), seed: int = 0,
-              device: str = "cpu", progress: bool = True, force: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+              device: str = "cpu", progress: bool = True, force: bool = True,
+              eval_modes: Sequence[str] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """The fine-tuning stage: for each base model x prompt type, fine-tune on the data stage's train
     set (resuming its folder when the config is the same) and score the arm with the engine on every
     test set with :data:`EVAL_MODES` of its prompt type (``single`` selection; ``raw`` ground-truth
@@ -731,7 +770,7 @@ def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: S
                          "n_train_objects": tmeta.get("n_train_objects"), "n_val_objects": tmeta.get("n_val_objects")})
             for ds in tests:
                 raw = data_stage.raw_gt_variant(data_dir, ds.name) if "raw" in gt_variants else None
-                df = run_experiment(ds, arm, list(EVAL_MODES[prompt]), out_dir=Path(out_dir) / "runs" / f"{arm.name}-{ds.name}",
+                df = run_experiment(ds, arm, list(eval_modes or EVAL_MODES[prompt]), out_dir=Path(out_dir) / "runs" / f"{arm.name}-{ds.name}",
                                     cache=cache, seed=seed, split="test", policy=policy,
                                     gt_variants={"raw": raw} if raw else None, multimask=("single",),
                                     progress=progress, force=force)
@@ -756,14 +795,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size)
     ap.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     ap.add_argument("--minutes", type=float, default=None)
+    ap.add_argument("--max-val-objects", type=int, default=FinetuneConfig.max_val_objects)
+    ap.add_argument("--objects-per-epoch", type=int, default=None)
+    ap.add_argument("--eval-modes", nargs="+", default=None, help="score with these modes only (default: EVAL_MODES)")
     ap.add_argument("--cache-dir", default=".cache/embeddings")
     ap.add_argument("--gt-variants", nargs="+", default=["policy"])
     args = ap.parse_args(argv)
     rows, info = run_stage(args.data_dir, args.out, [{"name": args.model, "checkpoint": args.checkpoint,
                                                       "options": {"runtime": args.runtime}}],
                            args.prompt or ["box"], {"epochs": args.epochs, "batch_size": args.batch_size,
-                                                    "lr": args.lr},
-                           args.minutes, args.cache_dir, args.gt_variants)
+                                                    "lr": args.lr, "max_val_objects": args.max_val_objects,
+                                                    "objects_per_epoch": args.objects_per_epoch},
+                           args.minutes, args.cache_dir, args.gt_variants, eval_modes=args.eval_modes)
     rows.to_parquet(Path(args.out) / "rows.parquet")
     write_json_atomic(Path(args.out) / "arms.json", info)
     print(json.dumps(info, indent=1))
