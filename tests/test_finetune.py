@@ -315,3 +315,42 @@ def test_one_decoder_call_across_images_gives_the_per_image_loss(tiny_ckpt, worl
         opt = torch.optim.SGD(_trainable(s), lr=0.0)
         losses.append(train_step(s, opt, batch, prompts, embs, flag))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ comparison tables
+def _rows(model, label, ious, variant="primary", tags=("", "policy:filled", "policy:merged")):
+    import pandas as pd
+
+    return pd.DataFrame([{"dataset": "d", "image_id": i // 2, "ann_id": i, "category": "ab"[i % 2], "size_bucket": "large",
+                          "area": 100, "tags": tags[i % len(tags)], "model": model, "model_label": label,
+                          "prompt_mode": "tight_box", "multimask": "single", "click": 0, "gt_variant": variant,
+                          "status": "ok", "iou": v} for i, v in enumerate(ious)])
+
+
+def test_policy_tables_for_the_finetuned_arm_by_hand():
+    import pandas as pd
+
+    from samstudy import compare
+
+    zs = pd.concat([_rows("lms", "LMS", [0.4, 0.5, 0.6, 0.7]), _rows("lms", "LMS", [0.8, 0.9, 0.6, 0.7], "raw")])
+    ft = pd.concat([_rows("lms_ft-box", "LMS ft", [0.9, 0.9, 0.8, 0.8]), _rows("lms_ft-box", "LMS ft", [0.8, 0.8, 0.8, 0.8], "raw")])
+    rows = pd.concat([zs, ft], ignore_index=True)
+    arms = compare.headline_arms(zs, None, "tight_box", None) + compare.finetuned_arms(ft, "tight_box", None)
+    assert [a.kind for a in arms] == ["tight", "finetuned"] and compare.finetuned_base("lms_ft-box") == "lms"
+    assert compare.comparison_pairs(arms) == [("LMS ft, tight box", "LMS, tight box")]
+    gap = compare.policy_gap_table(rows, arms).set_index("arm")
+    # zero-shot loses (0.75 - 0.55) = 0.20 to the policy, fine-tuned (0.80 - 0.85) = -0.05: 125% recovered
+    assert gap.loc["LMS ft, tight box", "zero-shot lost to the policy"] == pytest.approx(0.20)
+    assert gap.loc["LMS ft, tight box", "policy loss recovered"] == pytest.approx(1.25)
+    by = compare.policy_gap_table(rows, arms, by="category")
+    a = by[(by["arm"] == "LMS, tight box") & (by["category"] == "a")].iloc[0]  # objects 0, 2
+    assert a["mIoU policy GT"] == pytest.approx(0.5) and a["mIoU raw GT"] == pytest.approx(0.7)
+    assert list(by["category"][:3]) == ["all", "a", "b"]
+    eff = compare.policy_effect_table(rows, arms).set_index(["arm", "change"])
+    # object 1 is filled: zero-shot 0.5 vs raw 0.9 (does not follow), fine-tuned 0.9 vs 0.8 (follows)
+    assert eff.loc[("LMS, tight box", "filled"), "follows the policy (%)"] == 0.0
+    assert eff.loc[("LMS ft, tight box", "filled"), "follows the policy (%)"] == 100.0
+    assert eff.loc[("LMS ft, tight box", "unchanged"), "n"] == 2  # objects 0 and 3
+    gain = compare.finetune_gain_table(zs, ft, np.random.default_rng(0), 200).iloc[0]
+    assert gain["zero-shot"] == pytest.approx(0.55) and gain["fine-tuned"] == pytest.approx(0.85)
+    assert gain["diff"] == pytest.approx(0.30) and gain["lo"] <= 0.30 <= gain["hi"]
