@@ -354,7 +354,8 @@ def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str
     ``of which policy`` and ``of which mask quality`` (= gap - policy share). A fine-tuned arm
     (kind ``"finetuned"``) with the zero-shot arm of its base model and mode among ``arms`` also gets
     ``zero-shot lost to the policy`` and ``policy loss recovered`` = 1 - (its loss / the zero-shot
-    loss), both on the objects the two arms share (NaN when the zero-shot loss is 0).
+    loss), both on the objects the two arms share (NaN unless the zero-shot loss is > 0: a model
+    that already scores higher against the policy has no policy loss to recover).
     by: also one row per value of this object column (e.g. ``"category"``), after each arm's
     overall row (``by`` column ``"all"``).
     """
@@ -400,7 +401,7 @@ def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str
             zs_loss = float((j["raw_zs"] - j["policy_zs"]).mean()) if len(j) else float("nan")
             ft_loss = float((j["raw"] - j["policy"]).mean()) if len(j) else float("nan")
             row.update({"zero-shot lost to the policy": zs_loss,
-                        "policy loss recovered": 1 - ft_loss / zs_loss if zs_loss else float("nan")})
+                        "policy loss recovered": 1 - ft_loss / zs_loss if zs_loss > 0 else float("nan")})
         out.append(row)
     return pd.DataFrame(out)
 
@@ -412,31 +413,48 @@ def policy_effect_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: 
     ``policies.FILLED_TAG`` / ``MERGED_TAG``; ``unchanged`` for the rest), on the objects scored
     against both ground truths: ``n``, mean IoU against the policy and the raw ground truth, and
     ``follows the policy (%)`` = share of objects whose prediction is closer (higher IoU) to the
-    policy's mask than to the raw one. Columns: ``arm, change, n, mIoU policy GT, mIoU raw GT,
-    follows the policy (%)``.
+    policy's mask than to the raw one. A fine-tuned arm with its zero-shot arm (same base model and
+    mode) among ``arms`` also gets ``shortfall recovered (%)`` = 100 x (its policy mIoU - the
+    zero-shot policy mIoU) / (1 - the zero-shot policy mIoU) on the objects both scored: the share of
+    the zero-shot model's IoU shortfall against the policy that fine-tuning removes. Columns: ``arm,
+    change, n, mIoU policy GT, mIoU raw GT, follows the policy (%), shortfall recovered (%)``.
     """
     import pandas as pd
 
     from .policies import FILLED_TAG, MERGED_TAG
 
-    out = []
-    for arm in arms:
+    def scored(arm: Arm) -> "pd.DataFrame":
         p = _arm_rows(rows, arm, PRIMARY)[OBJECT_KEYS + ["tags", "iou"]].rename(columns={"iou": "policy"})
         r = _arm_rows(rows, arm, raw_variant)[OBJECT_KEYS + ["iou"]].rename(columns={"iou": "raw"})
         both = p.merge(r, on=OBJECT_KEYS)
-        if not len(both):
-            continue
         tags = both["tags"].fillna("").astype(str)
-        change = pd.Series("unchanged", index=both.index)
-        change[tags.str.contains(FILLED_TAG, regex=False)] = "filled"
-        change[tags.str.contains(MERGED_TAG, regex=False)] = "merged"
+        both["change"] = "unchanged"
+        both.loc[tags.str.contains(FILLED_TAG, regex=False), "change"] = "filled"
+        both.loc[tags.str.contains(MERGED_TAG, regex=False), "change"] = "merged"
+        return both
+
+    cols = ["arm", "change", "n", "mIoU policy GT", "mIoU raw GT", "follows the policy (%)", "shortfall recovered (%)"]
+    out = []
+    for arm in arms:
+        both = scored(arm)
+        zero = next((a for a in arms if a.kind in ("tight", "loose") and a.prompt_mode == arm.prompt_mode
+                     and a.model == finetuned_base(arm.model)), None) if arm.kind == "finetuned" else None
+        zs = scored(zero)[OBJECT_KEYS + ["policy"]].rename(columns={"policy": "zs"}) if zero is not None else None
         for name in ("filled", "merged", "unchanged"):
-            g = both[change == name]
-            if len(g):
-                out.append({"arm": arm.label, "change": name, "n": len(g), "mIoU policy GT": g["policy"].mean(),
-                            "mIoU raw GT": g["raw"].mean(),
-                            "follows the policy (%)": 100.0 * float((g["policy"] > g["raw"]).mean())})
-    return pd.DataFrame(out, columns=["arm", "change", "n", "mIoU policy GT", "mIoU raw GT", "follows the policy (%)"])
+            g = both[both["change"] == name]
+            if not len(g):
+                continue
+            row = {"arm": arm.label, "change": name, "n": len(g), "mIoU policy GT": g["policy"].mean(),
+                   "mIoU raw GT": g["raw"].mean(),
+                   "follows the policy (%)": 100.0 * float((g["policy"] > g["raw"]).mean()),
+                   "shortfall recovered (%)": float("nan")}
+            if zs is not None:
+                j = g.merge(zs, on=OBJECT_KEYS)
+                short = 1.0 - float(j["zs"].mean()) if len(j) else 0.0
+                if short > 0:
+                    row["shortfall recovered (%)"] = 100.0 * (float(j["policy"].mean()) - float(j["zs"].mean())) / short
+            out.append(row)
+    return pd.DataFrame(out, columns=cols)
 
 
 def policy_changes(raw: Any, policy: Any) -> "pd.DataFrame":
