@@ -162,7 +162,7 @@ def test_config_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
 def test_shipped_configs_are_valid(name):
     cfg = load_config(REPO / "configs" / name, check_files=False)  # coco.yaml's data and checkpoint are downloaded on demand
     assert cfg.repo_root == REPO / "configs"
-    for s in active_stages(cfg.custom.enabled):  # every parameter a shipped config passes exists in its notebook
+    for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled):  # every parameter a shipped config passes exists in its notebook
         validate_parameters(NOTEBOOKS / s.notebook, stage_parameters(cfg, s, RunLayout(REPO / "results" / "t")))
 
 

@@ -39,7 +39,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     run_name = args.run or cfg.name
     only = [s for item in (args.only or []) for s in item.split(",") if s]
-    valid = [s.name for s in active_stages(cfg.custom.enabled)]
+    valid = [s.name for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled)]
     bad = [s for s in only if s not in valid]
     if bad:
         print(f"samstudy: --only: unknown stage(s) {bad}; the stages of {cfg.path.name} are: {', '.join(valid)}",
@@ -87,7 +87,7 @@ def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) 
     nb_dir = package_notebooks()
     print(f"run folder: {layout.root}\ncache: {cache_root(args.cache_dir)}")
     will_run: set[str] = set()
-    for s in active_stages(cfg.custom.enabled):
+    for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled):
         params = stage_parameters(cfg, s, layout)
         validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))  # an error: exit 2
         try:

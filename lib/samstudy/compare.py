@@ -10,7 +10,10 @@ comparison, gallery and explorer notebooks call these and show the result.
 - Paired per-object matrix and means: :func:`arm_matrix`, :func:`mean_table`, :func:`headline_table`.
 - Bootstrap tables: :func:`ci_table`, :func:`paired_diff_table`, :func:`buffer_sweep_table`.
 - Clicks: :func:`click_rows`, :func:`click_curve_table`, :func:`noc_summary`.
-- Labeling policy: :func:`policy_gap_table`, :func:`policy_changes`; data: :func:`dataset_stats`.
+- Labeling policy: :func:`policy_gap_table` (per category with ``by``), :func:`policy_effect_table`
+  (does an arm fill what the policy fills and merge what it merges?), :func:`policy_changes`;
+  data: :func:`dataset_stats`.
+- The fine-tuned arm: :func:`finetuned_arms`, :func:`finetuned_base`, :func:`finetune_gain_table`.
 - Our numbers under the keys of :data:`samstudy.published.PUBLISHED`: :func:`ours_for_published`.
 
 This module imports neither :mod:`samstudy.report` nor :mod:`samstudy.pipeline`.
@@ -33,7 +36,8 @@ __all__ = [
     "OBJECT_KEYS", "OBJECT_INFO", "Arm", "load_rows", "load_study_rows", "headline_arms", "comparison_pairs",
     "loose_buffer", "arm_matrix", "mean_table", "headline_table", "ci_table", "paired_diff_table",
     "buffer_sweep_table", "click_rows", "click_curve_table", "noc_summary", "policy_gap_table", "policy_changes",
-    "dataset_stats", "ours_for_published", "published_key",
+    "dataset_stats", "ours_for_published", "published_key", "finetuned_arms", "finetuned_base",
+    "policy_effect_table", "finetune_gain_table",
 ]
 
 OBJECT_KEYS = ["dataset", "image_id", "ann_id"]
@@ -47,7 +51,8 @@ _ARM_MODE_NAMES = ("tight_box", "loose_box")
 class Arm:
     """One compared regime: a model with one prompt mode (and multimask policy).
 
-    kind: ``"custom"``, ``"tight"`` or ``"loose"`` (the headline's three regimes) or ``"other"``.
+    kind: ``"custom"``, ``"tight"`` or ``"loose"`` (the headline's three regimes), ``"finetuned"``
+    (a fine-tuned foundation model, :func:`finetuned_arms`) or ``"other"``.
     label: how tables and figures name it, built from the model's own ``model_label`` (so LiteMedSAM
     is never called SAM).
     """
@@ -122,17 +127,41 @@ def comparison_pairs(arms: Sequence[Arm]) -> list[tuple[str, str]]:
     1. the custom arm (the first custom arm: :func:`headline_arms` puts the refined stage first)
        against every tight and every loose arm;
     2. each model's tight arm against the same model's loose arm (what the buffer costs);
-    3. the custom arm against every other custom arm (what the refinement stage adds).
+    3. the custom arm against every other custom arm (what the refinement stage adds);
+    4. each fine-tuned arm against the zero-shot arm of its base model with the same prompt mode
+       (what fine-tuning adds), then the custom arm against each fine-tuned arm (what the custom
+       design adds beyond a fine-tuned foundation model).
 
-    No custom arm: only the pairs of rule 2.
+    No custom arm: only the pairs of rules 2 and 4 (without custom).
     """
     customs = [a for a in arms if a.kind == "custom"]
     boxes = [a for a in arms if a.kind in ("tight", "loose")]
+    tuned = [a for a in arms if a.kind == "finetuned"]
     pairs = [(customs[0].label, b.label) for b in boxes] if customs else []
     pairs += [(t.label, l.label) for t in arms for l in arms
               if t.kind == "tight" and l.kind == "loose" and t.model == l.model]
     pairs += [(customs[0].label, c.label) for c in customs[1:]]
+    pairs += [(f.label, b.label) for f in tuned for b in boxes
+              if b.model == finetuned_base(f.model) and b.prompt_mode == f.prompt_mode]
+    pairs += [(customs[0].label, f.label) for f in tuned] if customs else []
     return pairs
+
+
+def finetuned_base(model: str) -> str | None:
+    """The base model of a fine-tuned arm's ``model`` name (``"litemedsam_ft-box"`` -> ``"litemedsam"``;
+    names from :func:`samstudy.finetune.build_finetuned`), ``None`` for another model."""
+    return model.split("_ft-")[0] if "_ft-" in model else (model[:-3] if model.endswith("_ft") else None)
+
+
+def finetuned_arms(rows: "pd.DataFrame", tight_mode: str | None, loose_mode: str | None,
+                   multimask: str = "single") -> list[Arm]:
+    """Arms of the fine-tuned stage's rows: per fine-tuned model its tight and loose box (kind
+    ``"finetuned"``), for the modes it was scored with; same order and labels as :func:`headline_arms`."""
+    if rows is None or not len(rows):
+        return []
+    arms = [Arm(a.label, a.model, a.prompt_mode, a.multimask, "finetuned")
+            for a in headline_arms(rows, None, tight_mode, loose_mode, multimask)]
+    return [a for a in arms if finetuned_base(a.model) is not None]
 
 
 def loose_buffer(arms: Sequence[Arm]) -> float | None:
@@ -341,23 +370,45 @@ def noc_summary(rows: "pd.DataFrame", thresholds: Sequence[float] = (0.85, 0.9),
 
 
 # ------------------------------------------------------------------------------ labeling policy
-def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str = "raw") -> "pd.DataFrame":
+def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str = "raw",
+                     by: str | None = None) -> "pd.DataFrame":
     """How much of each arm's score the labeling policy costs: mIoU against raw and policy ground truth.
 
     Same objects for both variants (those scored against both); arms without raw rows are left out.
     Columns: ``arm, n, mIoU raw GT,
     mIoU policy GT, lost to the policy``; with a custom arm also ``gap to custom (policy GT)``,
-    ``of which policy`` and ``of which mask quality`` (= gap - policy share).
+    ``of which policy`` and ``of which mask quality`` (= gap - policy share). A fine-tuned arm
+    (kind ``"finetuned"``) with the zero-shot arm of its base model and mode among ``arms`` also gets
+    ``zero-shot lost to the policy`` and ``policy loss recovered`` = 1 - (its loss / the zero-shot
+    loss), both on the objects the two arms share (NaN unless the zero-shot loss is > 0: a model
+    that already scores higher against the policy has no policy loss to recover).
+    by: also one row per value of this object column (e.g. ``"category"``), after each arm's
+    overall row (``by`` column ``"all"``).
     """
     import pandas as pd
 
+    if by is not None:
+        parts = [policy_gap_table(rows, arms, raw_variant).assign(**{by: "all"})]
+        for key, g in rows.groupby(by, sort=True):
+            t = policy_gap_table(g, arms, raw_variant)
+            if len(t):
+                parts.append(t.assign(**{by: key}))
+        out = pd.concat(parts, ignore_index=True)
+        order = {a.label: i for i, a in enumerate(arms)}
+        out = out.sort_values(["arm", by], key=lambda c: c.map(order) if c.name == "arm" else c.ne("all").astype(int),
+                              kind="stable")
+        return out[[by] + [c for c in out.columns if c != by]].reset_index(drop=True)
     out = []
     custom = next((a for a in arms if a.kind == "custom"), None)
     cm = arm_matrix(rows, [custom], gt_variant=PRIMARY) if custom else None
-    for arm in arms:
+
+    def both_variants(arm: Arm) -> "pd.DataFrame":
         p = _arm_rows(rows, arm, PRIMARY)[OBJECT_KEYS + ["iou"]].rename(columns={"iou": "policy"})
         r = _arm_rows(rows, arm, raw_variant)[OBJECT_KEYS + ["iou"]].rename(columns={"iou": "raw"})
-        both = p.merge(r, on=OBJECT_KEYS)
+        return p.merge(r, on=OBJECT_KEYS)
+
+    for arm in arms:
+        both = both_variants(arm)
         if not len(both):  # an arm scored against the policy only (the custom model, trained on it)
             continue
         row = {"arm": arm.label, "n": len(both), "mIoU raw GT": both["raw"].mean() if len(both) else float("nan"),
@@ -369,8 +420,67 @@ def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str
             share = float((j["raw"] - j["policy"]).mean())
             row.update({"gap to custom (policy GT)": gap, "of which policy": share,
                         "of which mask quality": gap - share})
+        zero = next((a for a in arms if a.kind in ("tight", "loose") and a.prompt_mode == arm.prompt_mode
+                     and a.model == finetuned_base(arm.model)), None) if arm.kind == "finetuned" else None
+        if zero is not None:
+            j = both.merge(both_variants(zero), on=OBJECT_KEYS, suffixes=("", "_zs"))
+            zs_loss = float((j["raw_zs"] - j["policy_zs"]).mean()) if len(j) else float("nan")
+            ft_loss = float((j["raw"] - j["policy"]).mean()) if len(j) else float("nan")
+            row.update({"zero-shot lost to the policy": zs_loss,
+                        "policy loss recovered": 1 - ft_loss / zs_loss if zs_loss > 0 else float("nan")})
         out.append(row)
     return pd.DataFrame(out)
+
+
+def policy_effect_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str = "raw") -> "pd.DataFrame":
+    """Does an arm fill the holes the policy fills and merge the objects the policy merges?
+
+    Per arm and policy change (``filled`` / ``merged`` objects, by the policy's tags
+    ``policies.FILLED_TAG`` / ``MERGED_TAG``; ``unchanged`` for the rest), on the objects scored
+    against both ground truths: ``n``, mean IoU against the policy and the raw ground truth, and
+    ``follows the policy (%)`` = share of objects whose prediction is closer (higher IoU) to the
+    policy's mask than to the raw one. A fine-tuned arm with its zero-shot arm (same base model and
+    mode) among ``arms`` also gets ``shortfall recovered (%)`` = 100 x (its policy mIoU - the
+    zero-shot policy mIoU) / (1 - the zero-shot policy mIoU) on the objects both scored: the share of
+    the zero-shot model's IoU shortfall against the policy that fine-tuning removes. Columns: ``arm,
+    change, n, mIoU policy GT, mIoU raw GT, follows the policy (%), shortfall recovered (%)``.
+    """
+    import pandas as pd
+
+    from .policies import FILLED_TAG, MERGED_TAG
+
+    def scored(arm: Arm) -> "pd.DataFrame":
+        p = _arm_rows(rows, arm, PRIMARY)[OBJECT_KEYS + ["tags", "iou"]].rename(columns={"iou": "policy"})
+        r = _arm_rows(rows, arm, raw_variant)[OBJECT_KEYS + ["iou"]].rename(columns={"iou": "raw"})
+        both = p.merge(r, on=OBJECT_KEYS)
+        tags = both["tags"].fillna("").astype(str)
+        both["change"] = "unchanged"
+        both.loc[tags.str.contains(FILLED_TAG, regex=False), "change"] = "filled"
+        both.loc[tags.str.contains(MERGED_TAG, regex=False), "change"] = "merged"
+        return both
+
+    cols = ["arm", "change", "n", "mIoU policy GT", "mIoU raw GT", "follows the policy (%)", "shortfall recovered (%)"]
+    out = []
+    for arm in arms:
+        both = scored(arm)
+        zero = next((a for a in arms if a.kind in ("tight", "loose") and a.prompt_mode == arm.prompt_mode
+                     and a.model == finetuned_base(arm.model)), None) if arm.kind == "finetuned" else None
+        zs = scored(zero)[OBJECT_KEYS + ["policy"]].rename(columns={"policy": "zs"}) if zero is not None else None
+        for name in ("filled", "merged", "unchanged"):
+            g = both[both["change"] == name]
+            if not len(g):
+                continue
+            row = {"arm": arm.label, "change": name, "n": len(g), "mIoU policy GT": g["policy"].mean(),
+                   "mIoU raw GT": g["raw"].mean(),
+                   "follows the policy (%)": 100.0 * float((g["policy"] > g["raw"]).mean()),
+                   "shortfall recovered (%)": float("nan")}
+            if zs is not None:
+                j = g.merge(zs, on=OBJECT_KEYS)
+                short = 1.0 - float(j["zs"].mean()) if len(j) else 0.0
+                if short > 0:
+                    row["shortfall recovered (%)"] = 100.0 * (float(j["policy"].mean()) - float(j["zs"].mean())) / short
+            out.append(row)
+    return pd.DataFrame(out, columns=cols)
 
 
 def policy_changes(raw: Any, policy: Any) -> "pd.DataFrame":
@@ -497,3 +607,35 @@ def _first_model_mean(foundation: "pd.DataFrame", mode: str, multimask: str) -> 
         return None
     first = sel["model_label"].iloc[0]
     return first, float(sel.loc[sel["model_label"] == first, "iou"].mean())
+
+
+def finetune_gain_table(foundation: "pd.DataFrame", tuned: "pd.DataFrame", rng: "np.random.Generator",
+                        n_boot: int, multimask: str = "single") -> "pd.DataFrame":
+    """What fine-tuning adds, per fine-tuned model and prompt mode it was scored with: the paired
+    mIoU of the zero-shot base model and of the fine-tuned one on the same objects (primary ground
+    truth, one-shot, ``multimask``), with the 95% image-bootstrap CI of the difference.
+
+    Columns: ``model, prompt_mode, n, zero-shot, fine-tuned, diff, lo, hi``. A mode the base model
+    was not scored with in ``foundation`` is left out.
+    """
+    import pandas as pd
+
+    out = []
+    if tuned is None or not len(tuned):
+        return pd.DataFrame(columns=["model", "prompt_mode", "n", "zero-shot", "fine-tuned", "diff", "lo", "hi"])
+    one = tuned[tuned["click"] == 0]
+    for (model, label), g in one.groupby(["model", "model_label"], sort=True):
+        base = finetuned_base(model)
+        for mode in sorted(g["prompt_mode"].unique()):
+            zs = foundation[(foundation["model"] == base) & (foundation["prompt_mode"] == mode)] if len(foundation) else foundation
+            if not len(zs):
+                continue
+            a = Arm(f"{label}, {_mode_label(mode)}", model, mode, multimask, "finetuned")
+            b = Arm(f"{zs['model_label'].iloc[0]}, {_mode_label(mode)}", base, mode, multimask, "tight")
+            m = arm_matrix(pd.concat([zs, g], ignore_index=True), [a, b])
+            if not len(m):
+                continue
+            d = paired_diff_table(m, [(a.label, b.label)], rng, n_boot, by=None).iloc[0]
+            out.append({"model": model, "prompt_mode": mode, "n": len(m), "zero-shot": m[b.label].mean(),
+                        "fine-tuned": m[a.label].mean(), "diff": d["diff"], "lo": d["lo"], "hi": d["hi"]})
+    return pd.DataFrame(out, columns=["model", "prompt_mode", "n", "zero-shot", "fine-tuned", "diff", "lo", "hi"])

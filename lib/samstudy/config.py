@@ -149,6 +149,24 @@ class CustomSection:
 
 
 @dataclass(frozen=True)
+class FinetuneSection:
+    """The fine-tuned foundation arm (``samstudy.finetune``): the prompt encoder and mask decoder of
+    each base model fine-tuned on the train split per prompt type (``box``, ``extreme_points``,
+    ``clicks``), then scored with that prompt type's modes (``finetune.EVAL_MODES``).
+
+    models: base models (empty: the foundation models); epochs: the step schedule; minutes: budget
+    per arm (only stops training); options: other ``finetune.FinetuneConfig`` fields (batch_size, lr...).
+    """
+
+    enabled: bool = False
+    models: tuple[ModelSpec, ...] = ()
+    prompts: tuple[str, ...] = ("box",)
+    epochs: int = 3
+    minutes: float = 20.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class CompareConfig:
     """Comparison notebook: bootstrap size, which arms make the headline, published reference."""
 
@@ -224,6 +242,7 @@ class StudyConfig:
     path: Path
     repo_root: Path
     effort: EffortConfig = field(default_factory=EffortConfig)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def resolve(self, p: str | None) -> str | None:
         """Absolute form of a config path (relative ones hang off the config file's folder)."""
@@ -573,7 +592,40 @@ def _check_arms(compare: CompareConfig, fc: FoundationConfig, file: Path) -> Com
 
 
 TOP_KEYS = {"name", "description", "seed", "data", "foundation", "custom", "compare", "gallery",
-            "notebook_params", "effort"}
+            "notebook_params", "effort", "finetune"}
+
+
+def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> FinetuneSection:
+    """The ``finetune`` section; base models default to the foundation models, each must be a
+    SAM-family model the fine-tuned arm can decode with every mode of its prompt types."""
+    d = dict(d)
+    if d.get("models"):
+        d["models"] = _parse_models(d["models"], file)
+    else:
+        d.pop("models", None)
+    ft = _build(FinetuneSection, d, "finetune", file)
+    if not ft.models:
+        ft = dataclasses.replace(ft, models=fc.models)
+    if not ft.enabled:
+        return ft
+    from .finetune import EVAL_MODES, FinetuneConfig  # function-level: loads torch
+
+    bad = [p for p in ft.prompts if p not in EVAL_MODES]
+    _require(bool(ft.prompts) and not bad, file, f"finetune.prompts must list prompt types of {sorted(EVAL_MODES)}, got {list(ft.prompts)}")
+    _require(ft.epochs >= 1 and ft.minutes > 0, file, "finetune.epochs must be >= 1 and finetune.minutes > 0")
+    fixed = {"model", "checkpoint", "options", "prompt", "epochs", "max_minutes"}
+    _require(not (set(ft.options) & fixed), file, f"finetune.options may not set {sorted(set(ft.options) & fixed)} (section keys)")
+    _check_passthrough(dict(ft.options), FinetuneConfig, lambda kw: FinetuneConfig(**kw), "finetune.options", file)
+    for i, spec in enumerate(ft.models):
+        from .models.registry import model_class
+
+        try:
+            cls = model_class(spec.name)
+        except ValueError as e:
+            raise ConfigError(f"{file}: finetune.models[{i}]: {e}") from None
+        _require(hasattr(cls, "to_input_frame"), file,
+                 f"finetune.models[{i}]: {spec.name!r} is not a SAM-family model (prompt encoder + mask decoder)")
+    return ft
 
 
 def _parse_effort(d: dict[str, Any], file: Path) -> EffortConfig:
@@ -614,6 +666,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     _require(compare.n_boot >= 100, file, "compare.n_boot must be >= 100")
     foundation = _parse_foundation(_section(raw, "foundation", file), file)
     compare = _check_arms(compare, foundation, file)
+    finetune = _parse_finetune(_section(raw, "finetune", file), foundation, file)
     cfg = StudyConfig(
         name=_validated(str, raw.get("name") or file.stem, "name", file),
         description=_validated(str, raw.get("description") or "", "description", file),
@@ -627,6 +680,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
         effort=_parse_effort(_section(raw, "effort", file), file),
         path=file.resolve(),
         repo_root=(repo_root or find_repo_root(file)).resolve(),
+        finetune=finetune,
     )
     if check_files:
         check_checkpoints(cfg)

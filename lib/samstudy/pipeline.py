@@ -99,7 +99,7 @@ def package_notebooks() -> Path:
 # ------------------------------------------------------------------------------------- parameters
 def _dirs(layout: RunLayout, cfg: StudyConfig) -> dict[str, str]:
     """``<stage>_dir`` parameters of every stage ("" for a stage this config does not run)."""
-    active = {s.name for s in active_stages(cfg.custom.enabled)}
+    active = {s.name for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled)}
     return {f"{s}_dir": str(layout.stage_dir(s)) if s in active else "" for s in STAGE_NAMES}
 
 
@@ -137,7 +137,7 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
                  categories=list(d.categories), include_crowd=d.include_crowd, policy=dict(d.policy),
                  test_fraction=d.split.test_fraction, split_seed=d.split.seed,
                  limit_images=d.limit_images, limit_train_images=d.limit_train_images,
-                 train_needed=cfg.custom.enabled)
+                 train_needed=cfg.custom.enabled or cfg.finetune.enabled)
         p.update(max_skip_fraction=d.max_skip_fraction, exif=d.exif)
     elif stage == "train_custom":
         p.update(minutes=cfg.custom.minutes, custom_options=dict(cfg.custom.options), device=f.device)
@@ -146,11 +146,17 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
                          for m in f.models],
                  modes=list(f.modes), buffer_sweep=list(f.buffer_sweep), multimask=list(f.multimask),
                  gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device)
+    elif stage == "finetune":
+        ft = cfg.finetune
+        p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)}
+                         for m in ft.models],
+                 prompts=list(ft.prompts), epochs=ft.epochs, minutes=ft.minutes, options=dict(ft.options),
+                 gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device)
     elif stage == "evaluate_custom":
         p["modes"] = list(cfg.custom.modes)
         p.update(device=f.device)
     elif stage == "compare":
-        p.update(arms, n_boot=c.n_boot, reference=c.reference, buffer_sweep=list(f.buffer_sweep),
+        p.update(arms, finetune_enabled=cfg.finetune.enabled, n_boot=c.n_boot, reference=c.reference, buffer_sweep=list(f.buffer_sweep),
                  gt_variants=list(f.gt_variants), config_name=cfg.name, config_description=cfg.description)
     elif stage == "gallery":
         p.update(arms, per_failure=cfg.gallery.per_failure, failure_modes=list(cfg.gallery.failure_modes),
@@ -694,7 +700,7 @@ def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = No
     """
     notebooks = Path(notebooks_dir) if notebooks_dir else package_notebooks()
     layout = RunLayout(Path(results_root or "results").resolve() / run_name)
-    plan = list(stages) if stages is not None else active_stages(cfg.custom.enabled)
+    plan = list(stages) if stages is not None else active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled)
     selected = _select(plan, only)
     params = _checked_parameters(cfg, plan, layout, notebooks)
     cache = cache_root(cache_dir)

@@ -2,7 +2,7 @@
 
 One notebook per stage, run in this order::
 
-    data -> train_custom -> foundation -> evaluate_custom -> compare -> gallery -> explore -> effort
+    data -> train_custom -> foundation -> finetune -> evaluate_custom -> compare -> gallery -> explore -> effort
 
 - :data:`STAGES` -- every stage with its notebook, the stages whose outputs it reads and its title.
 - :func:`active_stages` -- the stages a config runs (the custom-model ones drop out when the custom
@@ -30,6 +30,7 @@ class Stage:
     deps: names of the stages whose outputs it reads (they run before it).
     title: a human-readable title (report pages).
     needs_custom: the stage exists only when the custom model is enabled.
+    needs_finetune: the stage exists only when the fine-tuned arm is enabled.
     """
 
     name: str
@@ -37,33 +38,39 @@ class Stage:
     deps: tuple[str, ...]
     title: str
     needs_custom: bool = False
+    needs_finetune: bool = False
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "00_data.ipynb", (), "Data, labeling policy and split"),
     Stage("train_custom", "01_train_custom.ipynb", ("data",), "Training the custom model", True),
     Stage("foundation", "02_foundation_prompts.ipynb", ("data",), "Foundation model over all prompt modes"),
+    Stage("finetune", "07_finetune.ipynb", ("data", "foundation"), "Fine-tuned foundation models",
+          needs_finetune=True),
     Stage("evaluate_custom", "03_evaluate_custom.ipynb", ("data", "train_custom"),
           "Custom model on the test split", True),
-    Stage("compare", "04_compare.ipynb", ("data", "foundation", "evaluate_custom"), "Comparison"),
+    Stage("compare", "04_compare.ipynb", ("data", "foundation", "evaluate_custom", "finetune"), "Comparison"),
     Stage("gallery", "05_failure_gallery.ipynb", ("data", "foundation", "evaluate_custom"), "Failure gallery"),
     Stage("explore", "06_explore.ipynb", ("data", "foundation", "evaluate_custom"), "Explorer"),
-    Stage("effort", "07_effort.ipynb", ("data", "foundation", "evaluate_custom"), "Annotator effort (modelled)"),
+    Stage("effort", "08_effort.ipynb", ("data", "foundation", "evaluate_custom"), "Annotator effort (modelled)"),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
-def active_stages(custom_enabled: bool, stages: Sequence[Stage] = STAGES) -> list[Stage]:
+def active_stages(custom_enabled: bool, stages: Sequence[Stage] = STAGES,
+                  finetune_enabled: bool = False) -> list[Stage]:
     """The stages a run executes, in run order.
 
-    With ``custom_enabled`` false the stages with ``needs_custom`` are dropped, and so are their
-    names from the other stages' ``deps`` (a dropped stage is never waited for). Stages are
-    otherwise returned unchanged and in the order of ``stages``.
+    With ``custom_enabled`` false the stages with ``needs_custom`` are dropped (``finetune_enabled``
+    false: those with ``needs_finetune``), and so are their names from the other stages' ``deps``
+    (a dropped stage is never waited for). Stages are otherwise returned unchanged and in the
+    order of ``stages``.
     """
-    keep = [s for s in stages if custom_enabled or not s.needs_custom]
+    keep = [s for s in stages if (custom_enabled or not s.needs_custom)
+            and (finetune_enabled or not s.needs_finetune)]
     names = {s.name for s in keep}
-    return [Stage(s.name, s.notebook, tuple(d for d in s.deps if d in names), s.title, s.needs_custom)
-            for s in keep]
+    return [Stage(s.name, s.notebook, tuple(d for d in s.deps if d in names), s.title, s.needs_custom,
+                  s.needs_finetune) for s in keep]
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,10 @@ MODEL_REGISTRY: dict[str, Builder] = {}
 MODEL_CLASSES: dict[str, type[PromptableSegmenter]] = {}
 
 # Modules whose import registers the built-in models (imported lazily: torch/timm are slow to load).
-# The custom model is an arm like any other: built by name from its checkpoint.
-_BUILTIN_MODULES = ("samstudy.models.sam", "samstudy.models.litemedsam", "samstudy.custom.arm")
+# The custom model is an arm like any other: built by name from its checkpoint; so is a fine-tuned
+# SAM-family model ("finetuned", samstudy.finetune).
+_BUILTIN_MODULES = ("samstudy.models.sam", "samstudy.models.litemedsam", "samstudy.custom.arm",
+                    "samstudy.finetune")
 
 
 def register_model(name: str, cls: type[PromptableSegmenter]) -> Callable[[Builder], Builder]:
