@@ -121,7 +121,7 @@ def _cfg(tmp_path: Path, effort_section: dict):
 def test_effort_config_section(tmp_path):
     cfg = _cfg(tmp_path, {"click_s": 3.0, "targets": [0.8]})
     assert cfg.effort.click_s == 3.0 and cfg.effort.targets == (0.8,) and cfg.effort.polygon_s == 79.2
-    for bad, msg in [({"clik_s": 1}, "unknown key effort"), ({"fallback": "redo"}, "fallback"),
+    for bad, msg in [({"clik_s": 1}, "unknown key 'effort.clik_s'"), ({"fallback": "redo"}, "fallback"),
                      ({"targets": [1.5]}, "targets"), ({"click_s": -1}, "must be >= 0"),
                      ({"one_shot_modes": ["nope"]}, "one_shot_modes")]:
         with pytest.raises(ConfigError, match=msg):

@@ -97,12 +97,12 @@ def test_missing_coco_path_is_a_config_error_naming_key_file_and_path(tmp_path, 
     data = {"source": "coco", "annotations": str(ann), "images": str(tmp_path / "d" / "images"),
             "train_annotations": str(ann), "train_images": str(tmp_path / "d" / "images")}
     assert load_config(_config(tmp_path, data)).data.images == data["images"]  # all present: loads
-    data[key] = "d/imagse" if key.endswith("images") else "d/ann.jsn"  # a typo, relative to the repo root
+    data[key] = "../d/imagse" if key.endswith("images") else "../d/ann.jsn"  # a typo, relative to the config's folder
     cfg_path = _config(tmp_path, data)
     with pytest.raises(ConfigError) as e:
         load_config(cfg_path)
     msg = str(e.value)
-    assert f"data.{key}" in msg and str(cfg_path) in msg and str(tmp_path / data[key]) in msg
+    assert f"data.{key}" in msg and str(cfg_path) in msg and str((cfg_path.parent / data[key]).resolve()) in msg
 
 
 def test_missing_isegm_folder_is_a_config_error(tmp_path):

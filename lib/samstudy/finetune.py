@@ -64,7 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache import EmbeddingCache, image_sha256
+from .cache import EmbeddingCache, embedding_dir, image_sha256
 from .compute import torch_settings
 from .custom.train import _lr_at, carve_validation
 from .data import Dataset, Instance, read_image
@@ -750,7 +750,7 @@ def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: S
         raise ValueError(f"{data_dir}: the data stage wrote no training set; the fine-tuned arm needs one")
     policy = data_stage.read_datasets_manifest(data_dir)["policy"]
     tests = data_stage.load_test_sets(data_dir)
-    cache = EmbeddingCache(cache_dir)
+    cache = EmbeddingCache(embedding_dir(cache_dir))  # the zero-shot arm's cache: embeddings computed once
     frames, info = [], []
     for spec in models:
         for prompt in prompts:

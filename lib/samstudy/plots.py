@@ -266,8 +266,7 @@ def effort_bars(summary: pd.DataFrame, polygon_s: float,
         d = summary[summary["target"] == t].iloc[::-1]
         y = np.arange(len(d))
         err = _yerr(d, "seconds")
-        ax.barh(y, d["seconds"].to_numpy(float), xerr=err, capsize=2,
-                color=[PALETTE[j % len(PALETTE)] for j in range(len(d))][::-1])
+        ax.barh(y, d["seconds"].to_numpy(float), xerr=err, capsize=2, color=palette(len(d))[::-1])
         ax.set_yticks(y, [_wrap(a, 44) for a in d["assistant"]], fontsize=7)
         ax.axvline(polygon_s, color="grey", ls=":", lw=1)
         ax.set_xlabel("modelled seconds per object")
@@ -281,8 +280,9 @@ def done_curves(curve: pd.DataFrame, polygon_s: float, target: float,
                 title: str = "Share of objects done against modelled seconds per object") -> Figure:
     """Step curves of ``effort.done_curve`` (one per assistant), the polygon time marked."""
     fig, ax = _figure(7.0, 4.2)
-    for i, (name, d) in enumerate(curve.groupby("assistant", sort=True)):
-        ax.step(d["seconds"], d["share"], where="post", color=PALETTE[i % len(PALETTE)], label=_wrap(name, 48))
+    groups = list(curve.groupby("assistant", sort=True))
+    for (name, d), colour in zip(groups, palette(len(groups))):
+        ax.step(d["seconds"], d["share"], where="post", color=colour, label=_wrap(name, 48))
     ax.axvline(polygon_s, color="grey", ls=":", lw=1)
     ax.set_xlabel("modelled seconds per object")
     ax.set_ylabel(f"share of objects at IoU >= {target:g}")
