@@ -147,6 +147,20 @@ class GalleryConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """Where the per-image work of the foundation and custom-evaluation stages runs
+    (``samstudy.executors.ExecutorSpec``, same fields): ``executor: local`` (default, this process) or
+    ``ray`` (Ray Data workers; ``ray_address``, ``workers``, ``cpus_per_worker``, ``gpus_per_worker``;
+    docs/RAY.md). The command line's ``--executor`` / ``--ray-address`` override it."""
+
+    executor: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study run. ``path`` is the YAML file, ``repo_root`` what relative paths hang off."""
 
@@ -161,6 +175,7 @@ class StudyConfig:
     stage_params: Mapping[str, Mapping[str, Any]]
     path: Path
     repo_root: Path
+    run: RunConfig = field(default_factory=RunConfig)
 
     def resolve(self, p: str | None) -> str | None:
         """Absolute form of a config path (relative ones hang off the repository root)."""
@@ -362,7 +377,7 @@ def _check_arms(compare: CompareConfig, fc: FoundationConfig, file: Path) -> Com
 
 
 TOP_KEYS = {"name", "description", "seed", "data", "foundation", "custom", "compare", "gallery",
-            "notebook_params"}
+            "notebook_params", "run"}
 
 
 def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = None) -> StudyConfig:
@@ -390,6 +405,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     foundation = _parse_foundation(_section(raw, "foundation", file), file)
     compare = _check_arms(compare, foundation, file)
     name = str(raw.get("name") or file.stem)
+    run = _parse_run(_section(raw, "run", file), file)
     return StudyConfig(
         name=name,
         description=str(raw.get("description") or ""),
@@ -402,7 +418,17 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
         stage_params=_parse_stage_params(_section(raw, "notebook_params", file), file, STAGE_NAMES),
         path=file.resolve(),
         repo_root=(repo_root or find_repo_root(file)).resolve(),
+        run=run,
     )
+
+
+def _parse_run(d: dict[str, Any], file: Path) -> RunConfig:
+    """The ``run`` section, checked by the executor's own ``ExecutorSpec`` (no Ray import)."""
+    from .executors import ExecutorSpec  # function-level: loads numpy
+
+    run = _build(RunConfig, d, "run", file)
+    _check_passthrough(dataclasses.asdict(run), ExecutorSpec, lambda kw: ExecutorSpec(**kw), "run", file)
+    return run
 
 
 def load_config(path: str | Path, repo_root: Path | None = None) -> StudyConfig:
