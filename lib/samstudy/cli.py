@@ -1,6 +1,7 @@
 """Command line: ``samstudy run | download | synth``.
 
     samstudy run --config configs/demo.yaml [--run NAME] [--only STAGE ...] [--force] [--dry-run]
+                 [--executor local|ray] [--ray-address ADDR]
     samstudy download coco --dest data/coco [--splits val2017 train2017]
     samstudy download sam --model vit_h --dest data/weights
     samstudy synth --out DIR [--n-images N --seed S --width W --height H --force]
@@ -31,6 +32,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"samstudy: config error: {e}", file=sys.stderr)
         return 2
+    if args.executor or args.ray_address:  # command line over the config's run section
+        import dataclasses
+
+        run = dataclasses.replace(cfg.run, executor=args.executor or ("ray" if args.ray_address else cfg.run.executor),
+                                  ray_address=args.ray_address or cfg.run.ray_address)
+        try:
+            from .executors import ExecutorSpec
+
+            ExecutorSpec.of(run)
+        except ValueError as e:
+            print(f"samstudy: bad --executor / --ray-address: {e}", file=sys.stderr)
+            return 2
+        cfg = dataclasses.replace(cfg, run=run)
     run_name = args.run or cfg.name
     only = [s for item in (args.only or []) for s in item.split(",") if s]
     if args.dry_run:
@@ -119,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="show what would run and why, run nothing")
     r.add_argument("--results", help="results root (default: <repo>/results)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--executor", choices=["local", "ray"],
+                   help="where per-image work runs (default: the config's run.executor, else local); docs/RAY.md")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join, e.g. auto or ray://head:10001 (implies --executor ray)")
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("download", help="download COCO or a SAM checkpoint (needs internet)")
