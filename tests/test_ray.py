@@ -50,6 +50,24 @@ def test_worker_resources_follow_gpus_then_cpus():
             ExecutorSpec(**bad)
 
 
+def test_run_section_reaches_both_engine_stages_and_the_command_line_overrides_it(tmp_path, capsys):
+    from samstudy import cli
+    from samstudy.config import parse_config
+    from samstudy.pipeline import stage_parameters
+    from samstudy.stages import STAGES, RunLayout
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = parse_config({"name": "x", "run": {"executor": "ray", "workers": 4}}, repo / "configs" / "x.yaml")
+    by_name = {s.name: s for s in STAGES}
+    for stage in ("foundation", "evaluate_custom"):
+        p = stage_parameters(cfg, by_name[stage], RunLayout(tmp_path / "x"))
+        assert ExecutorSpec.of(p["executor"]) == ExecutorSpec("ray", workers=4)
+    # --ray-address with --executor local is refused before anything runs (exit 2)
+    assert cli.main(["run", "--config", str(repo / "configs" / "demo.yaml"), "--dry-run", "--executor", "local",
+                     "--ray-address", "auto"]) == 2
+    assert "ray_address" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ Ray session
 @pytest.fixture(scope="module")
 def ray_session():
