@@ -2,6 +2,7 @@
 
     samstudy run --config configs/demo.yaml [--run NAME] [--only STAGE ...] [--force] [--dry-run]
                  [--results DIR] [--cache-dir DIR]
+                 [--executor local|ray] [--ray-address ADDR]
     samstudy download coco --dest data/coco [--splits val2017 train2017]
     samstudy download sam --model vit_h --dest data/weights
     samstudy synth --out DIR [--n-images N --seed S --width W --height H --force]
@@ -37,6 +38,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"samstudy: config error: {e}", file=sys.stderr)
         return 2
+    if args.executor or args.ray_address:  # command line over the config's run section
+        import dataclasses
+
+        run = dataclasses.replace(cfg.run, executor=args.executor or ("ray" if args.ray_address else cfg.run.executor),
+                                  ray_address=args.ray_address or cfg.run.ray_address)
+        try:
+            from .executors import ExecutorSpec
+
+            ExecutorSpec.of(run)
+        except ValueError as e:
+            print(f"samstudy: bad --executor / --ray-address: {e}", file=sys.stderr)
+            return 2
+        cfg = dataclasses.replace(cfg, run=run)
     run_name = args.run or cfg.name
     only = [s for item in (args.only or []) for s in item.split(",") if s]
     valid = [s.name for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled)]
@@ -140,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cache-dir", help="cache root for embeddings and ONNX exports "
                                        "(default: $SAMSTUDY_CACHE_DIR, else $XDG_CACHE_HOME/samstudy or ~/.cache/samstudy)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--executor", choices=["local", "ray"],
+                   help="where per-image work runs (default: the config's run.executor, else local); docs/RAY.md")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join, e.g. auto or ray://head:10001 (implies --executor ray)")
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("download", help="download COCO or a SAM checkpoint (needs internet)")

@@ -226,6 +226,20 @@ class EffortConfig:
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """Where the per-image work of the foundation and custom-evaluation stages runs
+    (``samstudy.executors.ExecutorSpec``, same fields): ``executor: local`` (default, this process) or
+    ``ray`` (Ray Data workers; ``ray_address``, ``workers``, ``cpus_per_worker``, ``gpus_per_worker``;
+    docs/RAY.md). The command line's ``--executor`` / ``--ray-address`` override it."""
+
+    executor: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A whole study run. ``path`` is the YAML file, ``repo_root`` what relative paths hang off
     (the config file's folder)."""
@@ -243,6 +257,7 @@ class StudyConfig:
     repo_root: Path
     effort: EffortConfig = field(default_factory=EffortConfig)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    run: RunConfig = field(default_factory=RunConfig)
 
     def resolve(self, p: str | None) -> str | None:
         """Absolute form of a config path (relative ones hang off the config file's folder)."""
@@ -592,7 +607,7 @@ def _check_arms(compare: CompareConfig, fc: FoundationConfig, file: Path) -> Com
 
 
 TOP_KEYS = {"name", "description", "seed", "data", "foundation", "custom", "compare", "gallery",
-            "notebook_params", "effort", "finetune"}
+            "notebook_params", "effort", "finetune", "run"}
 
 
 def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> FinetuneSection:
@@ -667,6 +682,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
     foundation = _parse_foundation(_section(raw, "foundation", file), file)
     compare = _check_arms(compare, foundation, file)
     finetune = _parse_finetune(_section(raw, "finetune", file), foundation, file)
+    run = _parse_run(_section(raw, "run", file), file)
     cfg = StudyConfig(
         name=_validated(str, raw.get("name") or file.stem, "name", file),
         description=_validated(str, raw.get("description") or "", "description", file),
@@ -681,10 +697,20 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
         path=file.resolve(),
         repo_root=(repo_root or find_repo_root(file)).resolve(),
         finetune=finetune,
+        run=run,
     )
     if check_files:
         check_checkpoints(cfg)
     return cfg
+
+
+def _parse_run(d: dict[str, Any], file: Path) -> RunConfig:
+    """The ``run`` section, checked by the executor's own ``ExecutorSpec`` (no Ray import)."""
+    from .executors import ExecutorSpec  # function-level: loads numpy
+
+    run = _build(RunConfig, d, "run", file)
+    _check_passthrough(dataclasses.asdict(run), ExecutorSpec, lambda kw: ExecutorSpec(**kw), "run", file)
+    return run
 
 
 # A prompt-mode key with parameters, which YAML cannot read unquoted inside a flow list.

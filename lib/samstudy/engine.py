@@ -148,6 +148,7 @@ import pyarrow.parquet as pq
 from .cache import EmbeddingCache
 from .clicks import ClickSimulator
 from .data import IMAGE_SKIP_REASONS, Dataset, ImageRecord, Instance, check_skip_limit, read_record_image
+from .executors import ExecutorSpec, run_distributed
 from .files import TMP_PREFIX, write_json_atomic, write_parquet_atomic
 from .locks import folder_lock
 from .masks import encode_rle
@@ -163,7 +164,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EmbeddingCache", "ENGINE_VERSION", "ONE_SHOT_SELECTIONS", "CLICK_SELECTIONS", "ManifestMismatch",
-    "prompt_rng", "process_image", "run_experiment", "run_identity", "skip_table",
+    "prompt_rng", "process_image", "run_experiment", "run_identity", "skip_table", "ImageStep", "ImageProgress",
 ]
 
 ENGINE_VERSION = 1  # bump when rows change for identical inputs (part of the run identity)
@@ -674,7 +675,8 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
                    progress: bool = True, *, multimask: Sequence[str] = ONE_SHOT_SELECTIONS,
                    click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
                    force: bool = False, image_loader: ImageLoader | None = None,
-                   store_predictions: bool = True, max_skip_fraction: float | None = None) -> pd.DataFrame:
+                   store_predictions: bool = True, max_skip_fraction: float | None = None,
+                   executor: Any = None) -> pd.DataFrame:
     """Run ``model`` (any arm) with every prompt mode on every object of ``dataset``; resumable.
 
     Args:
@@ -694,6 +696,10 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
             (:func:`skip_table`): more than this share of the images or objects skipped, or no
             object scored, raises ``TooManySkips`` -- after the tables are written, so a rerun
             resumes. ``None``: no limit (the caller judges the skips).
+        executor: where the per-image step runs: ``None`` / ``"local"`` (this process, in image id
+            order), ``"ray"``, or a :class:`samstudy.executors.ExecutorSpec` (or its mapping, e.g. the
+            config's ``run`` section): Ray Data workers that build the model once each and write the
+            parts themselves (:mod:`samstudy.executors`). Rows are the same whichever runs them.
 
     Returns:
         The results table (also at ``out_dir/results.parquet``), sorted by
@@ -718,10 +724,21 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
     with folder_lock(out, f"engine: {model.name} on {dataset.name}"):
         run_id, discarded = _prepare_out_dir(out, identity, force)
         todo = _todo_images(dataset, out / "parts", run_id, variants, store_predictions)
-        step = dict(seed=seed, dataset=dataset.name, split=split, policy=policy, gt_variants=variants,
-                    multimask=multimask, click_multimask=click_multimask, min_box_side=min_box_side,
-                    image_loader=image_loader, keep_predictions=store_predictions)
-        _run_images(dataset, model, modes, cache, todo, out / "parts", run_id, step, progress)
+        step = ImageStep(modes=tuple(modes), parts=out / "parts", run_id=run_id, store_predictions=store_predictions,
+                         image_loader=image_loader,
+                         options=dict(seed=seed, dataset=dataset.name, split=split, policy=policy,
+                                      multimask=tuple(multimask), click_multimask=tuple(click_multimask),
+                                      min_box_side=min_box_side))
+        spec = ExecutorSpec.of(executor)
+        n = len(dataset.images)
+        bar = ImageProgress(n, n - len(todo), f"{model.name} {dataset.name}", progress)
+        try:
+            if spec.executor == "local":
+                _run_images(dataset, model, cache, todo, step, variants, bar)
+            else:  # the one seam to a distributed engine; the lock above stays with this (driver) process
+                run_distributed(spec, dataset, model, cache, todo, step, variants, bar)
+        finally:
+            bar.close()
         df = _finish(dataset, out, store_predictions)
     df.attrs.update(computed_images=len(todo), resumed_images=len(dataset.images) - len(todo),
                     discarded_parts=discarded)
@@ -775,29 +792,62 @@ def _todo_images(dataset: Dataset, parts: Path, run_id: str, variants: GtVariant
     return todo
 
 
-def _run_images(dataset: Dataset, model: PromptableSegmenter, modes: Sequence[PromptMode], cache: EmbeddingCache,
-                todo: Sequence[tuple[int, str]], parts: Path, run_id: str, step: Mapping[str, Any],
-                progress: bool) -> None:
-    """:func:`process_image` over ``todo``, each image's parts written as soon as it is done."""
-    from .progress import tqdm
+@dataclass(frozen=True)
+class ImageStep:
+    """The unit of work of every executor: one image through :func:`process_image`, its parts
+    written by :func:`_write_parts` (the one writer). Picklable, so Ray workers run the same step."""
 
+    modes: tuple[PromptMode, ...]
+    parts: Path
+    run_id: str
+    store_predictions: bool
+    image_loader: ImageLoader | None
+    options: Mapping[str, Any]  # the remaining keywords of process_image (seed, labels, selections...)
+
+    def read(self, record: ImageRecord) -> np.ndarray:
+        """The decoded image, exactly as :func:`process_image` would read it (exceptions included)."""
+        return (self.image_loader or _read_record)(record)
+
+    def __call__(self, model: PromptableSegmenter, cache: EmbeddingCache, record: ImageRecord,
+                 instances: Sequence[Instance], variants: GtVariants, fingerprint: str,
+                 image: np.ndarray | None = None, image_loader: ImageLoader | None = None) -> None:
+        """Evaluate and write one image. ``variants`` may be restricted to the image's own objects."""
+        rows, preds = process_image(record, instances, model, self.modes, cache, gt_variants=variants,
+                                    image=image, image_loader=image_loader or self.image_loader,
+                                    keep_predictions=self.store_predictions, **self.options)
+        _write_parts(self.parts, record.image_id, rows, preds if self.store_predictions else None, self.run_id,
+                     fingerprint)
+
+
+class ImageProgress:
+    """The study's progress bar of a run (images, images/s, objects/s, cache hits), for every executor."""
+
+    def __init__(self, total: int, done: int, desc: str, enabled: bool) -> None:
+        from .progress import tqdm  # plain-text lines the CLI follows inside a study run
+
+        self.bar = tqdm(total=total, initial=done, unit="img", disable=not enabled, desc=desc, dynamic_ncols=True)
+        self.t0, self.images, self.objects, self.hits = time.perf_counter(), 0, 0, 0
+
+    def image_done(self, n_objects: int, cache_hits: int) -> None:
+        """One more image finished; ``cache_hits``: embedding-cache hits of the run so far."""
+        self.images, self.objects, self.hits = self.images + 1, self.objects + n_objects, cache_hits
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        self.bar.set_postfix(img_s=f"{self.images / dt:.2f}", obj_s=f"{self.objects / dt:.1f}", cached=self.hits,
+                             refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_images(dataset: Dataset, model: PromptableSegmenter, cache: EmbeddingCache,
+                todo: Sequence[tuple[int, str]], step: ImageStep, variants: GtVariants, bar: ImageProgress) -> None:
+    """The local executor: ``step`` over ``todo`` in this process, each image's parts written as soon as it is done."""
     by_image = dataset.instances_by_image()
-    n = len(dataset.images)
-    bar = tqdm(total=n, initial=n - len(todo), unit="img", disable=not progress,
-               desc=f"{model.name} {dataset.name}", dynamic_ncols=True)
-    t0, n_img, n_obj = time.perf_counter(), 0, 0
-    try:
-        for image_id, fp in todo:
-            insts = by_image.get(image_id, [])
-            rows, preds = process_image(dataset.images[image_id], insts, model, modes, cache, **step)
-            _write_parts(parts, image_id, rows, preds if step["keep_predictions"] else None, run_id, fp)
-            n_img, n_obj = n_img + 1, n_obj + len(insts)
-            dt = max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(img_s=f"{n_img / dt:.2f}", obj_s=f"{n_obj / dt:.1f}", cached=cache.stats.hits,
-                            refresh=False)
-            bar.update(1)
-    finally:
-        bar.close()
+    for image_id, fp in todo:
+        insts = by_image.get(image_id, [])
+        step(model, cache, dataset.images[image_id], insts, variants, fp)
+        bar.image_done(len(insts), cache.stats.hits)
 
 
 def _finish(dataset: Dataset, out: Path, with_preds: bool) -> pd.DataFrame:

@@ -145,7 +145,8 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
         p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)}
                          for m in f.models],
                  modes=list(f.modes), buffer_sweep=list(f.buffer_sweep), multimask=list(f.multimask),
-                 gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device)
+                 gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device,
+                 executor=dataclasses.asdict(cfg.run))
     elif stage == "finetune":
         ft = cfg.finetune
         p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)}
@@ -154,7 +155,7 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
                  gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device)
     elif stage == "evaluate_custom":
         p["modes"] = list(cfg.custom.modes)
-        p.update(device=f.device)
+        p.update(device=f.device, executor=dataclasses.asdict(cfg.run))
     elif stage == "compare":
         p.update(arms, finetune_enabled=cfg.finetune.enabled, n_boot=c.n_boot, reference=c.reference, buffer_sweep=list(f.buffer_sweep),
                  gt_variants=list(f.gt_variants), config_name=cfg.name, config_description=cfg.description)

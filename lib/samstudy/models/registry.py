@@ -78,4 +78,7 @@ def build_model(name: str, checkpoint: Any = None, device: str = "cpu", **kwargs
     _load_builtins()
     if name not in MODEL_REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_REGISTRY))}")
-    return MODEL_REGISTRY[name](checkpoint=checkpoint, device=device, **kwargs)
+    model = MODEL_REGISTRY[name](checkpoint=checkpoint, device=device, **kwargs)
+    # how to build it again elsewhere (samstudy.executors: each Ray worker builds its own, on its device)
+    model.build_args = {"name": name, "checkpoint": checkpoint, "device": device, **kwargs}
+    return model
