@@ -20,9 +20,8 @@ import pytest
 import torch
 
 from samstudy import engine, results
-from samstudy.cache import EmbeddingCache
 from samstudy.config import RunConfig
-from samstudy.data import Dataset, ImageRecord, Instance, load_coco
+from samstudy.data import Dataset, ImageRecord, load_coco
 from samstudy.executors import ExecutorSpec, worker_resources
 from samstudy.files import TMP_PREFIX
 from samstudy.models.base import Decoded, Embedding, PromptableSegmenter

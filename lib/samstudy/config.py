@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping
 import pydantic
 import yaml
 
-from .files import file_sha256, jsonable
+from .files import jsonable
 from .stages import STAGE_NAMES
 
 SOURCES = ("synthetic", "coco", "isegm")
