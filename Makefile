@@ -49,8 +49,9 @@ policy-synthetic: $(STAMP)
 data-coco: $(STAMP)
 	$(VENV)/bin/samstudy download coco --dest data/coco
 
+# MODEL: vit_b/vit_l/vit_h (SAM), or a registry name: sam_hq_vit_b, mobile_sam, efficientvit_sam_l0, sam2.1_hiera_t...
 weights: $(STAMP)
-	$(VENV)/bin/samstudy download sam --model $${MODEL:-vit_h} --dest data/weights
+	$(VENV)/bin/samstudy download model --model $${MODEL:-vit_h} --dest data/weights
 
 clean-venv:
 	rm -rf $(VENV)

@@ -61,10 +61,21 @@ def _tiny_efficientvit_sam() -> torch.nn.Module:
     from efficientsam.models.efficientvit.backbone import EfficientViTLargeBackbone
     from efficientsam.models.efficientvit.sam import EfficientViTSamImageEncoder, SamNeck, build_efficientvit_sam
 
+    from efficientsam.models.efficientvit.sam import EfficientViTSam
+    from efficientsam.segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
     backbone = EfficientViTLargeBackbone(width_list=[8, 8, 16, 16, 32], depth_list=[1, 1, 1, 1, 1])
     neck = SamNeck(fid_list=["stage4", "stage3", "stage2"], in_channel_list=[32, 16, 16], head_width=256,
                    head_depth=1, expand_ratio=1, middle_op="fmb")
-    return build_efficientvit_sam(EfficientViTSamImageEncoder(backbone, neck), 512).eval()
+    # encoder input 256 (the neck resizes to a 64x64 embedding) while prompts and masks stay in the 1024 frame,
+    # as the L models (512 -> 64x64); a small decoder keeps the test fast
+    return EfficientViTSam(
+        image_encoder=EfficientViTSamImageEncoder(backbone, neck),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                                     mask_in_chans=4),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=32,
+                                 transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=64, num_heads=2)),
+        image_size=(1024, 256)).eval()
 
 
 def _official_predictor(family: str, module: torch.nn.Module):
@@ -88,6 +99,15 @@ CASES = {  # family: (registry name, tiny factory, builder options)
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The official predictors run with torch's threads: one, as ours (a shared 2-core machine)."""
+    from samstudy.compute import torch_settings
+
+    with torch_settings(1):
+        yield
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
@@ -194,3 +214,16 @@ def test_capabilities_are_declared_for_config_checks():
         cls = model_class(name)
         assert cls.supported_modes == ALL_MODES and cls.multimask_outputs == 3
         check_model_modes(cls, modes, ("single", "best_of_3"), ("first_best_of_3",), name=name)
+
+
+def test_random_init_rows_never_enter_the_headline_arms():
+    import pandas as pd
+
+    from samstudy.compare import RANDOM_INIT_SHA256, headline_arms
+    from samstudy.models.release import RANDOM_INIT
+    assert RANDOM_INIT_SHA256 == RANDOM_INIT
+    rows = pd.DataFrame({"model": ["mobile_sam", "mobile_sam_random"], "model_label": ["MobileSAM", "MobileSAM (random init, benchmark only)"],
+                         "checkpoint_sha256": ["a" * 64, RANDOM_INIT], "prompt_mode": ["tight_box"] * 2,
+                         "multimask": ["single"] * 2, "click": [0, 0]})
+    arms = headline_arms(rows, None, "tight_box", None)
+    assert [a.model for a in arms] == ["mobile_sam"]
