@@ -170,6 +170,7 @@ def test_cached_embedding_round_trip_gives_identical_masks(family, tmp_path):
     from samstudy.cache import EmbeddingCache
 
     _, ours, _, _ = family
+    assert type(ours) is model_class(ours.name)  # what configs check modes against
     image = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     cache = EmbeddingCache(tmp_path)
     fresh, cached, _ = cache.get_or_encode(ours, image)
