@@ -56,9 +56,9 @@ policy-synthetic: $(STAMP)
 data-coco: $(STAMP)
 	$(VENV)/bin/samstudy download coco --dest data/coco
 
-## SAM checkpoint into data/weights (MODEL=vit_h | vit_l | vit_b; needs internet)
+## Checkpoint into data/weights (needs internet): MODEL=vit_h | sam_hq_vit_b | mobile_sam | efficientvit_sam_l0 | ...
 weights: $(STAMP)
-	$(VENV)/bin/samstudy download sam --model $${MODEL:-vit_h} --dest data/weights
+	$(VENV)/bin/samstudy download model --model $${MODEL:-vit_h} --dest data/weights
 
 ## Remove .venv
 clean-venv:

@@ -179,3 +179,47 @@ def test_download_coco_extracts_atomically_and_skips_done_parts(server, tmp_path
         download_coco(tmp_path / "coco", parts=("test2099",), files=files)
     with pytest.raises(ValueError, match=r"unknown COCO part\(s\) \['annotations'\]"):  # splits= adds annotations
         download_coco(tmp_path / "coco", splits=("val2017",), files=files)
+
+
+def test_model_checkpoint_first_download_is_recorded_and_later_checked(server, tmp_path):
+    """No published hash: the first download records size + SHA-256 with a warning; a changed file
+    on the server is then refused, and a loaded file is checked against the record."""
+    import warnings
+
+    from samstudy.models.download import (FIRST_DOWNLOAD_RECORD, MODEL_CHECKPOINTS, UnverifiedDownloadWarning,
+                                          download_model_checkpoint, official_checkpoint)
+    data = np.random.default_rng(1).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    server.files["/w/mobile_sam.pt"] = data
+    files = {"mobile_sam": RemoteFile(server.url("/w/mobile_sam.pt"))}
+    with pytest.warns(UnverifiedDownloadWarning, match="no published checksum"):
+        path = download_model_checkpoint("mobile_sam", tmp_path, progress=False, files=files)
+    assert path.read_bytes() == data
+    rec = json.loads((tmp_path / FIRST_DOWNLOAD_RECORD).read_text())["mobile_sam.pt"]
+    assert rec["sha256"] == hashlib.sha256(data).hexdigest() and rec["size"] == len(data)
+    assert official_checkpoint(path) == ("mobile_sam", rec["sha256"], len(data))
+    path.unlink()
+    server.files["/w/mobile_sam.pt"] = data[::-1]  # same size, other bytes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnverifiedDownloadWarning)  # recorded now: no new warning
+        with pytest.raises(ChecksumError, match="SHA-256 mismatch"):
+            download_model_checkpoint("mobile_sam", tmp_path, progress=False, files=files)
+    assert set(MODEL_CHECKPOINTS) >= {"sam2.1_hiera_t", "sam2.1_hiera_b+", "sam_hq_vit_h", "mobile_sam",
+                                      "efficientvit_sam_xl1"}
+    assert all(s.url.startswith("https://") for s in MODEL_CHECKPOINTS.values())
+
+
+def test_model_checkpoint_with_published_sha_is_verified_and_sam_names_delegate(server, tmp_path, monkeypatch):
+    from samstudy.models import download as dl
+    data = b"x" * 5000
+    server.files["/w/m.pt"] = data
+    good = {"m": RemoteFile(server.url("/w/m.pt"), len(data), sha256=hashlib.sha256(data).hexdigest())}
+    assert dl.download_model_checkpoint("m", tmp_path, progress=False, files=good).read_bytes() == data
+    bad = {"n": RemoteFile(server.url("/w/m.pt"), len(data), sha256="0" * 64)}
+    with pytest.raises(ChecksumError):
+        dl.download_model_checkpoint("n", tmp_path / "b", progress=False, files=bad)
+    called = {}
+    monkeypatch.setattr(dl, "download_sam_checkpoint", lambda m, d, progress=True: called.setdefault("m", m))
+    dl.download_model_checkpoint("sam_vit_b", tmp_path)
+    assert called["m"] == "vit_b"
+    with pytest.raises(ValueError, match="unknown model checkpoint 'nope'.*mobile_sam"):
+        dl.download_model_checkpoint("nope", tmp_path)

@@ -8,7 +8,8 @@ The default root is ``<cache root>/embeddings`` (:func:`embedding_dir`, :func:`s
 ``--cache-dir``, ``$SAMSTUDY_CACHE_DIR`` or XDG), never a folder of the repository.
 
 Layout: ``root/<cache_key>/<hash[:2]>/<hash>.pt``, one :func:`torch.save` file per image holding
-``{"format", "cache_key", "image_sha256", "features", "original_hw", "input_hw"}``. Features are
+``{"format", "cache_key", "image_sha256", "features", "original_hw", "input_hw", "extra"}`` (``extra``:
+the further tensors some decoders need, e.g. SAM 2's high-resolution features; absent in older entries). Features are
 kept float32 (exact: a cached rerun gives bit-identical masks); size per image is
 ``4 * C * h * w`` bytes: SAM ``(1, 256, 64, 64)`` = 4 MiB, LiteMedSAM the same
 (its neck also outputs 256 x 64 x 64). 341 COCO images -> about 1.4 GB.
@@ -98,8 +99,11 @@ class EmbeddingCache:
             feats = d["features"]
             if not isinstance(feats, torch.Tensor) or feats.dtype != torch.float32 or feats.ndim != 4:
                 raise ValueError(f"bad features {type(feats)}")
+            extra = d.get("extra", {})
+            if not all(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in extra.values()):
+                raise ValueError("bad extra tensors")
             return Embedding(features=feats, original_hw=tuple(int(v) for v in d["original_hw"]),
-                             input_hw=tuple(int(v) for v in d["input_hw"]), model_key=cache_key)
+                             input_hw=tuple(int(v) for v in d["input_hw"]), model_key=cache_key, extra=dict(extra))
         except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed, never fatal
             self.stats.corrupt += 1
             log.warning("embedding cache: unreadable entry %s (%s: %s); recomputing", p, type(e).__name__, e)
@@ -115,6 +119,7 @@ class EmbeddingCache:
             "format": CACHE_FORMAT, "cache_key": cache_key, "image_sha256": image_hash,
             "features": emb.features.detach().to("cpu", torch.float32).contiguous(),
             "original_hw": list(emb.original_hw), "input_hw": list(emb.input_hw),
+            "extra": {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in emb.extra.items()},
         }
         try:
             with atomic_path(p) as tmp:

@@ -5,6 +5,7 @@
                  [--executor local|ray] [--ray-address ADDR]
     samstudy download coco --dest data/coco [--splits val2017 train2017]
     samstudy download sam --model vit_h --dest data/weights
+    samstudy download model --model mobile_sam --dest data/weights
     samstudy synth --out DIR [--n-images N --seed S --width W --height H --force]
 
 ``run`` executes the study notebooks (shipped with the package) into ``results/<run>/`` (under
@@ -131,8 +132,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
             paths = download.download_coco(Path(args.dest), splits=tuple(args.splits))
             for part, folder in paths.items():
                 print(f"{part}: {folder}")
-        else:
+        elif args.what == "sam":
             print(download.download_sam_checkpoint(args.model, Path(args.dest)))
+        else:  # any registry model with an official checkpoint (SAM v1 names included)
+            print(download.download_model_checkpoint(args.model, Path(args.dest)))
     except (download.DownloadError, download.ChecksumError, ValueError) as e:
         print(f"samstudy download: {e}", file=sys.stderr)
         return 1
@@ -161,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_run)
 
     d = sub.add_parser("download", help="download COCO or a SAM checkpoint (needs internet)")
-    d.add_argument("what", choices=["coco", "sam"])
+    d.add_argument("what", choices=["coco", "sam", "model"])
     d.add_argument("--dest", required=True)
-    d.add_argument("--model", default="vit_h", choices=["vit_b", "vit_l", "vit_h"], help="SAM checkpoint")
+    d.add_argument("--model", default="vit_h",
+                   help="checkpoint: vit_b/vit_l/vit_h (SAM), or with 'model' a registry name "
+                        "(sam_hq_vit_b, mobile_sam, efficientvit_sam_l0, sam2.1_hiera_t, ...)")
     d.add_argument("--splits", nargs="+", default=["val2017", "train2017"], help="COCO splits")
     d.set_defaults(func=_cmd_download)
 

@@ -94,6 +94,9 @@ def _mode_label(mode: str) -> str:
             .replace("[", " (").replace("]", ")"))
 
 
+RANDOM_INIT_SHA256 = "random-init"  # models.release.RANDOM_INIT (compare does not import models)
+
+
 def headline_arms(foundation: "pd.DataFrame", custom: "pd.DataFrame | None", tight_mode: str | None,
                   loose_mode: str | None, multimask: str = "single") -> list[Arm]:
     """The headline's arms: the custom model (if any; refined stage first), then per foundation model
@@ -111,6 +114,9 @@ def headline_arms(foundation: "pd.DataFrame", custom: "pd.DataFrame | None", tig
         groups = sorted(one.groupby(["model", "prompt_mode", "model_label"]).groups, key=lambda k: k[0], reverse=True)
         for model, mode, label in groups:
             arms.append(Arm(f"{label}, {_mode_label(mode)}", model, mode, None, "custom"))
+    if len(foundation) and "checkpoint_sha256" in foundation:
+        # untrained weights ("random init, benchmark only") never enter a quality table
+        foundation = foundation[foundation["checkpoint_sha256"] != RANDOM_INIT_SHA256]
     if len(foundation):
         one = foundation[(foundation["click"] == 0) & (foundation["multimask"] == multimask)]
         present = set(zip(one["model"], one["prompt_mode"]))

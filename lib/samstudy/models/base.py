@@ -7,7 +7,7 @@ float pixels, points ``(N, K, 2)`` as ``(x, y)``; the model maps them to its own
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Sequence
 
 import numpy as np
@@ -42,12 +42,15 @@ class Embedding:
     input_hw: ``(h, w)`` of the image after the model's resize, before padding to its square input.
     model_key: ``cache_key`` of the model that produced it (``decode`` refuses another model's
         embedding when set; ``None`` for embeddings built by hand).
+    extra: further float32 tensors the decoder needs, by name, cached with ``features`` (SAM 2:
+        its two high-resolution feature maps; HQ-SAM: its fused early-layer/final features).
     """
 
     features: torch.Tensor
     original_hw: tuple[int, int]
     input_hw: tuple[int, int]
     model_key: str | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,6 +241,91 @@ def download_sam_checkpoint(model: str = "vit_h", dest_dir: str | os.PathLike = 
     url, sha, size = SAM_CHECKPOINTS[model]
     return download_file(url, Path(dest_dir) / url.rsplit("/", 1)[-1], sha256=sha, expected_size=size,
                          progress=progress)
+
+
+# Official checkpoints of the other families, keyed by registry name. None of these releases publishes
+# a SHA-256 or a size (SAM 2.1: Meta's download script; HQ-SAM, EfficientViT-SAM: Hugging Face model
+# repos; MobileSAM: the authors' GitHub repository), so the first download's size and SHA-256 are
+# recorded in ``<dest>/FIRST_DOWNLOAD_RECORD`` with a warning, and every later download or load of
+# that file name in the folder is checked against the record (trust on first use).
+_SAM2 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_HQ = "https://huggingface.co/lkeab/hq-sam/resolve/main/"
+_EVIT = "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/main/"
+MODEL_CHECKPOINTS: dict[str, RemoteFile] = {
+    "sam2.1_hiera_t": RemoteFile(_SAM2 + "sam2.1_hiera_tiny.pt"),
+    "sam2.1_hiera_s": RemoteFile(_SAM2 + "sam2.1_hiera_small.pt"),
+    "sam2.1_hiera_b+": RemoteFile(_SAM2 + "sam2.1_hiera_base_plus.pt"),
+    "sam2.1_hiera_l": RemoteFile(_SAM2 + "sam2.1_hiera_large.pt"),
+    "sam_hq_vit_b": RemoteFile(_HQ + "sam_hq_vit_b.pth"),
+    "sam_hq_vit_l": RemoteFile(_HQ + "sam_hq_vit_l.pth"),
+    "sam_hq_vit_h": RemoteFile(_HQ + "sam_hq_vit_h.pth"),
+    "mobile_sam": RemoteFile("https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
+    **{f"efficientvit_sam_{v}": RemoteFile(f"{_EVIT}efficientvit_sam_{v}.pt") for v in ("l0", "l1", "l2", "xl0", "xl1")},
+}
+FIRST_DOWNLOAD_RECORD = "first-download-sha256.json"
+
+
+class UnverifiedDownloadWarning(UserWarning):
+    """A checkpoint without a published checksum was downloaded; its hash was recorded, not verified."""
+
+
+def recorded_checkpoint(path: str | os.PathLike) -> dict | None:
+    """The first-download record ``{"url", "size", "sha256"}`` of ``path``'s file name in its folder, if any."""
+    path = Path(path)
+    try:
+        return json.loads((path.parent / FIRST_DOWNLOAD_RECORD).read_text()).get(path.name)
+    except (OSError, ValueError):
+        return None
+
+
+def official_checkpoint(path: str | os.PathLike) -> tuple[str, str | None, int | None] | None:
+    """``(registry name, expected SHA-256, expected size)`` when ``path``'s file name is an official
+    release file of :data:`MODEL_CHECKPOINTS`: the published hash, else the first-download record's
+    (``None`` when neither exists). ``None`` for other file names (fine-tuned weights)."""
+    path = Path(path)
+    for name, spec in MODEL_CHECKPOINTS.items():
+        if spec.filename == path.name:
+            rec = recorded_checkpoint(path) or {}
+            return name, spec.sha256 or rec.get("sha256"), spec.size or rec.get("size")
+    return None
+
+
+def download_model_checkpoint(name: str, dest_dir: str | os.PathLike = "data/weights", progress: bool = True,
+                              files: Mapping[str, RemoteFile] | None = None, timeout: float = 60.0) -> Path:
+    """Download the official checkpoint of registry model ``name`` into ``dest_dir`` (``make weights MODEL=name``).
+
+    SAM v1 names (``sam_vit_b``... or ``vit_b``...) go to :func:`download_sam_checkpoint`. For the
+    other families (:data:`MODEL_CHECKPOINTS`, or ``files``) the file is verified against the
+    published SHA-256 when there is one, else against ``dest_dir/FIRST_DOWNLOAD_RECORD``; without
+    either, the new file's size and SHA-256 are recorded there and an
+    :class:`UnverifiedDownloadWarning` says so. Returns the file's path.
+    """
+    sam_v1 = name.removeprefix("sam_")
+    if files is None and sam_v1 in SAM_CHECKPOINTS:
+        return download_sam_checkpoint(sam_v1, dest_dir, progress=progress)
+    table = MODEL_CHECKPOINTS if files is None else files
+    if name not in table:
+        known = [f"sam_{k}" for k in SAM_CHECKPOINTS] + list(table) if files is None else list(table)
+        raise ValueError(f"unknown model checkpoint {name!r}; known: {', '.join(known)}")
+    spec = table[name]
+    dest = Path(dest_dir) / spec.filename
+    rec = recorded_checkpoint(dest) or {}
+    sha, size = spec.sha256 or rec.get("sha256"), spec.size or rec.get("size")
+    path = download_file(spec.url, dest, sha256=sha, expected_size=size, progress=progress, timeout=timeout)
+    if sha is None:
+        got = cached_file_sha256(path)
+        record_path = Path(dest_dir) / FIRST_DOWNLOAD_RECORD
+        try:
+            records = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            records = {}
+        records[spec.filename] = {"url": spec.url, "size": path.stat().st_size, "sha256": got}
+        record_path.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+        warnings.warn(f"{spec.url} has no published checksum: recorded size {path.stat().st_size} bytes and "
+                      f"SHA-256 {got} of this first download in {record_path}; later downloads and loads of "
+                      f"{spec.filename} from {dest_dir} are checked against it", UnverifiedDownloadWarning,
+                      stacklevel=2)
+    return path
 
 
 def _safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:

@@ -32,8 +32,9 @@ MODEL_CLASSES: dict[str, type[PromptableSegmenter]] = {}
 # Modules whose import registers the built-in models (imported lazily: torch/timm are slow to load).
 # The custom model is an arm like any other: built by name from its checkpoint; so is a fine-tuned
 # SAM-family model ("finetuned", samstudy.finetune).
-_BUILTIN_MODULES = ("samstudy.models.sam", "samstudy.models.litemedsam", "samstudy.custom.arm",
-                    "samstudy.finetune")
+_BUILTIN_MODULES = ("samstudy.models.sam", "samstudy.models.litemedsam", "samstudy.models.mobile_sam",
+                    "samstudy.models.hq_sam", "samstudy.models.efficientvit_sam",
+                    "samstudy.custom.arm", "samstudy.finetune")
 
 
 def register_model(name: str, cls: type[PromptableSegmenter]) -> Callable[[Builder], Builder]:

@@ -120,7 +120,7 @@ class SamSegmenter(PromptableSegmenter):
         self.channels_last = bool(channels_last)
         self.decode_chunk = int(decode_chunk or DEFAULT_DECODE_CHUNK.get(self.device.type, 8))
         self.num_threads = num_threads
-        self.img_size = int(model.image_encoder.img_size)
+        self.img_size = self.model_img_size(model)
         self.mask_threshold = float(getattr(model, "mask_threshold", 0.0))
         if self.channels_last:
             self.model.image_encoder.to(memory_format=torch.channels_last)
@@ -147,7 +147,12 @@ class SamSegmenter(PromptableSegmenter):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, label={self.label!r}, sha256={self.checkpoint_sha256[:12]})"
 
-    # ---- model-specific hooks (LiteMedSAM overrides these)
+    # ---- model-specific hooks (LiteMedSAM, EfficientViT-SAM... override these)
+    @staticmethod
+    def model_img_size(model: nn.Module) -> int:
+        """Side of the square frame prompts and low-res logits refer to (SAM: ``image_encoder.img_size``)."""
+        return int(model.image_encoder.img_size)
+
     def input_hw(self, original_hw: tuple[int, int]) -> tuple[int, int]:
         """``(h, w)`` after resizing the longest side to ``img_size`` (round half up, as SAM)."""
         H, W = original_hw
@@ -266,6 +271,21 @@ class SamSegmenter(PromptableSegmenter):
     def _decode_group(self, features: torch.Tensor, embedding: Embedding, group: list[tuple],
                       has_box: bool, masks: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One mask-decoder call for prompts with the same box presence and point count (all 4 outputs)."""
+        points, boxes = self._prompt_tensors(embedding, group, has_box)
+        if masks is not None:
+            masks = masks.to(self.device)
+        pe = self.model.prompt_encoder
+        with torch.inference_mode():
+            sparse, dense = pe(points=points, boxes=boxes, masks=masks)
+            decoder = self._ort_sam() if self.runtime == "onnxruntime" else self.model.mask_decoder
+            low, iou = decoder.predict_masks(
+                image_embeddings=features, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense)
+        return low, iou
+
+    def _prompt_tensors(self, embedding: Embedding, group: list[tuple],
+                        has_box: bool) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        """Points ``((n, K, 2) float32, (n, K) int64)`` and boxes ``(n, 4)`` of a group, in the input frame."""
         frame = (embedding.original_hw, embedding.input_hw)
         points = None
         if group[0][1] is not None:
@@ -277,16 +297,7 @@ class SamSegmenter(PromptableSegmenter):
         if has_box:
             b = np.stack([self.to_input_frame(b.reshape(2, 2), *frame).reshape(4) for b, _, _ in group])
             boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)  # (n, 4)
-        if masks is not None:
-            masks = masks.to(self.device)
-        pe = self.model.prompt_encoder
-        with torch.inference_mode():
-            sparse, dense = pe(points=points, boxes=boxes, masks=masks)
-            decoder = self._ort_sam() if self.runtime == "onnxruntime" else self.model.mask_decoder
-            low, iou = decoder.predict_masks(
-                image_embeddings=features, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense)
-        return low, iou
+        return points, boxes
 
     def postprocess(self, low_res: torch.Tensor, input_hw: tuple[int, int],
                     original_hw: tuple[int, int]) -> np.ndarray:
