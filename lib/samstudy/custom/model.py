@@ -620,20 +620,33 @@ def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tenso
     heat2 = _gaussian_heatmap(points2, k * s, k * config.heatmap_sigma)
     col2 = colour_channels(point_colour_sqdist(rgb2, points2, scale2), border_colour_sqdist(rgb2),
                            config.affinity_sigma)
-    clk1 = click_maps(clicks2, b, s, config.heatmap_sigma, k, rgb2)
-    clk2 = click_maps(clicks2, b, k * s, k * config.heatmap_sigma, 1, rgb2)
-    if prev_logits2 is None:
-        prev = torch.zeros(b, 2, s, s, dtype=rgb2.dtype, device=rgb2.device)
-    else:
-        prob = F.avg_pool2d(torch.sigmoid(prev_logits2.to(rgb2.dtype)), k)
-        prev = torch.cat([prob, torch.ones_like(prob)], dim=1)
     x1 = torch.cat([(rgb1 - mean) / std, heat1, _box_mask(pbox2 / k, s), quad_mask(points1, s),
-                    F.avg_pool2d(col2, k), clk1, prev], dim=1)
-    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, k * s), col2, clk2], dim=1)
+                    F.avg_pool2d(col2, k)], dim=1)
+    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, k * s), col2], dim=1)
     out = {"x1": x1, "x2": x2}
     if config.init == "litemedsam_stem":
-        out["rgb01_half"] = F.avg_pool2d(rgb1, 2)
-    return {k_: v.contiguous(memory_format=torch.channels_last) for k_, v in out.items()}
+        out["rgb01_half"] = F.avg_pool2d(rgb1, 2).contiguous(memory_format=torch.channels_last)
+    return with_interaction(out, config, clicks2, prev_logits2)
+
+
+def with_interaction(base: Mapping[str, torch.Tensor], config: CustomConfig, clicks2: torch.Tensor | None = None,
+                     prev_logits2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Append (or replace) the interactive channels of :func:`prepare_inputs`' ``x1``/``x2``: click
+    maps and previous mask. ``base`` holds inputs with or without them (the first ``IN1 - 4`` /
+    ``IN2 - 3`` channels are kept), so the click loop computes the image channels once."""
+    x1, x2 = base["x1"][:, :POS1], base["x2"][:, :POS2]
+    b, s, k = x1.shape[0], config.crop_size, config.refine_scale
+    clk1 = click_maps(clicks2, b, s, config.heatmap_sigma, k, x1)
+    clk2 = click_maps(clicks2, b, k * s, k * config.heatmap_sigma, 1, x1)
+    if prev_logits2 is None:
+        prev = torch.zeros(b, 2, s, s, dtype=x1.dtype, device=x1.device)
+    else:
+        prob = F.avg_pool2d(torch.sigmoid(prev_logits2.to(x1.dtype)), k)
+        prev = torch.cat([prob, torch.ones_like(prob)], dim=1)
+    out = dict(base)
+    out["x1"] = torch.cat([x1, clk1, prev], dim=1).contiguous(memory_format=torch.channels_last)
+    out["x2"] = torch.cat([x2, clk2], dim=1).contiguous(memory_format=torch.channels_last)
+    return out
 
 
 # ----------------------------------------------------------------------------- checkpoints

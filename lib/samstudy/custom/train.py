@@ -69,7 +69,7 @@ from ..compute import resolve_device, torch_settings
 from ..files import atomic_path, write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
-                    prepare_inputs, read_state_file, save_checkpoint, stage_stats,
+                    prepare_inputs, with_interaction, read_state_file, save_checkpoint, stage_stats,
                     boundary_band, crop_patches)
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
@@ -241,7 +241,7 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def stage_losses(logits1: torch.Tensor, logits2: torch.Tensor, target2: torch.Tensor,
                  target2_patch: torch.Tensor, boundary_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss1, loss2)``: BCE + Dice at S; boundary-weighted BCE + Dice for stage 2's window."""
-    t1 = F.avg_pool2d(target2, 2)
+    t1 = F.avg_pool2d(target2, target2.shape[-1] // logits1.shape[-1])  # R -> S
     loss1 = F.binary_cross_entropy_with_logits(logits1, t1) + _dice(logits1, t1)
     w = 1.0 + boundary_weight * boundary_band(target2_patch > 0.5, 3).float()
     bce = (F.binary_cross_entropy_with_logits(logits2, target2_patch, reduction="none") * w).sum() / w.sum()
@@ -487,7 +487,7 @@ def simulate_clicks(model: CustomModel, batch: dict[str, torch.Tensor], config: 
     clicks blocked), the rule of the evaluation's simulator. Returns ``clicks float32 (B, n, 3)``
     (``x, y, label`` in ``R`` crop pixels; -1 rows when an object had no error left) and
     ``prev_logits (B, 1, R, R)`` = the last round's prediction, which the training step then
-    takes as mask input together with all ``n`` clicks.
+    takes as mask input together with all ``n`` clicks, and the batch's click-free inputs.
     """
     r = config.refine_size
     b = batch["rgb2"].shape[0]
@@ -495,9 +495,10 @@ def simulate_clicks(model: CustomModel, batch: dict[str, torch.Tensor], config: 
     clicks = np.full((b, n_clicks, 3), -1.0, dtype=np.float32)
     done: list[list[Click]] = [[] for _ in range(b)]
     prev = None
+    base = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
     for k in range(n_clicks):
         ct = torch.from_numpy(clicks[:, :k]).to(batch["rgb2"].device) if k else None
-        inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"], ct, prev)
+        inputs = with_interaction(base, config, ct, prev)
         logits1 = model.stage1(inputs["x1"], inputs.get("rgb01_half"))
         prev = F.interpolate(logits1, size=(r, r), mode="bilinear", align_corners=False)
         pred = (prev[:, 0] > 0).cpu().numpy()
@@ -506,16 +507,16 @@ def simulate_clicks(model: CustomModel, batch: dict[str, torch.Tensor], config: 
             if c is not None:
                 done[i].append(c)
                 clicks[i, k] = (c.x, c.y, 1.0 if c.is_positive else 0.0)
-    return torch.from_numpy(clicks).to(batch["rgb2"].device), prev
+    return torch.from_numpy(clicks).to(batch["rgb2"].device), prev, base
 
 
 def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                 config: CustomConfig, rng: np.random.Generator) -> tuple[float, float, float]:
-    clicks = prev = None
     if config.max_train_clicks > 0 and rng.random() < config.click_prob:
-        clicks, prev = simulate_clicks(model, batch, config, int(rng.integers(1, config.max_train_clicks + 1)))
-    inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"],
-                            clicks, prev)
+        clicks, prev, base = simulate_clicks(model, batch, config, int(rng.integers(1, config.max_train_clicks + 1)))
+        inputs = with_interaction(base, config, clicks, prev)
+    else:
+        inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
     s2 = config.refine_size
     target = batch["mask2"]
     logits1 = model.stage1(inputs["x1"], inputs.get("rgb01_half"))
