@@ -225,6 +225,48 @@ def test_time_budget_stops_training_without_bending_the_schedule(discs, tmp_path
     assert len(cut) < len(full)
     cols = ["epoch", "step", "train_loss", "lr", "val_miou_stage1", "val_miou_stage2"]
     pd.testing.assert_frame_equal(cut[cols].iloc[:2], full[cols].iloc[:2])
+    # the cut run is marked in its manifest and its checkpoint; the full one is not
+    meta_cut = json.loads((tmp_path / "cut" / "train_meta.json").read_text())
+    meta_full = json.loads((tmp_path / "full" / "train_meta.json").read_text())
+    assert meta_cut["budget_limited"] is True and meta_full["budget_limited"] is False
+    assert load_custom(tmp_path / "cut" / "best.pt").meta["budget_limited"] is True
+    assert load_custom(tmp_path / "full" / "best.pt").meta["budget_limited"] is False
+
+
+def test_budget_counts_training_steps_only_and_too_small_a_budget_gives_the_step_time(discs, tmp_path, monkeypatch):
+    """Set-up (image decoding, model building) is outside the budget; a budget shorter than one
+    epoch is an error that states the measured seconds per step, and leaves no half-written best.pt."""
+    import json
+
+    import samstudy.custom.train as train_mod
+
+    clock = {"t": 0.0}
+    real_collect, real_step = train_mod.collect_objects, train_mod._train_step
+
+    def slow_setup(*args, **kwargs):  # set-up takes "an hour" of the fake clock
+        clock["t"] += 3600.0
+        return real_collect(*args, **kwargs)
+
+    def step_and_tick(*args, **kwargs):
+        clock["t"] += 2.0  # two seconds per training step
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "collect_objects", slow_setup)
+    monkeypatch.setattr(train_mod, "_train_step", step_and_tick)
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock["t"])
+    # a budget of 100 steps runs its 2 epochs despite the hour of set-up
+    ok = train_custom(discs, CustomConfig(**{**TINY, "epochs": 2, "batch_size": 4, "max_minutes": 200 / 60}), tmp_path / "ok",
+                      val_fraction=0.25, progress=False)
+    meta = json.loads((tmp_path / "ok" / "train_meta.json").read_text())
+    assert ok.exists() and meta["epochs_done"] == 2 and meta["budget_limited"] is False
+    assert meta["setup_seconds"] >= 3600 and meta["train_seconds"] < 3600
+    spe = meta["steps_per_epoch"]
+    assert spe >= 2
+    with pytest.raises(train_mod.BudgetTooSmallError, match=r"2\.000 s per training step") as err:
+        train_custom(discs, CustomConfig(**{**TINY, "epochs": 2, "batch_size": 4, "max_minutes": (spe - 1) * 2.0 / 60}),
+                     tmp_path / "small", val_fraction=0.25, progress=False)
+    assert f"of {spe} steps ran" in str(err.value)
+    assert not (tmp_path / "small" / "best.pt").exists()
 
 
 def test_resume_with_another_config_names_the_file(discs, tmp_path):
@@ -258,7 +300,6 @@ def test_custom_arm_refuses_modes_and_selections_it_cannot_decode(discs, tmp_pat
     with torch.random.fork_rng(devices=[]):
         arm = CustomArm(CustomSegmenter(build_custom_model(CustomConfig(**TINY))), stage=2)
     for modes, multimask, what in ((["tight_box"], ["single"], "tight_box"),
-                                   (["clicks[max_clicks=2]"], ["single"], "clicks"),
                                    (["extreme_points"], ["single", "best_of_3"], "best_of_3")):
         with pytest.raises(ValueError, match=what):
             run_experiment(discs, arm, modes, tmp_path / "never", multimask=multimask, progress=False)
