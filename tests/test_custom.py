@@ -359,3 +359,115 @@ def test_flipped_training_sample_keeps_point_order(discs):
         ys, xs = np.nonzero(s["mask"] > 0.5)
         tol = 0.25 * (xs.max() - xs.min())  # jitter moves points a few image px along the edge
         assert abs(left[0] - xs.min()) <= tol and abs(right[0] - xs.max()) <= tol
+
+
+# ----------------------------------------------------------------------------- corrective clicks
+def test_click_maps_peak_at_clicks_and_ignore_padding():
+    from samstudy.custom.model import click_maps
+
+    clicks = torch.tensor([[[10.0, 20.0, 1.0], [40.0, 5.0, 0.0], [0.0, 0.0, -1.0]]])  # pos, neg, padding
+    maps = click_maps(clicks, 1, 64, 2.0, 1, clicks)
+    assert maps.shape == (1, 2, 64, 64)
+    assert maps[0, 0, 20, 10] == pytest.approx(1.0) and maps[0, 1, 5, 40] == pytest.approx(1.0)
+    assert maps[0, 0, 0, 0] < 1e-6 and maps[0, 1, 0, 0] < 1e-6  # the padding row draws nothing
+    assert maps[0, 0, 5, 40] < 1e-6 and maps[0, 1, 20, 10] < 1e-6  # each label in its own map
+    assert torch.count_nonzero(click_maps(None, 2, 16, 2.0, 1, clicks)) == 0
+
+
+def test_simulated_training_clicks_sit_on_errors_with_the_right_label(discs):
+    from samstudy.custom.train import collect_objects, make_batch, make_sample, simulate_clicks
+
+    cfg = CustomConfig(**TINY)
+    objects, images, _ = collect_objects(discs)
+    rng = np.random.default_rng(0)
+    batch = make_batch([make_sample(o, images[o.image_id], cfg, rng) for o in objects[:6]], rng, torch.device("cpu"))
+    model = build_custom_model(cfg).eval()
+    clicks, prev, _ = simulate_clicks(model, batch, cfg, 1)
+    assert clicks.shape == (6, 1, 3) and prev.shape == (6, 1, cfg.refine_size, cfg.refine_size)
+    gt = batch["mask2"][:, 0] > 0.5
+    pred = prev[:, 0] > 0
+    placed = 0
+    for i, (x, y, label) in enumerate(clicks[:, 0].tolist()):
+        if label < 0:  # no error left
+            assert torch.equal(gt[i], pred[i])
+            continue
+        placed += 1
+        x, y = int(x), int(y)
+        assert bool(gt[i, y, x]) == (label == 1.0) and bool(pred[i, y, x]) != bool(gt[i, y, x])
+    assert placed > 0
+
+
+def test_a_click_at_a_wrongly_predicted_pixel_flips_it(discs, tmp_path):
+    """On a tiny trained model, each RITM click of a 3-click session (through the arm, with the
+    previous logits as mask input, as the engine drives it) makes its pixel right."""
+    from samstudy.clicks import ClickSimulator
+    from samstudy.prompts import Prompt
+
+    best = train_custom(discs, CustomConfig(**TINY, epochs=2), tmp_path / "t", progress=False)
+    seg = load_custom(best)
+    image_id = sorted(discs.images)[0]
+    image = read_image(discs.images[image_id].path)
+    inst = next(t for t in discs.instances if t.image_id == image_id)
+    gt = inst.mask()
+    ext = extreme_points(gt)
+    for stage in (1, 2):
+        arm = CustomArm(seg, stage)
+        emb = arm.encode(image)
+        dec = arm.decode(emb, [Prompt(mode="extreme_points", points=ext, labels=np.ones(4, np.int64))])
+        r = seg.config.refine_size
+        assert dec.low_res_logits.shape == (1, 1, r, r)
+        sim, pred, low = ClickSimulator(gt), dec.masks[0, 0], dec.low_res_logits
+        flipped = 0
+        for _ in range(3):
+            click = sim.next(pred)
+            if click is None:
+                break
+            assert pred[click.y, click.x] != gt[click.y, click.x]
+            prompt = Prompt(mode="clicks", points=np.concatenate([ext, sim.points]),
+                            labels=np.concatenate([np.ones(4, np.int64), sim.labels]))
+            dec = arm.decode(emb, [prompt], mask_inputs=low)
+            pred, low = dec.masks[0, 0], dec.low_res_logits
+            assert pred[click.y, click.x] == gt[click.y, click.x]
+            flipped += 1
+        assert flipped > 0 or (pred == gt).all()
+
+
+def test_custom_arm_refuses_a_click_session_without_extreme_points(discs):
+    from samstudy.prompts import Prompt
+
+    with torch.random.fork_rng(devices=[]):
+        arm = CustomArm(CustomSegmenter(build_custom_model(CustomConfig(**TINY))), stage=2)
+    assert "clicks" in arm.supported_modes and "extreme_points" in arm.supported_modes
+    image = read_image(discs.images[sorted(discs.images)[0]].path)
+    with pytest.raises(ValueError, match="4 positive extreme points"):
+        arm.decode(arm.encode(image), [Prompt(mode="clicks", points=np.array([[5.0, 5.0]]), labels=np.ones(1, np.int64))])
+
+
+# ----------------------------------------------------------------------------- learning curve
+def test_power_law_fit_recovers_a_known_curve_and_brackets_its_projection():
+    from samstudy.custom.learning import fit_power_law
+
+    n = np.repeat([200.0, 500.0, 1000.0, 2000.0], 3)
+    exact = 1 - 0.9 * n ** -0.3
+    fit = fit_power_law(n, exact, target_n=100_000, n_boot=200)
+    assert fit.a == pytest.approx(0.9, rel=1e-9) and fit.b == pytest.approx(0.3, rel=1e-9)
+    truth = 1 - 0.9 * 100_000 ** -0.3
+    assert fit.projection == pytest.approx(truth, abs=1e-9) and fit.predict(1000.0) == pytest.approx(exact[6])
+    noisy = exact + np.random.default_rng(1).normal(0, 0.005, n.size)
+    fit2 = fit_power_law(noisy * 0 + n, noisy, target_n=100_000, n_boot=500, seed=2)
+    assert fit2.ci[0] < truth < fit2.ci[1] and fit2.ci[1] - fit2.ci[0] > 0
+    assert fit2.n_range == (200.0, 2000.0)
+    with pytest.raises(ValueError, match="distinct"):
+        fit_power_law([100, 100], [0.5, 0.6], 1000)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        fit_power_law([100, 200], [0.5, 1.0], 1000)
+
+
+def test_subsample_train_is_seeded_and_keeps_whole_images(discs):
+    from samstudy.custom.learning import subsample_train
+
+    a, b = subsample_train(discs, 0.5, seed=1), subsample_train(discs, 0.5, seed=1)
+    assert sorted(a.images) == sorted(b.images) and len(a.images) == 4
+    assert {t.ann_id for t in a.instances} == {t.ann_id for t in discs.instances if t.image_id in a.images}
+    assert sorted(subsample_train(discs, 0.5, seed=2).images) != sorted(a.images) or len(discs.images) < 3
+    assert len(subsample_train(discs, 1.0, seed=0).images) == len(discs.images)
