@@ -471,3 +471,27 @@ def test_subsample_train_is_seeded_and_keeps_whole_images(discs):
     assert {t.ann_id for t in a.instances} == {t.ann_id for t in discs.instances if t.image_id in a.images}
     assert sorted(subsample_train(discs, 0.5, seed=2).images) != sorted(a.images) or len(discs.images) < 3
     assert len(subsample_train(discs, 1.0, seed=0).images) == len(discs.images)
+
+
+def test_refinement_and_click_gain_tables_match_hand_computed_means():
+    from samstudy.custom.evaluate import click_gain_table, refinement_gain_table
+
+    base = dict(dataset="d", status="ok", gt_variant="primary")
+    rows = []
+    for ann, (img, i1, i2, b1, b2) in enumerate([(1, 0.5, 0.7, 0.3, 0.5), (1, 0.6, 0.6, 0.4, 0.4), (2, 0.8, 0.7, 0.6, 0.7)]):
+        rows += [dict(base, image_id=img, ann_id=ann, model="custom_stage1", prompt_mode="extreme_points", click=0,
+                      iou=i1, boundary_iou=b1),
+                 dict(base, image_id=img, ann_id=ann, model="custom_stage2", prompt_mode="extreme_points", click=0,
+                      iou=i2, boundary_iou=b2)]
+        for k, v in enumerate([i2, i2 + 0.1, i2 + 0.15]):
+            rows.append(dict(base, image_id=img, ann_id=ann, model="custom_stage2",
+                             prompt_mode="clicks[start=extreme_points,max_clicks=2]", click=k, iou=v, boundary_iou=v))
+    df = pd.DataFrame(rows)
+    gain = refinement_gain_table(df, np.random.default_rng(0), n_boot=200).set_index("metric")
+    assert gain.loc["iou", "diff"] == pytest.approx((0.2 + 0.0 - 0.1) / 3)
+    assert gain.loc["boundary_iou", "diff"] == pytest.approx((0.2 + 0.0 + 0.1) / 3)
+    assert gain.loc["iou", "better"] == pytest.approx(1 / 3) and gain.loc["iou", "worse"] == pytest.approx(1 / 3)
+    assert gain.loc["iou", "ci_lo"] <= gain.loc["iou", "diff"] <= gain.loc["iou", "ci_hi"]
+    clicks = click_gain_table(df, np.random.default_rng(0), n_boot=200, clicks=(1, 2, 3)).set_index("clicks")
+    assert list(clicks.index) == [1, 2]  # no rows at click 3
+    assert clicks.loc[1, "diff"] == pytest.approx(0.1) and clicks.loc[2, "diff"] == pytest.approx(0.15)
