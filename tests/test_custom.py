@@ -495,3 +495,26 @@ def test_refinement_and_click_gain_tables_match_hand_computed_means():
     clicks = click_gain_table(df, np.random.default_rng(0), n_boot=200, clicks=(1, 2, 3)).set_index("clicks")
     assert list(clicks.index) == [1, 2]  # no rows at click 3
     assert clicks.loc[1, "diff"] == pytest.approx(0.1) and clicks.loc[2, "diff"] == pytest.approx(0.15)
+
+
+@pytest.mark.slow
+def test_gpu_config_is_at_the_published_scale_and_trains_on_cpu_at_a_tiny_crop(discs, tmp_path):
+    """configs/coco-gpu.yaml: ~9M parameters per stage (published scale, under the size limits),
+    256 px crops; the exact same networks train one epoch on CPU with the crop shrunk to 32 px."""
+    import yaml
+
+    options = yaml.safe_load((Path(__file__).parents[1] / "configs" / "coco-gpu.yaml").read_text())["custom"]["options"]
+    cfg = CustomConfig.from_dict(options)
+    assert cfg.crop_size == 256 and cfg.refine_size == 512
+    with torch.random.fork_rng(devices=[]):
+        stats = stage_stats(build_custom_model(cfg))
+    for stage in ("stage1", "stage2"):
+        assert 8_000_000 <= stats[stage]["params"] <= MAX_STAGE_PARAMS
+        assert stats[stage]["bytes"] <= MAX_STAGE_BYTES
+    tiny = CustomConfig.from_dict({**options, "device": "cpu", "crop_size": 32, "stage2_patch": 32,
+                                   "heatmap_sigma": 2.0, "batch_size": 4, "epochs": 1, "num_threads": 1})
+    best = train_custom(discs, tiny, tmp_path, progress=False)
+    seg = load_custom(best)
+    assert stage_stats(seg.model) == stats  # sizes do not depend on the crop
+    out = seg.predict(read_image(discs.images[1].path), extreme_points(discs.instances[0].mask()))
+    assert out["stage2"].shape == discs.instances[0].mask().shape
