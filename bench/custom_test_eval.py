@@ -33,27 +33,34 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", required=True, help="a study run folder with data/ and train_custom/")
     ap.add_argument("--clicks", type=int, default=0, help="corrective clicks after the extreme points (0: none)")
+    ap.add_argument("--stages", default="1,2", help="which arms: 1 (stage 1), 2 (stage 1+2), comma-separated")
+    ap.add_argument("--no-one-shot", action="store_true", help="click sequences only (their click 0 is the start)")
+    ap.add_argument("--checkpoint", default=None, help="default: the train_custom stage's recorded checkpoint")
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args()
     run = Path(args.run)
     torch.set_num_threads(1)
     records = report.read_records(run / "train_custom")
-    seg = load_custom(records["checkpoint"], num_threads=1)
-    modes = ["extreme_points"] + ([f"clicks[start=extreme_points,max_clicks={args.clicks}]"] if args.clicks else [])
+    seg = load_custom(args.checkpoint or records["checkpoint"], num_threads=1)
+    modes = ([] if args.no_one_shot else ["extreme_points"]) + (
+        [f"clicks[start=extreme_points,max_clicks={args.clicks}]"] if args.clicks else [])
+    stages = {int(s) for s in args.stages.split(",")}
     frames = []
-    for arm in custom_arms(seg):
+    for arm in [a for a in custom_arms(seg) if a.stage in stages]:
         for ds in data_stage.load_test_sets(run / "data"):
             frames.append(run_experiment(ds, arm, modes, run / "custom_test_eval" / f"{arm.name}-{ds.name}", seed=0,
                                          split="test", multimask=["single"], click_multimask=["single"],
                                          progress=False))
     rows = pd.concat(frames, ignore_index=True)
-    ok = rows[(rows.status == "ok") & (rows.prompt_mode == "extreme_points")]
+    ok = rows[(rows.status == "ok") & ((rows.prompt_mode == "extreme_points") |
+                                       (rows.prompt_mode.str.startswith("clicks[") & (rows.click == 0)))]
     pd.set_option("display.width", 200)
     print("training:", json.dumps({k: records.get(k) for k in ("epochs", "budget_limited", "train_seconds", "setup_seconds")}))
-    print(ok.groupby("model").agg(objects=("iou", "size"), mIoU=("iou", "mean"), boundary_IoU=("boundary_iou", "mean"),
+    print(ok.groupby(["model", "prompt_mode"]).agg(objects=("iou", "size"), mIoU=("iou", "mean"), boundary_IoU=("boundary_iou", "mean"),
                                   median_s_per_object=("time_decode_s", "median")).to_string())
-    print("refinement gain (stage 1+2 minus stage 1):")
-    print(refinement_gain_table(rows, np.random.default_rng(0), args.n_boot).to_string())
+    if stages == {1, 2} and not args.no_one_shot:
+        print("refinement gain (stage 1+2 minus stage 1):")
+        print(refinement_gain_table(rows, np.random.default_rng(0), args.n_boot).to_string())
     if args.clicks:
         print("corrective clicks (after k clicks minus the extreme-point start):")
         print(click_gain_table(rows, np.random.default_rng(0), args.n_boot,
