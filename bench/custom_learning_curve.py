@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
+sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
 from samstudy import data_stage  # noqa: E402
 from samstudy.config import load_config  # noqa: E402

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "lib"))
+sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
 from samstudy import data_stage, report  # noqa: E402
 from samstudy.custom import custom_arms, load_custom  # noqa: E402
