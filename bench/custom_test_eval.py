@@ -36,6 +36,7 @@ def main() -> int:
     ap.add_argument("--stages", default="1,2", help="which arms: 1 (stage 1), 2 (stage 1+2), comma-separated")
     ap.add_argument("--no-one-shot", action="store_true", help="click sequences only (their click 0 is the start)")
     ap.add_argument("--checkpoint", default=None, help="default: the train_custom stage's recorded checkpoint")
+    ap.add_argument("--out", default=None, help="results folder (default <run>/custom_test_eval)")
     ap.add_argument("--n-boot", type=int, default=2000)
     args = ap.parse_args()
     run = Path(args.run)
@@ -48,7 +49,7 @@ def main() -> int:
     frames = []
     for arm in [a for a in custom_arms(seg) if a.stage in stages]:
         for ds in data_stage.load_test_sets(run / "data"):
-            frames.append(run_experiment(ds, arm, modes, run / "custom_test_eval" / f"{arm.name}-{ds.name}", seed=0,
+            frames.append(run_experiment(ds, arm, modes, Path(args.out or run / "custom_test_eval") / f"{arm.name}-{ds.name}", seed=0,
                                          split="test", multimask=["single"], click_multimask=["single"],
                                          progress=False))
     rows = pd.concat(frames, ignore_index=True)
