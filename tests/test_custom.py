@@ -225,6 +225,48 @@ def test_time_budget_stops_training_without_bending_the_schedule(discs, tmp_path
     assert len(cut) < len(full)
     cols = ["epoch", "step", "train_loss", "lr", "val_miou_stage1", "val_miou_stage2"]
     pd.testing.assert_frame_equal(cut[cols].iloc[:2], full[cols].iloc[:2])
+    # the cut run is marked in its manifest and its checkpoint; the full one is not
+    meta_cut = json.loads((tmp_path / "cut" / "train_meta.json").read_text())
+    meta_full = json.loads((tmp_path / "full" / "train_meta.json").read_text())
+    assert meta_cut["budget_limited"] is True and meta_full["budget_limited"] is False
+    assert load_custom(tmp_path / "cut" / "best.pt").meta["budget_limited"] is True
+    assert load_custom(tmp_path / "full" / "best.pt").meta["budget_limited"] is False
+
+
+def test_budget_counts_training_steps_only_and_too_small_a_budget_gives_the_step_time(discs, tmp_path, monkeypatch):
+    """Set-up (image decoding, model building) is outside the budget; a budget shorter than one
+    epoch is an error that states the measured seconds per step, and leaves no half-written best.pt."""
+    import json
+
+    import samstudy.custom.train as train_mod
+
+    clock = {"t": 0.0}
+    real_collect, real_step = train_mod.collect_objects, train_mod._train_step
+
+    def slow_setup(*args, **kwargs):  # set-up takes "an hour" of the fake clock
+        clock["t"] += 3600.0
+        return real_collect(*args, **kwargs)
+
+    def step_and_tick(*args, **kwargs):
+        clock["t"] += 2.0  # two seconds per training step
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "collect_objects", slow_setup)
+    monkeypatch.setattr(train_mod, "_train_step", step_and_tick)
+    monkeypatch.setattr(train_mod.time, "perf_counter", lambda: clock["t"])
+    # a budget of 100 steps runs its 2 epochs despite the hour of set-up
+    ok = train_custom(discs, CustomConfig(**{**TINY, "epochs": 2, "batch_size": 4, "max_minutes": 200 / 60}), tmp_path / "ok",
+                      val_fraction=0.25, progress=False)
+    meta = json.loads((tmp_path / "ok" / "train_meta.json").read_text())
+    assert ok.exists() and meta["epochs_done"] == 2 and meta["budget_limited"] is False
+    assert meta["setup_seconds"] >= 3600 and meta["train_seconds"] < 3600
+    spe = meta["steps_per_epoch"]
+    assert spe >= 2
+    with pytest.raises(train_mod.BudgetTooSmallError, match=r"2\.000 s per training step") as err:
+        train_custom(discs, CustomConfig(**{**TINY, "epochs": 2, "batch_size": 4, "max_minutes": (spe - 1) * 2.0 / 60}),
+                     tmp_path / "small", val_fraction=0.25, progress=False)
+    assert f"of {spe} steps ran" in str(err.value)
+    assert not (tmp_path / "small" / "best.pt").exists()
 
 
 def test_resume_with_another_config_names_the_file(discs, tmp_path):
@@ -258,7 +300,6 @@ def test_custom_arm_refuses_modes_and_selections_it_cannot_decode(discs, tmp_pat
     with torch.random.fork_rng(devices=[]):
         arm = CustomArm(CustomSegmenter(build_custom_model(CustomConfig(**TINY))), stage=2)
     for modes, multimask, what in ((["tight_box"], ["single"], "tight_box"),
-                                   (["clicks[max_clicks=2]"], ["single"], "clicks"),
                                    (["extreme_points"], ["single", "best_of_3"], "best_of_3")):
         with pytest.raises(ValueError, match=what):
             run_experiment(discs, arm, modes, tmp_path / "never", multimask=multimask, progress=False)
@@ -318,3 +359,162 @@ def test_flipped_training_sample_keeps_point_order(discs):
         ys, xs = np.nonzero(s["mask"] > 0.5)
         tol = 0.25 * (xs.max() - xs.min())  # jitter moves points a few image px along the edge
         assert abs(left[0] - xs.min()) <= tol and abs(right[0] - xs.max()) <= tol
+
+
+# ----------------------------------------------------------------------------- corrective clicks
+def test_click_maps_peak_at_clicks_and_ignore_padding():
+    from samstudy.custom.model import click_maps
+
+    clicks = torch.tensor([[[10.0, 20.0, 1.0], [40.0, 5.0, 0.0], [0.0, 0.0, -1.0]]])  # pos, neg, padding
+    maps = click_maps(clicks, 1, 64, 2.0, 1, clicks)
+    assert maps.shape == (1, 2, 64, 64)
+    assert maps[0, 0, 20, 10] == pytest.approx(1.0) and maps[0, 1, 5, 40] == pytest.approx(1.0)
+    assert maps[0, 0, 0, 0] < 1e-6 and maps[0, 1, 0, 0] < 1e-6  # the padding row draws nothing
+    assert maps[0, 0, 5, 40] < 1e-6 and maps[0, 1, 20, 10] < 1e-6  # each label in its own map
+    assert torch.count_nonzero(click_maps(None, 2, 16, 2.0, 1, clicks)) == 0
+
+
+def test_simulated_training_clicks_sit_on_errors_with_the_right_label(discs):
+    from samstudy.custom.train import collect_objects, make_batch, make_sample, simulate_clicks
+
+    cfg = CustomConfig(**TINY)
+    objects, images, _ = collect_objects(discs)
+    rng = np.random.default_rng(0)
+    batch = make_batch([make_sample(o, images[o.image_id], cfg, rng) for o in objects[:6]], rng, torch.device("cpu"))
+    model = build_custom_model(cfg).eval()
+    clicks, prev, _ = simulate_clicks(model, batch, cfg, 1)
+    assert clicks.shape == (6, 1, 3) and prev.shape == (6, 1, cfg.refine_size, cfg.refine_size)
+    gt = batch["mask2"][:, 0] > 0.5
+    pred = prev[:, 0] > 0
+    placed = 0
+    for i, (x, y, label) in enumerate(clicks[:, 0].tolist()):
+        if label < 0:  # no error left
+            assert torch.equal(gt[i], pred[i])
+            continue
+        placed += 1
+        x, y = int(x), int(y)
+        assert bool(gt[i, y, x]) == (label == 1.0) and bool(pred[i, y, x]) != bool(gt[i, y, x])
+    assert placed > 0
+
+
+def test_a_click_at_a_wrongly_predicted_pixel_flips_it(discs, tmp_path):
+    """On a tiny trained model, each RITM click of a 3-click session (through the arm, with the
+    previous logits as mask input, as the engine drives it) makes its pixel right."""
+    from samstudy.clicks import ClickSimulator
+    from samstudy.prompts import Prompt
+
+    best = train_custom(discs, CustomConfig(**TINY, epochs=2), tmp_path / "t", progress=False)
+    seg = load_custom(best)
+    image_id = sorted(discs.images)[0]
+    image = read_image(discs.images[image_id].path)
+    inst = next(t for t in discs.instances if t.image_id == image_id)
+    gt = inst.mask()
+    ext = extreme_points(gt)
+    for stage in (1, 2):
+        arm = CustomArm(seg, stage)
+        emb = arm.encode(image)
+        dec = arm.decode(emb, [Prompt(mode="extreme_points", points=ext, labels=np.ones(4, np.int64))])
+        r = seg.config.refine_size
+        assert dec.low_res_logits.shape == (1, 1, r, r)
+        sim, pred, low = ClickSimulator(gt), dec.masks[0, 0], dec.low_res_logits
+        flipped = 0
+        for _ in range(3):
+            click = sim.next(pred)
+            if click is None:
+                break
+            assert pred[click.y, click.x] != gt[click.y, click.x]
+            prompt = Prompt(mode="clicks", points=np.concatenate([ext, sim.points]),
+                            labels=np.concatenate([np.ones(4, np.int64), sim.labels]))
+            dec = arm.decode(emb, [prompt], mask_inputs=low)
+            pred, low = dec.masks[0, 0], dec.low_res_logits
+            assert pred[click.y, click.x] == gt[click.y, click.x]
+            flipped += 1
+        assert flipped > 0 or (pred == gt).all()
+
+
+def test_custom_arm_refuses_a_click_session_without_extreme_points(discs):
+    from samstudy.prompts import Prompt
+
+    with torch.random.fork_rng(devices=[]):
+        arm = CustomArm(CustomSegmenter(build_custom_model(CustomConfig(**TINY))), stage=2)
+    assert "clicks" in arm.supported_modes and "extreme_points" in arm.supported_modes
+    image = read_image(discs.images[sorted(discs.images)[0]].path)
+    with pytest.raises(ValueError, match="4 positive extreme points"):
+        arm.decode(arm.encode(image), [Prompt(mode="clicks", points=np.array([[5.0, 5.0]]), labels=np.ones(1, np.int64))])
+
+
+# ----------------------------------------------------------------------------- learning curve
+def test_power_law_fit_recovers_a_known_curve_and_brackets_its_projection():
+    from samstudy.custom.learning import fit_power_law
+
+    n = np.repeat([200.0, 500.0, 1000.0, 2000.0], 3)
+    exact = 1 - 0.9 * n ** -0.3
+    fit = fit_power_law(n, exact, target_n=100_000, n_boot=200)
+    assert fit.a == pytest.approx(0.9, rel=1e-9) and fit.b == pytest.approx(0.3, rel=1e-9)
+    truth = 1 - 0.9 * 100_000 ** -0.3
+    assert fit.projection == pytest.approx(truth, abs=1e-9) and fit.predict(1000.0) == pytest.approx(exact[6])
+    noisy = exact + np.random.default_rng(1).normal(0, 0.005, n.size)
+    fit2 = fit_power_law(noisy * 0 + n, noisy, target_n=100_000, n_boot=500, seed=2)
+    assert fit2.ci[0] < truth < fit2.ci[1] and fit2.ci[1] - fit2.ci[0] > 0
+    assert fit2.n_range == (200.0, 2000.0)
+    with pytest.raises(ValueError, match="distinct"):
+        fit_power_law([100, 100], [0.5, 0.6], 1000)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        fit_power_law([100, 200], [0.5, 1.0], 1000)
+
+
+def test_subsample_train_is_seeded_and_keeps_whole_images(discs):
+    from samstudy.custom.learning import subsample_train
+
+    a, b = subsample_train(discs, 0.5, seed=1), subsample_train(discs, 0.5, seed=1)
+    assert sorted(a.images) == sorted(b.images) and len(a.images) == 4
+    assert {t.ann_id for t in a.instances} == {t.ann_id for t in discs.instances if t.image_id in a.images}
+    assert sorted(subsample_train(discs, 0.5, seed=2).images) != sorted(a.images) or len(discs.images) < 3
+    assert len(subsample_train(discs, 1.0, seed=0).images) == len(discs.images)
+
+
+def test_refinement_and_click_gain_tables_match_hand_computed_means():
+    from samstudy.custom.evaluate import click_gain_table, refinement_gain_table
+
+    base = dict(dataset="d", status="ok", gt_variant="primary")
+    rows = []
+    for ann, (img, i1, i2, b1, b2) in enumerate([(1, 0.5, 0.7, 0.3, 0.5), (1, 0.6, 0.6, 0.4, 0.4), (2, 0.8, 0.7, 0.6, 0.7)]):
+        rows += [dict(base, image_id=img, ann_id=ann, model="custom_stage1", prompt_mode="extreme_points", click=0,
+                      iou=i1, boundary_iou=b1),
+                 dict(base, image_id=img, ann_id=ann, model="custom_stage2", prompt_mode="extreme_points", click=0,
+                      iou=i2, boundary_iou=b2)]
+        for k, v in enumerate([i2, i2 + 0.1, i2 + 0.15]):
+            rows.append(dict(base, image_id=img, ann_id=ann, model="custom_stage2",
+                             prompt_mode="clicks[start=extreme_points,max_clicks=2]", click=k, iou=v, boundary_iou=v))
+    df = pd.DataFrame(rows)
+    gain = refinement_gain_table(df, np.random.default_rng(0), n_boot=200).set_index("metric")
+    assert gain.loc["iou", "diff"] == pytest.approx((0.2 + 0.0 - 0.1) / 3)
+    assert gain.loc["boundary_iou", "diff"] == pytest.approx((0.2 + 0.0 + 0.1) / 3)
+    assert gain.loc["iou", "better"] == pytest.approx(1 / 3) and gain.loc["iou", "worse"] == pytest.approx(1 / 3)
+    assert gain.loc["iou", "ci_lo"] <= gain.loc["iou", "diff"] <= gain.loc["iou", "ci_hi"]
+    clicks = click_gain_table(df, np.random.default_rng(0), n_boot=200, clicks=(1, 2, 3)).set_index("clicks")
+    assert list(clicks.index) == [1, 2]  # no rows at click 3
+    assert clicks.loc[1, "diff"] == pytest.approx(0.1) and clicks.loc[2, "diff"] == pytest.approx(0.15)
+
+
+@pytest.mark.slow
+def test_gpu_config_is_at_the_published_scale_and_trains_on_cpu_at_a_tiny_crop(discs, tmp_path):
+    """configs/coco-gpu.yaml: ~9M parameters per stage (published scale, under the size limits),
+    256 px crops; the exact same networks train one epoch on CPU with the crop shrunk to 32 px."""
+    import yaml
+
+    options = yaml.safe_load((Path(__file__).parents[1] / "configs" / "coco-gpu.yaml").read_text())["custom"]["options"]
+    cfg = CustomConfig.from_dict(options)
+    assert cfg.crop_size == 256 and cfg.refine_size == 512
+    with torch.random.fork_rng(devices=[]):
+        stats = stage_stats(build_custom_model(cfg))
+    for stage in ("stage1", "stage2"):
+        assert 8_000_000 <= stats[stage]["params"] <= MAX_STAGE_PARAMS
+        assert stats[stage]["bytes"] <= MAX_STAGE_BYTES
+    tiny = CustomConfig.from_dict({**options, "device": "cpu", "crop_size": 32, "stage2_patch": 32,
+                                   "heatmap_sigma": 2.0, "batch_size": 4, "epochs": 1, "num_threads": 1})
+    best = train_custom(discs, tiny, tmp_path, progress=False)
+    seg = load_custom(best)
+    assert stage_stats(seg.model) == stats  # sizes do not depend on the crop
+    out = seg.predict(read_image(discs.images[1].path), extreme_points(discs.instances[0].mask()))
+    assert out["stage2"].shape == discs.instances[0].mask().shape

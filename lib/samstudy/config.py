@@ -508,7 +508,9 @@ def _check_model(name: str, modes: list[Any], multimask: tuple[str, ...], where:
     from .models.registry import model_class  # function-level: registering the built-ins loads torch
 
     try:
-        check_model_modes(model_class(name), modes, multimask, ("first_best_of_3",), name=name)
+        cls = model_class(name)
+        clicks = ("first_best_of_3",) if cls.multimask_outputs > 1 else ("single",)  # one-output models: single
+        check_model_modes(cls, modes, multimask, clicks, name=name)
     except ValueError as e:
         raise ConfigError(f"{file}: {where}: {e}") from None
 

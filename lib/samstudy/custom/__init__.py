@@ -7,7 +7,10 @@
 - :mod:`.train` -- :func:`train_custom` (resumable, deterministic, step-scheduled) and the CLI
   ``python -m samstudy.custom.train``.
 - :mod:`.arm` -- :class:`CustomArm`: each stage as a promptable segmenter, scored by the engine
-  (:func:`samstudy.engine.run_experiment`) like every other arm.
+  (:func:`samstudy.engine.run_experiment`) like every other arm; it takes ``extreme_points`` and
+  corrective clicks after them (``clicks[start=extreme_points,max_clicks=K]``).
+- :mod:`.evaluate` -- paired tables: the refinement's gain over stage 1, each click's gain.
+- :mod:`.learning` -- learning curves: seeded train-split subsets, power-law fit and projection.
 
 Typical use::
 

@@ -7,10 +7,14 @@ The custom model has no image encoder: its per-image state ("embedding") is the 
 - ``custom_stage1`` -- "Custom extreme points (stage 1)": crop, stage 1, paste-back;
 - ``custom_stage2`` -- "Custom extreme points (stage 1+2 refined)": the whole two-stage pipeline.
 
-Prompt modes: ``extreme_points`` only (4 positive points in the order left, right, top, bottom, as
-:func:`samstudy.prompts.extreme_points` gives them; ``jitter_px`` allowed). One mask per prompt
-(``multimask_outputs = 1``), no IoU head (``iou_pred`` NaN), no mask input (no click sequences
-yet). Embeddings are not cached on disk (the image is re-read faster than a cache entry).
+Prompt modes: ``extreme_points`` (4 positive points in the order left, right, top, bottom, as
+:func:`samstudy.prompts.extreme_points` gives them; ``jitter_px`` allowed) and ``clicks`` started
+from them (``clicks[start=extreme_points]``: the engine's prompt is the 4 extreme points followed by
+the corrective clicks, positive or negative, with ``mask_inputs`` = the previous step's
+``low_res_logits``). ``low_res_logits`` are this stage's crop-frame logits ``float32 (N, 1, R, R)``
+(the crop depends only on the extreme points, so it is the same for every step of a sequence).
+One mask per prompt (``multimask_outputs = 1``), no IoU head (``iou_pred`` NaN). Embeddings are
+not cached on disk (the image is re-read faster than a cache entry).
 
 Built by name like the foundation models: ``build_model("custom", checkpoint=best_pt, stage=2)``.
 """
@@ -37,7 +41,7 @@ STAGE_MODELS = {1: ("custom_stage1", "Custom extreme points (stage 1)"),
 class CustomArm(PromptableSegmenter):
     """One stage (1, or 2 = refined) of a :class:`~samstudy.custom.model.CustomSegmenter`."""
 
-    supported_modes = frozenset({"extreme_points"})
+    supported_modes = frozenset({"extreme_points", "clicks"})
     multimask_outputs = 1
     cache_embeddings = False
 
@@ -62,40 +66,51 @@ class CustomArm(PromptableSegmenter):
 
     def decode(self, embedding: Embedding, prompts: Sequence[Any], multimask: bool = False,
                mask_inputs: np.ndarray | None = None) -> Decoded:
-        """Masks ``bool (N, 1, H, W)`` of this stage for ``N`` extreme-point prompts on one image."""
+        """Masks ``bool (N, 1, H, W)`` of this stage for ``N`` prompts on one image: 4 positive
+        extreme points, then any corrective clicks (label 1/0); ``mask_inputs float32 (N, 1, R, R)``
+        = a previous decode's ``low_res_logits``."""
         if embedding.model_key != self.cache_key:
             raise ValueError(f"{self.name}: embedding was computed by {embedding.model_key!r}, not by this model")
         if multimask:
             raise ValueError(f"{self.name}: the custom model has one output per prompt (multimask=False only)")
-        if mask_inputs is not None:
-            raise ValueError(f"{self.name}: the custom model takes no mask input (no click sequences)")
         image = np.ascontiguousarray(embedding.features[0].permute(1, 2, 0).numpy())
-        points = [_extreme_points(p, self.name) for p in prompts]
-        n, (h, w) = len(points), embedding.original_hw
+        parsed = [_split_prompt(p, self.name) for p in prompts]
+        n, (h, w) = len(parsed), embedding.original_hw
+        r = self.segmenter.config.refine_size
         masks = np.zeros((n, 1, h, w), dtype=bool)
+        low = np.zeros((n, 1, r, r), dtype=np.float32)
         if n:
-            for i, m in enumerate(self._masks(image, points)):
-                masks[i, 0] = m
-        return Decoded(masks=masks, iou_pred=np.full((n, 1), np.nan, np.float32), low_res_logits=None)
-
-    def _masks(self, image: np.ndarray, points: list[np.ndarray]) -> list[np.ndarray]:
-        seg = self.segmenter
-        with _threads(seg):
-            logits1, logits2, specs, _ = seg.predict_logits(image, points, refine=self.stage == 2)
-        logits = logits1 if self.stage == 1 else logits2
-        return [paste_back(lg, sp) for lg, sp in zip(logits, specs)]
+            points, clicks = [p for p, _ in parsed], [c for _, c in parsed]
+            seg = self.segmenter
+            with _threads(seg):
+                logits1, logits2, specs, _ = seg.predict_logits(image, points, refine=self.stage == 2,
+                                                                clicks_list=clicks, prev_logits=mask_inputs)
+            if self.stage == 1:
+                up = torch.nn.functional.interpolate(torch.from_numpy(logits1)[:, None], size=(r, r),
+                                                     mode="bilinear", align_corners=False)
+                low = up.numpy().astype(np.float32)
+                logits = logits1
+            else:
+                low, logits = logits2[:, None].astype(np.float32), logits2
+            for i, (lg, sp) in enumerate(zip(logits, specs)):
+                masks[i, 0] = paste_back(lg, sp)
+        return Decoded(masks=masks, iou_pred=np.full((n, 1), np.nan, np.float32), low_res_logits=low)
 
 
 def _threads(seg: CustomSegmenter) -> Any:
     return torch_settings(seg.config.num_threads if seg.num_threads is None else seg.num_threads)
 
 
-def _extreme_points(prompt: Any, model: str) -> np.ndarray:
-    """``float64 (4, 2)`` xy of a prompt of 4 positive points and no box, else ``ValueError``."""
-    pts = None if prompt.points is None else np.asarray(prompt.points, dtype=np.float64)
-    if pts is None or pts.shape != (4, 2) or prompt.box is not None or not np.all(np.asarray(prompt.labels) == 1):
-        raise ValueError(f"{model}: expects 4 positive extreme points and no box, got prompt {prompt.mode!r}")
-    return pts
+def _split_prompt(prompt: Any, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(extreme points float64 (4, 2) xy, clicks float64 (K, 3) (x, y, label))`` of a prompt whose
+    first 4 points are positive extreme points, else ``ValueError``."""
+    pts = None if prompt.points is None else np.asarray(prompt.points, dtype=np.float64).reshape(-1, 2)
+    labels = None if prompt.labels is None else np.asarray(prompt.labels).reshape(-1)
+    if (pts is None or len(pts) < 4 or prompt.box is not None or labels is None or len(labels) != len(pts)
+            or not np.all(labels[:4] == 1)):
+        raise ValueError(f"{model}: expects 4 positive extreme points (then optional corrective clicks) and "
+                         f"no box, got prompt {prompt.mode!r}")
+    return pts[:4], np.column_stack([pts[4:], labels[4:].astype(np.float64)])
 
 
 def custom_arms(segmenter: CustomSegmenter) -> list[CustomArm]:

@@ -1,21 +1,32 @@
 """The custom extreme-point model: configuration, the two networks, checkpoints, inference.
 
-**Stage 1** (segmentation, :class:`Stage1Net`): input ``float32 (B, 9, S, S)`` = RGB of the crop
+**Stage 1** (segmentation, :class:`Stage1Net`): input ``float32 (B, 13, S, S)`` = RGB of the crop
 around the 4 extreme points (see :mod:`samstudy.custom.crops`; normalised with ImageNet mean/std),
 a DEXTR heatmap channel (max of 4 Gaussians of ``sigma`` crop pixels at the points), a binary
-channel of the points' box, the quadrilateral of the points (shape prior) and 3 colour cues
+channel of the points' box, the quadrilateral of the points (shape prior), 3 colour cues
 (similarity to the colours under the 4 points, to the crop border's colours, and their ratio,
-:func:`colour_channels`); output mask logits ``(B, 1, S, S)``. A compact residual U-Net with 4
-levels (S/2 ... S/16), a global-context term at the bottom and a full-resolution skip; its output is
-added to ``prior_gain * (2 quad - 1)`` (learned gain, initially 2), so the quad prior is the default.
+:func:`colour_channels`), and the **interactive inputs**: positive and negative corrective-click
+maps (Gaussians like the heatmap), the previous prediction's probability and a flag "previous
+given" (all zero for the one-shot extreme-point prompt). Output mask logits ``(B, 1, S, S)``. A
+compact residual U-Net with 4 levels (S/2 ... S/16), a global-context term at the bottom and a
+full-resolution skip; its output is added to ``prior_gain * (2 quad - 1)`` (learned gain,
+initially 2), so the quad prior is the default, and to ``click_gain * (pos - neg)``; pixels at a
+click take its label (:func:`honour_clicks`).
 
-**Stage 2** (refinement, :class:`Stage2Net`): the same crop at ``2S`` (twice the resolution), input
-``(B, 9, 2S, 2S)`` = RGB, heatmap, quad prior and colour cues at ``2S`` and the stage-1 probability
-upsampled to ``2S``; output
-``(B, 1, 2S, 2S)`` logits = upsampled stage-1 logits + a learned correction applied only within
-``refine_band`` px of stage 1's boundary (refinement near the boundary; zero at initialisation, so
-stage 2 starts as "stage 1, upsampled"). Its training loss weights pixels near
-the ground-truth boundary more.
+**Stage 2** (refinement, :class:`Stage2Net`): the same crop at ``R = refine_scale * S`` (2 or 4
+times stage 1's resolution), input ``(B, 11, R, R)`` = RGB, heatmap, quad prior, colour cues and
+click maps at ``R`` and the stage-1 probability upsampled to ``R``; output ``(B, 1, R, R)`` logits
+= upsampled stage-1 logits + a learned correction applied only within ``refine_band`` px of stage
+1's boundary (refinement near the boundary; zero at initialisation, so stage 2 starts as "stage
+1, upsampled"), clicks honoured again. Its training loss weights pixels near the ground-truth
+boundary more; it trains on windows around the boundary of stage 1's own prediction of the batch
+(with the simulated clicks of that batch), i.e. on stage 1's errors as it makes them.
+
+**Clicks** (RITM iterative training, :func:`samstudy.custom.train.simulate_clicks`): training
+batches get 1..``max_train_clicks`` corrective clicks with probability ``click_prob``, each placed
+by :func:`samstudy.clicks.next_click` on the model's own previous prediction, which is also fed
+back as the previous mask. At inference the click loop of :mod:`samstudy.engine` feeds the same
+inputs (:class:`samstudy.custom.arm.CustomArm` takes ``clicks[start=extreme_points]``).
 
 **Initialisation** (``CustomConfig.init``, recorded in every checkpoint):
 
@@ -55,12 +66,15 @@ __all__ = ["CustomConfig", "Stage1Net", "Stage2Net", "CustomModel", "build_custo
            "prepare_inputs", "CheckpointError", "save_checkpoint", "read_checkpoint", "load_custom",
            "CustomSegmenter", "stage_stats", "CHECKPOINT_FORMAT", "INITS"]
 
-CHECKPOINT_FORMAT = "samstudy-custom/1"
+CHECKPOINT_FORMAT = "samstudy-custom/2"  # /2: click and previous-mask inputs, refine_scale
 INITS = ("scratch", "litemedsam_stem")
 MAX_STAGE_PARAMS = 9_000_000
 MAX_STAGE_BYTES = 40_000_000
 QUAD_CHANNEL = 5  # index of the quad prior in stage 1's input
-IN1, IN2 = 9, 9  # input channels of stage 1 / stage 2 (see prepare_inputs and CustomModel.refine)
+IN1, IN2 = 13, 11  # input channels of stage 1 / stage 2 (see prepare_inputs and CustomModel.refine)
+POS1, NEG1 = 9, 10  # stage 1's positive / negative click maps (prev probability 11, prev flag 12)
+POS2, NEG2 = 8, 9  # the same in stage 2's x2 (before the stage-1 probability is appended)
+CLICK_HARD = 0.8  # click map value (Gaussian, 1 at the click) above which the click's label is imposed
 _MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics: a fixed, documented normalisation
 _STD = (0.229, 0.224, 0.225)
 
@@ -74,16 +88,17 @@ class CustomConfig:
     px), ``max_aspect`` (crop aspect limit), ``heatmap_sigma`` (Gaussian sigma in stage-1 crop px),
     ``affinity_sigma`` (colour-affinity scale, RGB in ``[0, 1]``; :func:`colour_channels`).
     Networks: ``widths1`` (stage-1 channels at S/2, S/4, S/8, S/16), ``widths2`` (stage-2 channels at
-    2S, S, S/2, S/4), ``init`` (one of ``INITS``), ``stem_lr_scale`` (learning-rate factor of the
+    R, R/2, R/4, R/8), ``init`` (one of ``INITS``), ``stem_lr_scale`` (learning-rate factor of the
     pretrained stem; 0 = frozen: no gradient, BatchNorm statistics kept).
-    Training: ``epochs``, ``max_minutes`` (wall-clock budget of the whole :func:`train_custom` call;
-    ``None`` = epochs only), ``lr`` (AdamW peak, one-cycle cosine), ``weight_decay``,
+    Training: ``epochs``, ``max_minutes`` (wall-clock budget of the training steps and per-epoch
+    validation of :func:`train_custom`, set-up excluded; ``None`` = epochs only), ``lr`` (AdamW peak, one-cycle cosine), ``weight_decay``,
     ``batch_size``, ``jitter_px`` (extreme-point jitter in image px, capped at 10% of the object's
     side), ``margin_jitter`` (per-side margin drawn in ``margin * [1 - j, 1 + j]``),
     ``boundary_weight`` (extra stage-2 BCE weight within 3 px of the GT boundary),
     ``stage2_patch`` (stage 2 trains on one boundary-centred window of this side per object, in
-    ``2S`` px; ``>= 2S`` = the whole crop), ``refine_band`` (stage 2 only changes pixels within
-    this many ``2S`` px of stage 1's boundary), ``seed``,
+    ``R`` px; ``>= R`` = the whole crop), ``refine_band`` (stage 2 only changes pixels within
+    this many ``R`` px of stage 1's boundary), ``refine_scale`` (``R / S``), ``max_train_clicks``
+    and ``click_prob`` (corrective-click training, module docstring), ``seed``,
     ``device`` (``"auto"``: CUDA when present), ``num_threads`` (CPU threads during training).
     """
 
@@ -110,6 +125,13 @@ class CustomConfig:
     jitter_px: int = 3
     margin_jitter: float = 0.5
     boundary_weight: float = 4.0
+    # Stage 2 works at refine_scale * S ("R"; 2 = the earlier 2S design).
+    refine_scale: int = 2
+    # RITM iterative training: a batch gets n corrective clicks with probability click_prob, n drawn
+    # in 1..max_train_clicks, each simulated (samstudy.clicks.next_click) on the model's own
+    # previous prediction; 0 = no click training (the click inputs stay zero).
+    max_train_clicks: int = 3
+    click_prob: float = 0.5
     seed: int = 0
     device: str = "auto"
     # 1 thread: on this shared 2-core machine, 2 OpenMP threads made training steps 3-7x slower
@@ -125,6 +147,16 @@ class CustomConfig:
             raise ValueError(f"crop_size must be a multiple of 16 and >= 32, got {self.crop_size}")
         if len(self.widths1) != 4 or len(self.widths2) != 4:
             raise ValueError("widths1 and widths2 need 4 channel counts each")
+        if self.refine_scale not in (2, 4):
+            raise ValueError(f"refine_scale must be 2 or 4, got {self.refine_scale}")
+        if self.max_train_clicks < 0 or not 0.0 <= self.click_prob <= 1.0:
+            raise ValueError(f"max_train_clicks must be >= 0 and click_prob in [0, 1], got "
+                             f"{self.max_train_clicks}, {self.click_prob}")
+
+    @property
+    def refine_size(self) -> int:
+        """R = ``refine_scale * crop_size``: the side of stage 2's crop (and of training samples)."""
+        return self.refine_scale * self.crop_size
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -142,7 +174,7 @@ class CustomConfig:
     def model_dict(self) -> dict[str, Any]:
         """The fields that fix the network shapes and inputs (a checkpoint must match these)."""
         keys = ("crop_size", "margin", "min_margin_px", "min_crop_px", "max_aspect", "heatmap_sigma",
-                "affinity_sigma", "widths1", "widths2", "init", "refine_band", "stem_lr_scale")
+                "affinity_sigma", "widths1", "widths2", "init", "refine_band", "stem_lr_scale", "refine_scale")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 
@@ -300,6 +332,9 @@ class Stage1Net(nn.Module):
         # Residual on the quad prior: an undertrained or unsure network falls back to the
         # quadrilateral of the points (IoU ~0.7 on convex objects) instead of an empty mask.
         self.prior_gain = nn.Parameter(torch.tensor(2.0))
+        # Residual on the click maps: a click pushes its neighbourhood towards its label from the
+        # start of training (the network learns how far the correction spreads).
+        self.click_gain = nn.Parameter(torch.tensor(4.0))
         self.tiny = TinyViTStem() if use_stem else None
         self.tiny_proj = ConvBN(128, w1, 1) if use_stem else None
 
@@ -316,11 +351,21 @@ class Stage1Net(nn.Module):
         s3 = self.enc3(s2)
         d = self.dec0(self.dec1(self.dec2(s3, s2), s1), s0)
         quad = x[:, QUAD_CHANNEL:QUAD_CHANNEL + 1]
-        return self.head(self.decf(d, f)) + self.prior_gain * (2 * quad - 1)
+        pos, neg = x[:, POS1:POS1 + 1], x[:, NEG1:NEG1 + 1]
+        out = self.head(self.decf(d, f)) + self.prior_gain * (2 * quad - 1) + self.click_gain * (pos - neg)
+        return honour_clicks(out, pos, neg)
+
+
+def honour_clicks(logits: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Impose each click's label where its map exceeds :data:`CLICK_HARD` (within ~0.67 sigma of
+    it): logits ``>= margin`` near positive clicks, ``<= -margin`` near negative ones (negative wins
+    where both). All ``(B, 1, h, w)``. An annotator's click is a hard fact about that pixel."""
+    logits = torch.where(pos > CLICK_HARD, logits.clamp(min=margin), logits)
+    return torch.where(neg > CLICK_HARD, logits.clamp(max=-margin), logits)
 
 
 class Stage2Net(nn.Module):
-    """Refinement at ``2S``: ``(B, 9, h, w)`` + base logits ``(B, 1, h, w)`` -> logits ``(B, 1, h, w)``.
+    """Refinement at ``R``: ``(B, 11, h, w)`` + base logits ``(B, 1, h, w)`` -> logits ``(B, 1, h, w)``.
 
     Fully convolutional (no global pooling), so training can use boundary patches of the ``2S``
     crop while inference runs on the whole crop; ``h, w`` must be multiples of 8.
@@ -386,7 +431,8 @@ class CustomModel(nn.Module):
         band = boundary_band(base > 0, self.config.refine_band).to(base.dtype)
         if patches is not None:
             x2, base, band = (crop_patches(t, patches, patch_size) for t in (x2, base, band))
-        return self.stage2(x2, base, band)
+        out = self.stage2(x2, base, band)
+        return honour_clicks(out, x2[:, POS2:POS2 + 1], x2[:, NEG2:NEG2 + 1])
 
 
 def boundary_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -532,35 +578,81 @@ def quad_mask(points: torch.Tensor, size: int) -> torch.Tensor:
     return inside.to(points.dtype)[:, None]
 
 
-def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tensor,
-                   config: CustomConfig, scale2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Network inputs from crops at ``2S``.
+def click_maps(clicks: torch.Tensor | None, batch: int, size: int, sigma: float, scale: float,
+               ref: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, size, size)`` positive / negative click maps (max of Gaussians of ``sigma`` px).
 
-    rgb2: ``float32 (B, 3, 2S, 2S)`` RGB in ``[0, 1]``; points2: ``float32 (B, 4, 2)`` extreme points
-    in ``2S`` crop pixel-index xy; pbox2: ``float32 (B, 4)`` their box in ``2S`` crop edge coordinates;
-    scale2: ``float32 (B, 2)`` ``2S`` crop pixels per image pixel in x, y (for the affinity's
-    inward steps; default 1).
-    Returns ``x1 (B, 9, S, S)`` (RGB, heatmap, box, quad prior, the 3 :func:`colour_channels`),
-    ``x2 (B, 8, 2S, 2S)`` (the same without the box; stage-1 probability is added by the model as
-    a 9th channel), and ``rgb01_half (B, 3, S/2, S/2)`` for the pretrained stem. Stage 1's RGB is the
-    2x2 average of the ``2S`` crop, i.e. exactly the crop at ``S``.
+    clicks: ``float32 (B, K, 3)`` rows ``(x, y, label)`` in pixel-index xy of a grid ``scale``
+    times finer than ``size`` (the ``R`` crop), label 1 positive, 0 negative, -1 padding (no
+    click); ``None`` or ``K = 0``: zeros. ``ref``: a tensor giving dtype and device.
     """
-    s = config.crop_size
+    out = torch.zeros(batch, 2, size, size, dtype=ref.dtype, device=ref.device)
+    if clicks is None or clicks.shape[1] == 0:
+        return out
+    pts = (clicks[..., :2] + 0.5) / scale - 0.5
+    far = torch.full_like(pts, -1e4)  # a point this far away contributes exp(-huge) = 0
+    for ch, label in ((0, 1.0), (1, 0.0)):
+        sel = (clicks[..., 2] == label)[..., None]
+        out[:, ch:ch + 1] = _gaussian_heatmap(torch.where(sel, pts, far), size, sigma)
+    return out
+
+
+def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tensor,
+                   config: CustomConfig, scale2: torch.Tensor | None = None,
+                   clicks2: torch.Tensor | None = None, prev_logits2: torch.Tensor | None = None
+                   ) -> dict[str, torch.Tensor]:
+    """Network inputs from crops at ``R = config.refine_size`` (``refine_scale`` times ``S``).
+
+    rgb2: ``float32 (B, 3, R, R)`` RGB in ``[0, 1]``; points2: ``float32 (B, 4, 2)`` extreme points
+    in ``R`` crop pixel-index xy; pbox2: ``float32 (B, 4)`` their box in ``R`` crop edge coordinates;
+    scale2: ``float32 (B, 2)`` ``R`` crop pixels per image pixel in x, y (for the affinity's
+    inward steps; default 1); clicks2: ``float32 (B, K, 3)`` corrective clicks ``(x, y, label)``
+    in ``R`` crop pixel-index xy, label 1/0, -1 = padding (:func:`click_maps`); prev_logits2:
+    ``float32 (B, 1, R, R)`` the previous prediction's logits (the click loop's mask input).
+    Returns ``x1 (B, 13, S, S)`` (RGB, heatmap, box, quad prior, the 3 :func:`colour_channels`,
+    positive and negative click maps, previous probability, a "previous given" flag),
+    ``x2 (B, 10, R, R)`` (RGB, heatmap, quad, colour cues, click maps; stage-1 probability is
+    added by the model as an 11th channel), and ``rgb01_half (B, 3, S/2, S/2)`` for the pretrained
+    stem. Stage 1's RGB is the ``k x k`` average of the ``R`` crop (``k = refine_scale``), i.e.
+    exactly the crop at ``S``.
+    """
+    s, k = config.crop_size, config.refine_scale
+    b = rgb2.shape[0]
     mean = torch.tensor(_MEAN, dtype=rgb2.dtype, device=rgb2.device)[None, :, None, None]
     std = torch.tensor(_STD, dtype=rgb2.dtype, device=rgb2.device)[None, :, None, None]
-    rgb1 = F.avg_pool2d(rgb2, 2)
-    points1 = (points2 + 0.5) / 2 - 0.5
+    rgb1 = F.avg_pool2d(rgb2, k)
+    points1 = (points2 + 0.5) / k - 0.5
     heat1 = _gaussian_heatmap(points1, s, config.heatmap_sigma)
-    heat2 = _gaussian_heatmap(points2, 2 * s, 2 * config.heatmap_sigma)
+    heat2 = _gaussian_heatmap(points2, k * s, k * config.heatmap_sigma)
     col2 = colour_channels(point_colour_sqdist(rgb2, points2, scale2), border_colour_sqdist(rgb2),
                            config.affinity_sigma)
-    x1 = torch.cat([(rgb1 - mean) / std, heat1, _box_mask(pbox2 / 2, s), quad_mask(points1, s),
-                    F.avg_pool2d(col2, 2)], dim=1)
-    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, 2 * s), col2], dim=1)
+    x1 = torch.cat([(rgb1 - mean) / std, heat1, _box_mask(pbox2 / k, s), quad_mask(points1, s),
+                    F.avg_pool2d(col2, k)], dim=1)
+    x2 = torch.cat([(rgb2 - mean) / std, heat2, quad_mask(points2, k * s), col2], dim=1)
     out = {"x1": x1, "x2": x2}
     if config.init == "litemedsam_stem":
-        out["rgb01_half"] = F.avg_pool2d(rgb1, 2)
-    return {k: v.contiguous(memory_format=torch.channels_last) for k, v in out.items()}
+        out["rgb01_half"] = F.avg_pool2d(rgb1, 2).contiguous(memory_format=torch.channels_last)
+    return with_interaction(out, config, clicks2, prev_logits2)
+
+
+def with_interaction(base: Mapping[str, torch.Tensor], config: CustomConfig, clicks2: torch.Tensor | None = None,
+                     prev_logits2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Append (or replace) the interactive channels of :func:`prepare_inputs`' ``x1``/``x2``: click
+    maps and previous mask. ``base`` holds inputs with or without them (the first ``IN1 - 4`` /
+    ``IN2 - 3`` channels are kept), so the click loop computes the image channels once."""
+    x1, x2 = base["x1"][:, :POS1], base["x2"][:, :POS2]
+    b, s, k = x1.shape[0], config.crop_size, config.refine_scale
+    clk1 = click_maps(clicks2, b, s, config.heatmap_sigma, k, x1)
+    clk2 = click_maps(clicks2, b, k * s, k * config.heatmap_sigma, 1, x1)
+    if prev_logits2 is None:
+        prev = torch.zeros(b, 2, s, s, dtype=x1.dtype, device=x1.device)
+    else:
+        prob = F.avg_pool2d(torch.sigmoid(prev_logits2.to(x1.dtype)), k)
+        prev = torch.cat([prob, torch.ones_like(prob)], dim=1)
+    out = dict(base)
+    out["x1"] = torch.cat([x1, clk1, prev], dim=1).contiguous(memory_format=torch.channels_last)
+    out["x2"] = torch.cat([x2, clk2], dim=1).contiguous(memory_format=torch.channels_last)
+    return out
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -664,26 +756,42 @@ class CustomSegmenter:
         return crop_spec(points, image_hw, c.margin, c.min_margin_px, c.min_crop_px, c.max_aspect)
 
     @torch.no_grad()
-    def predict_logits(self, image: np.ndarray, points_list: Sequence[np.ndarray], refine: bool = True
+    def predict_logits(self, image: np.ndarray, points_list: Sequence[np.ndarray], refine: bool = True,
+                       clicks_list: Sequence[np.ndarray] | None = None, prev_logits: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray | None, list[CropSpec], tuple[float, float]]:
         """Crop-frame logits for several objects of one image.
 
         image: ``uint8 (H, W, 3)``; points_list: N arrays ``float (4, 2)`` xy (left, right, top,
-        bottom). Returns ``logits1 float32 (N, S, S)``, ``logits2 float32 (N, 2S, 2S)`` (``None``
-        when ``refine`` is false: stage 1 only), the N crop specs and the seconds spent in
-        ``(cropping + stage 1, stage 2)``.
+        bottom); clicks_list: N arrays ``float (K_i, 3)`` of corrective clicks ``(x, y, label)`` in
+        image pixel xy, label 1 positive / 0 negative (``None``: no clicks); prev_logits: ``float32
+        (N, 1, R, R)`` crop-frame logits of the previous prediction (the crop depends only on the
+        extreme points, so it is the same crop). Returns ``logits1 float32 (N, S, S)``,
+        ``logits2 float32 (N, R, R)`` (``None`` when ``refine`` is false: stage 1 only), the N
+        crop specs and the seconds spent in ``(cropping + stage 1, stage 2)``.
         """
         t0 = time.perf_counter()
-        s2 = 2 * self.config.crop_size
+        s2 = self.config.refine_size
         specs = [self.crop_spec(image.shape[:2], p) for p in points_list]
         crops = np.stack([crop_image(image, sp, s2) for sp in specs])
         pts = np.stack([points_to_crop(p, sp, s2) for p, sp in zip(points_list, specs)])
         pbox = np.stack([box_to_crop(sp.points_box, sp, s2) for sp in specs])
         scale = np.stack([crop_scale(sp, s2) for sp in specs])
         rgb2 = torch.from_numpy(crops).to(self._device).permute(0, 3, 1, 2).float().div_(255.0)
+        clicks = None
+        if clicks_list is not None and max(len(c) for c in clicks_list) > 0:
+            clicks = np.full((len(specs), max(len(c) for c in clicks_list), 3), -1.0)
+            for i, (c, sp) in enumerate(zip(clicks_list, specs)):
+                c = np.asarray(c, dtype=np.float64).reshape(-1, 3)
+                clicks[i, :len(c), :2] = points_to_crop(c[:, :2], sp, s2)
+                clicks[i, :len(c), 2] = (c[:, 2] > 0).astype(np.float64)
+            clicks = torch.from_numpy(clicks).float().to(self._device)
+        prev = None if prev_logits is None else torch.from_numpy(
+            np.asarray(prev_logits, dtype=np.float32)).to(self._device)
+        if prev is not None and tuple(prev.shape) != (len(specs), 1, s2, s2):
+            raise ValueError(f"prev_logits must be (N, 1, {s2}, {s2}) crop-frame logits, got {tuple(prev.shape)}")
         inputs = prepare_inputs(rgb2, torch.from_numpy(pts).float().to(self._device),
                                 torch.from_numpy(pbox).float().to(self._device), self.config,
-                                torch.from_numpy(scale).float().to(self._device))
+                                torch.from_numpy(scale).float().to(self._device), clicks, prev)
         logits1 = self.model.stage1(inputs["x1"], inputs.get("rgb01_half"))
         l1 = logits1[:, 0].float().cpu().numpy()
         t1 = time.perf_counter()

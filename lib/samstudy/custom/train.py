@@ -16,9 +16,16 @@
   (on one ``stage2_patch`` window per object centred on a random pixel of the GT boundary or of
   stage 1's refinement band, or the whole crop) BCE weighted ``1 + boundary_weight`` within 3 px of the GT boundary + Dice. Stage 2 gets
   stage 1's output detached.
+- **Clicks** (RITM iterative training): with probability ``click_prob`` a batch first runs
+  :func:`simulate_clicks` (1..``max_train_clicks`` rounds, no gradient) and trains on its clicks
+  and last prediction as mask input; other batches train the one-shot extreme-point prompt.
 - **Optimiser**: AdamW, one-cycle schedule (5% linear warm-up, cosine decay) over training
-  *progress* = ``step / (epochs * steps_per_epoch)``. ``max_minutes`` only stops training (at an
-  epoch end, leaving time for the last validation); it never bends the schedule, so a run that
+  *progress* = ``step / (epochs * steps_per_epoch)``. ``max_minutes`` counts the training steps
+  and per-epoch validations only (not the set-up: image decoding, model building); a budget that
+  ends inside the first epoch raises :class:`BudgetTooSmallError` with the measured seconds per
+  step. A run the budget stopped before ``epochs`` is marked ``budget_limited`` in
+  ``train_meta.json`` and ``best.pt``'s metadata (its epoch count depends on machine load).
+  The budget only stops training (leaving time for the last validation); it never bends the schedule, so a run that
   finishes its epochs is the same on every machine. (An earlier version annealed over
   ``max(steps, elapsed / budget)``: the demo's custom mIoU then moved by 0.02 between a quiet
   and a busy run.) Size ``epochs`` to fit the budget; ``curve.csv`` shows where a run stopped.
@@ -57,14 +64,16 @@ import torch.nn.functional as F
 from ..data import Dataset, Instance, read_record_image
 from ..masks import decode_rle
 from ..prompts import extreme_points
+from ..clicks import Click, next_click
 from ..compute import resolve_device, torch_settings
 from ..files import atomic_path, write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
-                    prepare_inputs, read_state_file, save_checkpoint, stage_stats,
+                    prepare_inputs, with_interaction, read_state_file, save_checkpoint, stage_stats,
                     boundary_band, crop_patches)
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
+           "simulate_clicks", "BudgetTooSmallError",
            "train_custom", "main"]
 
 TRAIN_FORMAT = CHECKPOINT_FORMAT + "+train"
@@ -159,7 +168,7 @@ def make_sample(obj: TrainObject, image: np.ndarray, config: CustomConfig,
     (4, 2)`` (``2S`` crop pixel-index xy), ``pbox float64 (4,)`` (points' box, ``2S`` crop edges),
     ``scale float64 (2,)`` (crop pixels per image pixel, x and y).
     """
-    s2 = 2 * config.crop_size
+    s2 = config.refine_size
     h, w = obj.window.shape
     if rng is None:
         pts = extreme_points(obj.window)
@@ -232,7 +241,7 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def stage_losses(logits1: torch.Tensor, logits2: torch.Tensor, target2: torch.Tensor,
                  target2_patch: torch.Tensor, boundary_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss1, loss2)``: BCE + Dice at S; boundary-weighted BCE + Dice for stage 2's window."""
-    t1 = F.avg_pool2d(target2, 2)
+    t1 = F.avg_pool2d(target2, target2.shape[-1] // logits1.shape[-1])  # R -> S
     loss1 = F.binary_cross_entropy_with_logits(logits1, t1) + _dice(logits1, t1)
     w = 1.0 + boundary_weight * boundary_band(target2_patch > 0.5, 3).float()
     bce = (F.binary_cross_entropy_with_logits(logits2, target2_patch, reduction="none") * w).sum() / w.sum()
@@ -349,9 +358,11 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
             elapsed_before = float(state["elapsed_s"])
             curve, best = list(state["curve"]), dict(state["best"])
         budget_s = None if config.max_minutes is None else 60.0 * float(config.max_minutes)
+        setup_s = time.perf_counter() - t_start
+        t_train = time.perf_counter()  # the budget clock starts here: set-up (images, model) is not in it
 
-        def elapsed() -> float:  # wall-clock seconds of the run so far, setup included
-            return elapsed_before + (time.perf_counter() - t_start)
+        def elapsed() -> float:  # seconds of training (steps + per-epoch validation) so far, resumes included
+            return elapsed_before + (time.perf_counter() - t_train)
 
         def progress_now() -> float:
             # steps only, so a run is the same on every machine; the wall-clock budget just stops it
@@ -396,6 +407,14 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
                 if n_steps == 0:  # the budget ended before this epoch's first step
                     break
+                if not curve and n_steps < steps_per_epoch:
+                    per_step = elapsed() / n_steps
+                    raise BudgetTooSmallError(
+                        f"custom model: the training budget of {config.max_minutes:g} min is too small for one "
+                        f"epoch: {n_steps} of {steps_per_epoch} steps ran, measured {per_step:.3f} s per "
+                        f"training step (batch {bs}), so one epoch needs about "
+                        f"{per_step * steps_per_epoch / 60:.1f} min; raise custom.minutes or lower the batch "
+                        f"size / crop_size ({out})")
                 t_val = time.perf_counter()
                 v1, v2 = validate(model, val_batches, config) if val_batches else (float("nan"), float("nan"))
                 val_s = time.perf_counter() - t_val
@@ -423,10 +442,31 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
                     break
         finally:
             bar.close()
+        # Cut short by the wall clock (not the epoch count): its result depends on machine load.
+        budget_limited = bool(curve) and epoch < config.epochs and stop_after_epochs is None
         meta.update({"epochs_done": epoch, "steps_done": step, "train_seconds": round(elapsed(), 3),
-                     "best": best})
+                     "setup_seconds": round(setup_s, 3), "budget_limited": budget_limited,
+                     "epochs_planned": config.epochs, "best": best})
+        _mark_budget_limited(best_path, budget_limited, epoch)
         _write_json(out / "train_meta.json", meta)
     return best_path
+
+
+class BudgetTooSmallError(ValueError):
+    """The wall-clock budget ends before the first epoch; the message gives the time per step."""
+
+
+def _mark_budget_limited(best_path: Path, limited: bool, epochs_done: int) -> None:
+    """Record in ``best.pt``'s metadata whether the run was cut short by its budget (rewritten only
+    when the flag changes, so a finished run's checkpoint stays byte-identical)."""
+    if not best_path.exists():
+        return
+    payload = read_state_file(best_path, "custom-model checkpoint")
+    meta = dict(payload.get("meta", {}))
+    if meta.get("budget_limited") == limited and meta.get("epochs_done") == epochs_done:
+        return
+    meta.update(budget_limited=limited, epochs_done=epochs_done)
+    save_checkpoint(best_path, {**payload, "meta": meta})
 
 
 def _count(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -436,10 +476,48 @@ def _count(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
+@torch.no_grad()
+def simulate_clicks(model: CustomModel, batch: dict[str, torch.Tensor], config: CustomConfig, n_clicks: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RITM iterative training: ``n_clicks`` rounds of "predict, then click on the error".
+
+    Round ``k`` runs stage 1 (no gradient, the model's current mode) with the ``k`` clicks so far
+    and the previous round's logits as mask input, and places click ``k + 1`` per object with
+    :func:`samstudy.clicks.next_click` on the ``R`` crop (ground truth = soft target > 0.5; earlier
+    clicks blocked), the rule of the evaluation's simulator. Returns ``clicks float32 (B, n, 3)``
+    (``x, y, label`` in ``R`` crop pixels; -1 rows when an object had no error left) and
+    ``prev_logits (B, 1, R, R)`` = the last round's prediction, which the training step then
+    takes as mask input together with all ``n`` clicks, and the batch's click-free inputs.
+    """
+    r = config.refine_size
+    b = batch["rgb2"].shape[0]
+    gt = (batch["mask2"][:, 0] > 0.5).cpu().numpy()
+    clicks = np.full((b, n_clicks, 3), -1.0, dtype=np.float32)
+    done: list[list[Click]] = [[] for _ in range(b)]
+    prev = None
+    base = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
+    for k in range(n_clicks):
+        ct = torch.from_numpy(clicks[:, :k]).to(batch["rgb2"].device) if k else None
+        inputs = with_interaction(base, config, ct, prev)
+        logits1 = model.stage1(inputs["x1"], inputs.get("rgb01_half"))
+        prev = F.interpolate(logits1, size=(r, r), mode="bilinear", align_corners=False)
+        pred = (prev[:, 0] > 0).cpu().numpy()
+        for i in range(b):
+            c = next_click(gt[i], pred[i], clicked=done[i])
+            if c is not None:
+                done[i].append(c)
+                clicks[i, k] = (c.x, c.y, 1.0 if c.is_positive else 0.0)
+    return torch.from_numpy(clicks).to(batch["rgb2"].device), prev, base
+
+
 def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                 config: CustomConfig, rng: np.random.Generator) -> tuple[float, float, float]:
-    inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
-    s2 = 2 * config.crop_size
+    if config.max_train_clicks > 0 and rng.random() < config.click_prob:
+        clicks, prev, base = simulate_clicks(model, batch, config, int(rng.integers(1, config.max_train_clicks + 1)))
+        inputs = with_interaction(base, config, clicks, prev)
+    else:
+        inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
+    s2 = config.refine_size
     target = batch["mask2"]
     logits1 = model.stage1(inputs["x1"], inputs.get("rgb01_half"))
     if config.stage2_patch < s2:
