@@ -81,7 +81,7 @@ def test_register_model_adds_a_builder_usable_by_name(tiny_ckpt):
 def test_each_registered_model_is_an_instance_of_its_declared_class(tiny_ckpt):
     """The declared class is what configs check modes against: it must be what the builder returns."""
     assert model_class("litemedsam") is type(build_model("litemedsam"))
-    assert model_class("custom").supported_modes == frozenset({"extreme_points"})
+    assert model_class("custom").supported_modes == frozenset({"extreme_points", "clicks"})  # clicks after the 4 points
     assert model_class("sam_vit_h").supported_modes >= {"tight_box", "clicks", "extreme_points"}
 
 
