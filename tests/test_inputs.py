@@ -430,7 +430,6 @@ def test_data_stage_notebook_fails_with_the_skip_summary_and_the_index_links_the
     (``samstudy run`` exits 1) with the summary, and the index shows the counts and links the table."""
     from samstudy.pipeline import run_study
 
-    repo = Path(__file__).resolve().parents[1]
     ann = _coco_set(tmp_path / "d", 10, 120, 160)  # big enough for the cut to fall in the scan data
     for i in (4, 8):
         p = tmp_path / "d" / "images" / f"{i}.jpg"
@@ -438,7 +437,7 @@ def test_data_stage_notebook_fails_with_the_skip_summary_and_the_index_links_the
         p.write_bytes(b[: len(b) // 2] + b"\xff\xd9")
     cfg = load_config(_config(tmp_path, {"source": "coco", "annotations": str(ann),
                                          "images": str(tmp_path / "d" / "images")}))
-    result = run_study(cfg, "r", results_root=tmp_path / "results", notebooks_dir=repo / "notebooks",
+    result = run_study(cfg, "r", results_root=tmp_path / "results",
                        only=["data"], progress=False, log=lambda m: None)
     assert result.failure is not None and result.failure.stage == "data"
     msg = str(result.failure)
