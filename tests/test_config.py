@@ -245,7 +245,8 @@ def test_tiny_run_from_outside_the_checkout(tmp_path, capsys, monkeypatch):
     assert re.search(r"\[train_custom\] custom tiny-train: [^\r\n]*step/s", err)
     assert "to ONNX (one time)" in err and "exported " in err
     assert sorted(p.name for p in user.iterdir()) == ["results", "tiny.yaml"]
-    assert {p.name for p in (tmp_path / "cache").iterdir()} <= {"embeddings", "onnx"}
+    # checksums/ holds the checkpoint's SHA-256 record when no `.sha256` sidecar sits beside it (a fresh machine)
+    assert {p.name for p in (tmp_path / "cache").iterdir()} <= {"embeddings", "onnx", "checksums"}
     assert not (home / ".cache" / "samstudy").exists()
     assert _tree(REPO, skip={".git", "results", ".cache", ".pytest_cache"}) == repo_before
     result_files = [p for p in (user / "results" / "tiny").rglob("*") if p.is_file() and not p.name.startswith(".")]
