@@ -33,7 +33,7 @@ MODEL_CLASSES: dict[str, type[PromptableSegmenter]] = {}
 # The custom model is an arm like any other: built by name from its checkpoint; so is a fine-tuned
 # SAM-family model ("finetuned", samstudy.finetune).
 _BUILTIN_MODULES = ("samstudy.models.sam", "samstudy.models.litemedsam", "samstudy.models.mobile_sam",
-                    "samstudy.models.hq_sam", "samstudy.models.efficientvit_sam",
+                    "samstudy.models.hq_sam", "samstudy.models.efficientvit_sam", "samstudy.models.sam2",
                     "samstudy.custom.arm", "samstudy.finetune")
 
 

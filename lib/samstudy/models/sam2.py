@@ -1,0 +1,262 @@
+"""SAM 2.1 (package ``sam2``, Meta's code; built without its CUDA extension) behind the
+:class:`PromptableSegmenter` interface, matching ``sam2.sam2_image_predictor.SAM2ImagePredictor``.
+
+Pipeline, as ``SAM2ImagePredictor`` (``set_image`` + ``predict``):
+
+- encode: the model's own ``SAM2Transforms``: ``ToTensor`` (/255), resize to the *square*
+  ``image_size x image_size`` (1024; torchvision bilinear with antialias, aspect ratio not kept, no
+  padding), ImageNet mean/std. Hiera + FPN neck give three maps; the decoder's 1x1 convs
+  (``conv_s0``, ``conv_s1``) are applied inside ``forward_image``, and ``no_mem_embed`` is added to
+  the lowest-resolution map (an image has no memory). Cached: ``features`` = ``image_embed``
+  ``(1, 256, 64, 64)`` and ``extra`` = ``feat_s0 (1, 32, 256, 256)``, ``feat_s1 (1, 64, 128, 128)``
+  (16 MiB per image in float32).
+- decode: points ``(x, y)`` and boxes xyxy in original pixels are normalised by the original
+  ``(W, H)`` and scaled to ``image_size`` (``SAM2Transforms.transform_coords``); a box becomes two
+  points with labels 2, 3 placed *before* the prompt's points, and the prompt encoder always adds
+  its padding point (``boxes=None``). The mask decoder predicts four masks (token 0 single-output,
+  1..3 multimask). Multimask returns tokens 1..3. The single output is token 0 unless its stability
+  score (IoU of ``logits > 0.05`` and ``logits > -0.05``) is below 0.98: then it is the multimask
+  output with the highest predicted IoU (``build_sam2``'s default
+  ``dynamic_multimask_via_stability``; ``MaskDecoder._dynamic_multimask_via_stability``). Masks =
+  bilinear upsampling of the low-res logits ``(256, 256)`` straight to ``(H, W)``, ``> 0``; the
+  returned low-res logits are clamped to ``[-32, 32]`` as the predictor's, and fed back as
+  ``mask_inputs`` for the next click.
+
+Registry names ``sam2.1_hiera_t``, ``_s``, ``_b+``, ``_l`` (the package's hydra configs
+``configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml``); checkpoints in the official format
+``{"model": state_dict}`` (`make weights MODEL=sam2.1_hiera_t`); ``random_init=True`` for benchmarks.
+ONNX Runtime is not offered (``runtime`` must be ``"torch"``; see :data:`ONNX_NOTE`).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compute import torch_settings
+from .base import Decoded, Embedding, PromptableSegmenter, check_rgb_uint8
+from .registry import register_model
+from .release import build_released
+from .sam import DEFAULT_DECODE_CHUNK, _group_prompts, _prompt_arrays
+
+# registry name -> (hydra config inside the sam2 package, report label)
+SAM2_VARIANTS: dict[str, tuple[str, str]] = {
+    "sam2.1_hiera_t": ("configs/sam2.1/sam2.1_hiera_t.yaml", "SAM 2.1 Hiera-T"),
+    "sam2.1_hiera_s": ("configs/sam2.1/sam2.1_hiera_s.yaml", "SAM 2.1 Hiera-S"),
+    "sam2.1_hiera_b+": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "SAM 2.1 Hiera-B+"),
+    "sam2.1_hiera_l": ("configs/sam2.1/sam2.1_hiera_l.yaml", "SAM 2.1 Hiera-L"),
+}
+HIGH_RES_KEYS = ("feat_s0", "feat_s1")  # Embedding.extra: stride-4 and stride-8 maps (after conv_s0/conv_s1)
+LOW_RES_CLAMP = 32.0  # SAM2ImagePredictor clamps the returned low-res logits (not the masks) to +-32
+_POSTPROCESS_CHUNK = 16
+ONNX_NOTE = ("SAM 2.1 runs with runtime 'torch' only: its mask decoder takes the two high-resolution "
+             "feature maps and picks the single output by a stability score, which the project's ONNX "
+             "export (onnx_runtime.OrtSam: SAM's predict_masks with four inputs) does not cover")
+
+
+class Sam2Segmenter(PromptableSegmenter):
+    """A ``sam2.modeling.sam2_base.SAM2Base`` as a promptable image segmenter (see the module docstring).
+
+    decode_chunk: prompts per mask-decoder call (default 1 on CPU, 64 on CUDA, as SAM).
+    num_threads: torch intra-op threads while encoding/decoding (``None``: torch's default).
+    runtime: ``"torch"`` only (:data:`ONNX_NOTE`).
+    """
+
+    def __init__(self, model: nn.Module, *, name: str, label: str, checkpoint_sha256: str,
+                 device: str | torch.device = "cpu", decode_chunk: int | None = None,
+                 num_threads: int | None = None, runtime: str = "torch") -> None:
+        if runtime != "torch":
+            raise ValueError(f"{name}: runtime must be 'torch', got {runtime!r}. {ONNX_NOTE}")
+        for part in ("image_encoder", "sam_prompt_encoder", "sam_mask_decoder", "forward_image"):
+            if not hasattr(model, part):
+                raise TypeError(f"{name}: model has no '{part}'; expected a sam2 SAM2Base module")
+        if not model.use_high_res_features_in_sam:
+            raise TypeError(f"{name}: a SAM2Base without high-resolution features in its decoder is not supported")
+        from sam2.utils.transforms import SAM2Transforms
+
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.name, self.label, self.checkpoint_sha256 = name, label, checkpoint_sha256
+        self.decode_chunk = int(decode_chunk or DEFAULT_DECODE_CHUNK.get(self.device.type, 8))
+        self.num_threads = num_threads
+        self.runtime = runtime
+        self.img_size = int(model.image_size)
+        self.mask_threshold = 0.0  # SAM2ImagePredictor's default
+        self.preprocess_id = f"sam2-sq{self.img_size}-tvbilinear-aa-imagenet"
+        with warnings.catch_warnings():  # SAM2Transforms scripts its Resize/Normalize (a FutureWarning of torch.jit)
+            warnings.simplefilter("ignore", FutureWarning)
+            self._transforms = SAM2Transforms(resolution=self.img_size, mask_threshold=self.mask_threshold)
+        with torch.inference_mode():  # depends on the weights only
+            self._dense_pe = self.model.sam_prompt_encoder.get_dense_pe()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, label={self.label!r}, sha256={self.checkpoint_sha256[:12]})"
+
+    # ---- encode
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``uint8 (H, W, 3)`` -> float32 ``(1, 3, img_size, img_size)`` (``SAM2Transforms``, on CPU)."""
+        return self._transforms(image)[None]
+
+    def encode(self, image: np.ndarray) -> Embedding:
+        """Encode an RGB ``uint8 (H, W, 3)`` image: ``image_embed`` + the two high-res maps, float32 on CPU."""
+        image = check_rgb_uint8(image, self.name)
+        with torch_settings(self.num_threads):
+            original_hw = (int(image.shape[0]), int(image.shape[1]))
+            x = self.preprocess(image).to(self.device)
+            m = self.model
+            with torch.inference_mode():
+                _, feats, _, sizes = m._prepare_backbone_features(m.forward_image(x))
+                if m.directly_add_no_mem_embed:
+                    feats[-1] = feats[-1] + m.no_mem_embed
+                # (h*w, 1, C) -> (1, C, h, w), finest first
+                maps = [f.permute(1, 2, 0).reshape(1, -1, *hw) for f, hw in zip(feats, sizes)]
+            # clone outside inference mode: the cached tensors stay usable in autograd
+            out = [t.float().cpu().clone().contiguous() for t in maps]
+        return Embedding(features=out[-1], original_hw=original_hw, input_hw=(self.img_size, self.img_size),
+                         model_key=self.cache_key, extra=dict(zip(HIGH_RES_KEYS, out[:-1])))
+
+    # ---- decode
+    def _check_embedding(self, embedding: Embedding) -> None:
+        if embedding.model_key is not None and embedding.model_key != self.cache_key:
+            raise ValueError(f"{self.name}: embedding was computed by {embedding.model_key!r}, "
+                             f"not by this model ({self.cache_key!r})")
+        pe = self.model.sam_prompt_encoder
+        h, w = map(int, pe.image_embedding_size)
+        dim = int(pe.embed_dim)
+        expected = {"features": (1, dim, h, w), "feat_s0": (1, dim // 8, 4 * h, 4 * w),
+                    "feat_s1": (1, dim // 4, 2 * h, 2 * w)}
+        got = {"features": tuple(embedding.features.shape),
+               **{k: tuple(embedding.extra[k].shape) if k in embedding.extra else None for k in HIGH_RES_KEYS}}
+        if got != expected:
+            raise ValueError(f"{self.name}: embedding tensors have shapes {got}, this model expects {expected} "
+                             "(an embedding of another model?)")
+
+    def _check_mask_inputs(self, mask_inputs: np.ndarray | None, n: int) -> torch.Tensor | None:
+        if mask_inputs is None:
+            return None
+        expected = (n, 1, *map(int, self.model.sam_prompt_encoder.mask_input_size))
+        m = np.asarray(mask_inputs, dtype=np.float32)
+        if m.shape != expected:
+            raise ValueError(f"{self.name}: mask_inputs must have shape {expected} (N, 1, low-res logits), got {m.shape}")
+        return torch.from_numpy(np.ascontiguousarray(m))
+
+    def decode(self, embedding: Embedding, prompts: Sequence[Any], multimask: bool = False,
+               mask_inputs: np.ndarray | None = None) -> Decoded:
+        """Decode ``N`` prompts on one image: masks bool ``(N, K, H, W)``, iou_pred float32 ``(N, K)``,
+        low_res_logits float32 ``(N, K, 256, 256)`` clamped to +-32; K = 3 if multimask else 1."""
+        return self.decode_multimask(embedding, prompts, [multimask], mask_inputs)[0]
+
+    def decode_multimask(self, embedding: Embedding, prompts: Sequence[Any], multimask: Sequence[bool],
+                         mask_inputs: np.ndarray | None = None) -> list[Decoded]:
+        """One decoder pass for several multimask settings: the four outputs are computed once and
+        the single output is selected from them exactly as ``MaskDecoder.forward`` does."""
+        self._check_embedding(embedding)
+        with torch_settings(self.num_threads):
+            low, iou = self._decode_all(embedding, prompts, mask_inputs)
+            dec = self.model.sam_mask_decoder
+            out = []
+            for m in multimask:
+                if m:
+                    lo, io = low[:, 1:], iou[:, 1:]
+                elif dec.dynamic_multimask_via_stability:
+                    lo, io = dec._dynamic_multimask_via_stability(low, iou)
+                else:
+                    lo, io = low[:, :1], iou[:, :1]
+                masks = self.postprocess(lo, embedding.original_hw)
+                clamped = torch.clamp(lo, -LOW_RES_CLAMP, LOW_RES_CLAMP).contiguous()
+                out.append(Decoded(masks=masks, iou_pred=io.numpy().copy(), low_res_logits=clamped.numpy()))
+            return out
+
+    def _decode_all(self, embedding: Embedding, prompts: Sequence[Any],
+                    mask_inputs: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """All four decoder outputs: low-res logits ``(N, 4, 256, 256)`` and predicted IoU ``(N, 4)``."""
+        n = len(prompts)
+        masks_t = self._check_mask_inputs(mask_inputs, n)
+        parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
+        for i, (box, points, _) in enumerate(parsed):
+            if box is None and points is None and masks_t is None:
+                raise ValueError(f"{self.name}: prompt {i} has neither a box nor points (and no mask input)")
+        dec = self.model.sam_mask_decoder
+        k = int(dec.num_mask_tokens)
+        low_hw = tuple(int(s) for s in self.model.sam_prompt_encoder.mask_input_size)
+        low = torch.zeros((n, k, *low_hw), dtype=torch.float32)
+        iou = torch.zeros((n, k), dtype=torch.float32)
+        embed = embedding.features.to(self.device, dtype=torch.float32)
+        high_res = [embedding.extra[key].to(self.device, dtype=torch.float32) for key in HIGH_RES_KEYS]
+        for idx in _group_prompts(parsed).values():
+            for start in range(0, len(idx), self.decode_chunk):
+                chunk = idx[start:start + self.decode_chunk]
+                points = self._prompt_points(embedding.original_hw, [parsed[i] for i in chunk])
+                masks = None if masks_t is None else masks_t[chunk].to(self.device)
+                with torch.inference_mode():
+                    sparse, dense = self.model.sam_prompt_encoder(points=points, boxes=None, masks=masks)
+                    lo, io, _, _ = dec.predict_masks(image_embeddings=embed, image_pe=self._dense_pe,
+                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                                     repeat_image=True, high_res_features=high_res)
+                low[chunk], iou[chunk] = lo.float().cpu(), io.float().cpu()
+        return low, iou
+
+    def _prompt_points(self, original_hw: tuple[int, int],
+                       group: list[tuple]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Box corners (labels 2, 3) then points as SAM 2's point prompt: coords ``(n, K', 2)`` float32
+        in the ``img_size`` frame and labels ``(n, K')`` int32; ``None`` for mask-only prompts."""
+        coords, labels = [], []
+        tf = self._transforms
+        if group[0][0] is not None:
+            boxes = torch.as_tensor(np.stack([b for b, _, _ in group]), dtype=torch.float32)
+            coords.append(tf.transform_boxes(boxes, normalize=True, orig_hw=original_hw))  # (n, 2, 2)
+            labels.append(torch.tensor([[2, 3]], dtype=torch.int32).repeat(len(group), 1))
+        if group[0][1] is not None:
+            pts = torch.as_tensor(np.stack([p for _, p, _ in group]), dtype=torch.float32)
+            coords.append(tf.transform_coords(pts, normalize=True, orig_hw=original_hw))
+            labels.append(torch.as_tensor(np.stack([lab for _, _, lab in group]), dtype=torch.int32))
+        if not coords:
+            return None
+        return torch.cat(coords, dim=1).to(self.device), torch.cat(labels, dim=1).to(self.device)
+
+    def postprocess(self, low_res: torch.Tensor, original_hw: tuple[int, int]) -> np.ndarray:
+        """Low-res logits ``(N, K, l, l)`` -> bool masks ``(N, K, H, W)``: bilinear to ``(H, W)``, ``> 0``."""
+        n, k = low_res.shape[:2]
+        flat = low_res.reshape(n * k, 1, *low_res.shape[-2:])
+        out = np.zeros((n * k, *original_hw), dtype=bool)
+        with torch.inference_mode():
+            for s in range(0, n * k, _POSTPROCESS_CHUNK):
+                x = F.interpolate(flat[s:s + _POSTPROCESS_CHUNK].to(self.device), original_hw, mode="bilinear",
+                                  align_corners=False)
+                out[s:s + _POSTPROCESS_CHUNK] = (x[:, 0] > self.mask_threshold).cpu().numpy()
+        return out.reshape(n, k, *original_hw)
+
+
+def sam2_module(config: str, overrides: Sequence[str] = ()) -> Callable[[], nn.Module]:
+    """Factory of an untrained ``SAM2Base`` from a hydra config of the ``sam2`` package (e.g.
+    ``configs/sam2.1/sam2.1_hiera_t.yaml``) with hydra ``overrides`` (tests shrink the model), built by
+    ``sam2.build_sam.build_sam2`` with its defaults (the image predictor's post-processing settings)."""
+
+    def build() -> nn.Module:
+        from sam2.build_sam import build_sam2
+
+        return build_sam2(config, ckpt_path=None, device="cpu", hydra_overrides_extra=list(overrides)).eval()
+    return build
+
+
+def _register(name: str) -> None:
+    config, label = SAM2_VARIANTS[name]
+
+    @register_model(name, Sam2Segmenter)
+    def build(checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu", *,
+              random_init: bool = False, factory: Callable[[], nn.Module] | None = None,
+              **kwargs: Any) -> Sam2Segmenter:
+        return build_released(Sam2Segmenter, name, label, factory or sam2_module(config), checkpoint, device,
+                              random_init, **kwargs)
+    build.__qualname__ = f"build_{name.replace('.', '_').replace('+', 'plus')}"
+    build.__doc__ = (f"{label} from ``checkpoint`` (official format ``{{'model': state_dict}}``; default "
+                     f"``data/weights/<official file>``, `make weights MODEL={name}`).")
+
+
+for _n in SAM2_VARIANTS:
+    _register(_n)
