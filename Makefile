@@ -9,9 +9,14 @@ CONFIG ?= configs/demo.yaml
 .PHONY: help study test install bench data-coco weights shared-coco isegm policy policy-synthetic clean-venv
 
 # Install into .venv when the pins changed (pip takes torch/torchvision from this machine's disk).
+# sam2 is an sdist whose build imports torch: it is built last, against the torch just installed (an
+# isolated build would install a second torch with its CUDA libraries into a temporary folder), and
+# with SAM2_BUILD_CUDA=0 (no CUDA extension: it only serves SAM 2's optional hole filling).
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt
+	grep -v '^sam2==' requirements.txt > $(VENV)/requirements-but-sam2.txt
+	$(PY) -m pip install -q -r $(VENV)/requirements-but-sam2.txt
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-deps --no-build-isolation $$(grep '^sam2==' requirements.txt)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)

@@ -22,7 +22,7 @@ from samstudy.cache import EmbeddingCache
 from samstudy.compute import torch_settings
 from samstudy.models import build_model
 
-DEFAULT = ["mobile_sam", "efficientvit_sam_l0", "efficientvit_sam_xl0", "sam_hq_vit_b"]
+DEFAULT = ["mobile_sam", "efficientvit_sam_l0", "efficientvit_sam_xl0", "sam_hq_vit_b", "sam2.1_hiera_t"]
 
 
 def matmul_gflops(n: int = 1024, reps: int = 5) -> float:
@@ -39,8 +39,11 @@ def _timed(fn) -> float:
 
 
 def encoder_forward(model, x: torch.Tensor):
+    """The bare encoder forward: SAM 2's ``forward_image`` (Hiera + neck + the decoder's two 1x1 convs
+    on the high-res maps, all of what its cached embedding needs), else ``image_encoder``."""
     with torch.inference_mode():
-        return model.model.image_encoder(x)
+        net = model.model
+        return net.forward_image(x) if hasattr(net, "forward_image") else net.image_encoder(x)
 
 
 def main() -> None:

@@ -229,3 +229,75 @@ def test_official_tiny_config_builds_on_cpu_and_encodes():
     assert {k: tuple(v.shape) for k, v in emb.extra.items()} == {"feat_s0": (1, 32, 256, 256), "feat_s1": (1, 64, 128, 128)}
     out = m.decode(emb, [Prompt(mode="tight_box", box=np.array([4.0, 4.0, 30.0, 20.0]))], multimask=True)
     assert out.masks.shape == (1, 3, 32, 48) and out.low_res_logits.shape == (1, 3, 256, 256)
+
+
+def test_capabilities_and_the_config_entries():
+    """Configs check modes against the declared class: SAM 2.1 takes every mode of the shipped COCO
+    configs and every multimask selection; their commented entries name the downloadable files."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from samstudy.config import model_options
+    from samstudy.models.base import ALL_MODES, check_model_modes
+    from samstudy.models.download import MODEL_CHECKPOINTS
+    from samstudy.models.sam2 import SAM2_VARIANTS
+    from samstudy.prompts import parse_modes
+
+    root = Path(__file__).resolve().parents[1]
+    for cfg in ("configs/coco.yaml", "configs/shared-coco.yaml"):
+        text = (root / cfg).read_text()
+        modes = parse_modes(yaml.safe_load(text)["foundation"]["modes"])
+        entries = [yaml.safe_load(m) for m in re.findall(r"^\s*# - (\{name: sam2\.1_[^}]*\})", text, re.M)]
+        assert sorted(e["name"] for e in entries) == sorted(SAM2_VARIANTS), cfg
+        for e in entries:
+            cls = model_class(e["name"])
+            assert cls.supported_modes == ALL_MODES and cls.multimask_outputs == 3
+            check_model_modes(cls, modes, ("single", "best_of_3"), ("first_best_of_3", "single", "best_of_3"),
+                              name=e["name"])
+            assert Path(e["checkpoint"]).name == MODEL_CHECKPOINTS[e["name"]].filename
+            assert f"make weights MODEL={e['name']}" in text
+    assert {"num_threads", "decode_chunk", "runtime", "random_init"} <= model_options("sam2.1_hiera_l")
+
+
+def test_download_then_build_from_the_default_path(tmp_path, monkeypatch):
+    """The user's path end to end: `make weights MODEL=sam2.1_hiera_t` against a local HTTP server
+    (no published hash: the first download is recorded with a warning), then ``build_model`` from
+    the default weights folder loads it, labelled as the official model, and checks it against the record."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from samstudy.models import ChecksumError
+    from samstudy.models.download import (FIRST_DOWNLOAD_RECORD, MODEL_CHECKPOINTS, RemoteFile,
+                                          UnverifiedDownloadWarning, cached_file_sha256, download_model_checkpoint)
+
+    spec = MODEL_CHECKPOINTS["sam2.1_hiera_t"]
+    assert spec.url == "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_tiny.pt"
+    served = tmp_path / "server" / "092824"
+    served.mkdir(parents=True)
+    factory = _tiny_factory()
+    torch.save({"model": factory().state_dict()}, served / spec.filename)
+    handler = functools.partial(type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None}),
+                                directory=str(tmp_path / "server"))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        files = {"sam2.1_hiera_t": RemoteFile(f"http://127.0.0.1:{httpd.server_address[1]}/092824/{spec.filename}")}
+        weights = tmp_path / "weights"
+        with pytest.warns(UnverifiedDownloadWarning, match="no published checksum"):
+            path = download_model_checkpoint("sam2.1_hiera_t", weights, progress=False, files=files)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert path == weights / "sam2.1_hiera_tiny.pt" and path.read_bytes() == (served / spec.filename).read_bytes()
+    monkeypatch.setenv("SAMSTUDY_WEIGHTS_DIR", str(weights))
+    m = build_model("sam2.1_hiera_t", factory=factory)
+    assert m.label == "SAM 2.1 Hiera-T" and m.checkpoint_sha256 == cached_file_sha256(path)
+    assert (weights / FIRST_DOWNLOAD_RECORD).exists()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))  # a changed file under the official name is refused
+    with pytest.raises(ChecksumError, match="first-download"):
+        build_model("sam2.1_hiera_t", factory=factory)
