@@ -73,6 +73,7 @@ def pair(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         predictor = SAM2ImagePredictor(reference)
+    ours.saved_at = path
     return ours, predictor
 
 
@@ -204,8 +205,8 @@ def test_builders_labels_checkpoints_and_runtime(tmp_path):
         build_model("sam2.1_hiera_t", checkpoint=official, factory=factory)
     with pytest.raises(FileNotFoundError, match=r"make weights MODEL=sam2\.1_hiera_b\+"):
         build_model("sam2.1_hiera_b+", checkpoint=tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match="runtime must be 'torch'"):
-        build_model("sam2.1_hiera_t", random_init=True, factory=factory, runtime="onnxruntime")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        build_model("sam2.1_hiera_t", random_init=True, factory=factory, runtime="tensorrt")
     # the official configs build on the CPU without the CUDA extension, and their decoder is SAM 2's
     assert set(SAM2_VARIANTS) == {"sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l"}
     assert all(model_class(n) is Sam2Segmenter for n in SAM2_VARIANTS)
@@ -301,3 +302,42 @@ def test_download_then_build_from_the_default_path(tmp_path, monkeypatch):
     path.write_bytes(bytes(data))  # a changed file under the official name is refused
     with pytest.raises(ChecksumError, match="first-download"):
         build_model("sam2.1_hiera_t", factory=factory)
+
+
+def test_onnxruntime_matches_the_official_predictor_and_keeps_its_own_cache_key(pair, tmp_path):
+    """runtime 'onnxruntime': exported once, then within ONNX Runtime's float error of the official
+    predictor (logits are scaled up x150 in this model), masks equal away from the 0 level."""
+    ours, predictor = pair
+    ort = build_model("sam2.1_hiera_t", checkpoint=ours.saved_at, factory=_tiny_factory(), num_threads=1,
+                      runtime="onnxruntime", onnx_dir=tmp_path)
+    assert ort.cache_key == f"{ours.cache_key}-onnxruntime"
+    for H, W in SIZES:
+        image = np.random.default_rng(W).integers(0, 256, (H, W, 3), dtype=np.uint8)
+        emb = ort.encode(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            predictor.set_image(image)
+        np.testing.assert_allclose(emb.features, _np(predictor._features["image_embed"]), atol=1e-5, rtol=1e-4)
+        for key, want in zip(('feat_s0', 'feat_s1'), predictor._features["high_res_feats"]):
+            np.testing.assert_allclose(emb.extra[key], _np(want), atol=1e-5, rtol=1e-4)
+        prompts = list(_prompts(H, W).values())
+        for multimask in (False, True):
+            got = ort.decode(emb, prompts, multimask=multimask)
+            for i, prompt in enumerate(prompts):
+                logits, iou, low = _official(predictor, prompt, multimask)
+                ctx = f"{(H, W)} {prompt.mode} multimask={multimask}"
+                np.testing.assert_allclose(got.low_res_logits[i], low, atol=2e-4, rtol=0, err_msg=ctx)  # 5e-5 seen
+                np.testing.assert_allclose(got.iou_pred[i], iou, atol=1e-5, rtol=1e-4, err_msg=ctx)
+                clear = np.abs(logits) > 1e-2
+                np.testing.assert_array_equal(got.masks[i][clear], (logits > 0)[clear], err_msg=ctx)
+        first = ort.decode(emb, prompts[:1])  # mask only: no prompt token at all
+        got = ort.decode(emb, [SimpleNamespace(box=None, points=None, labels=None)], mask_inputs=first.low_res_logits)
+        _, _, low = _official(predictor, None, False, first.low_res_logits[0])
+        np.testing.assert_allclose(got.low_res_logits[0], low, atol=2e-4, rtol=0)
+    files = sorted(tmp_path.glob("*.onnx"))
+    assert [f.name.endswith(("decoder.onnx", "encoder.onnx")) for f in files] == [True, True]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = build_model("sam2.1_hiera_t", checkpoint=ours.saved_at, factory=_tiny_factory(), num_threads=1,
+                        runtime="onnxruntime", onnx_dir=tmp_path)
+    again.encode(np.zeros((20, 30, 3), dtype=np.uint8))
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # exported once, reused

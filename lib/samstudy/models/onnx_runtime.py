@@ -76,6 +76,30 @@ def _export_file(module: nn.Module, args: tuple, path: Path, names: list[str], o
                           dynamic_axes=dynamic_axes, opset_version=_OPSET, dynamo=False)
 
 
+def onnx_paths(key: str, cache_dir: Path) -> tuple[Path, Path]:
+    """``(encoder, decoder)`` ONNX files of the model ``key`` under ``cache_dir``, named with the
+    torch and onnxruntime versions (an upgrade exports again)."""
+    tag = f"{key}-torch{torch.__version__.split('+')[0]}-ort{_import_ort().__version__}"
+    return cache_dir / f"{tag}-encoder.onnx", cache_dir / f"{tag}-decoder.onnx"
+
+
+def export_once(module: nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str],
+                dynamic_axes: dict | None = None) -> None:
+    """Export ``module`` traced on ``args`` to ``path`` unless that file exists (atomic, announced)."""
+    if not path.is_file():
+        _export_atomic(module, args, path, names, outputs, dynamic_axes)
+
+
+def cpu_session(path: Path, threads: int | None) -> Any:
+    """An ONNX Runtime CPU session of ``path`` with ``threads`` intra-op threads (``None``: torch's count)."""
+    ort = _import_ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OrtSam:
     """The encoder and mask decoder of ``model`` as ONNX Runtime sessions (CPU).
 
@@ -87,23 +111,15 @@ class OrtSam:
 
     def __init__(self, model: nn.Module, key: str, input_size: int, cache_dir: str | os.PathLike | None = None,
                  threads: int | None = None) -> None:
-        ort = _import_ort()
         self.dir = Path(cache_dir) if cache_dir is not None else default_onnx_dir()
-        tag = f"{key}-torch{torch.__version__.split('+')[0]}-ort{ort.__version__}"
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or torch.get_num_threads())
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.encoder_path = self.dir / f"{tag}-encoder.onnx"
-        self.decoder_path = self.dir / f"{tag}-decoder.onnx"
+        self.encoder_path, self.decoder_path = onnx_paths(key, self.dir)
         if not self.encoder_path.is_file():
             x = torch.zeros((1, 3, input_size, input_size), dtype=torch.float32)
             _export_atomic(model.image_encoder, (x,), self.encoder_path, ["image"], ["features"], None)
         if not self.decoder_path.is_file():
             self._export_decoder(model)
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(self.encoder_path), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(self.decoder_path), options, providers=providers)
+        self.encoder = cpu_session(self.encoder_path, threads)
+        self.decoder = cpu_session(self.decoder_path, threads)
 
     def _export_decoder(self, model: nn.Module) -> None:
         pe = model.prompt_encoder
