@@ -341,3 +341,57 @@ def test_onnxruntime_matches_the_official_predictor_and_keeps_its_own_cache_key(
                         runtime="onnxruntime", onnx_dir=tmp_path)
     again.encode(np.zeros((20, 30, 3), dtype=np.uint8))
     assert [f.stat().st_mtime_ns for f in files] == stamps  # exported once, reused
+
+
+def test_a_config_with_sam2_keeps_it_out_of_the_default_finetune_models(tmp_path):
+    """finetune.models empty = the foundation models the fine-tuned arm can train: SAM 2.1 is an
+    arm of the foundation experiment but has no SAM prompt encoder + mask decoder to fine-tune."""
+    from pathlib import Path
+
+    import yaml
+
+    from samstudy.config import ConfigError, load_config
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text())
+    sam2 = {"name": "sam2.1_hiera_t", "options": {"random_init": True}}
+    raw["foundation"]["models"] = [*raw["foundation"]["models"], sam2]
+    raw["finetune"] = {"enabled": True, "models": [], "prompts": ["box"]}
+    path = tmp_path / "with_sam2.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_config(path)
+    assert [m.name for m in cfg.foundation.models] == ["litemedsam", "sam2.1_hiera_t"]
+    assert [m.name for m in cfg.finetune.models] == ["litemedsam"]
+    raw["foundation"]["models"] = [sam2]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="no foundation model has a SAM prompt encoder"):
+        load_config(path)
+    raw["finetune"]["models"] = [sam2]  # named explicitly: refused, naming it
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="'sam2.1_hiera_t' is not a SAM-family model"):
+        load_config(path)
+
+
+def test_the_engine_runs_every_mode_with_sam2_and_resumes_from_the_cache(pair, tmp_path):
+    """SAM 2.1 through the one engine with no special case: every prompt mode, corrective clicks
+    with logits feedback, both multimask selections; a second run reads the cached embeddings."""
+    from samstudy import engine
+    from samstudy.data import load_coco
+    from samstudy.synthetic import SyntheticConfig, generate_probe_set
+
+    ours, _ = pair
+    root = generate_probe_set(SyntheticConfig(n_images=1, seed=2, objects_per_image=(2, 2)), tmp_path / "syn")
+    ds = load_coco(root / "instances.json", root / "images")
+    modes = ["tight_box", "loose_box[b=0.2]", "extreme_points", "extreme_points_box", "center_point",
+             "box_center_point", "clicks[start=click,max_clicks=3]", "clicks[start=box,max_clicks=2]"]
+    cache = tmp_path / "cache"
+    out = engine.run_experiment(ds, ours, modes, tmp_path / "a", cache, progress=False)
+    ok = out[out.status == "ok"]
+    assert len(ok) > 0 and set(ok.prompt_mode) == set(modes) and not ok.cached.any()
+    assert set(ok.model) == {"sam2.1_hiera_t"} and set(ok.checkpoint_sha256) == {ours.checkpoint_sha256}
+    clicks = ok[ok.prompt_mode == "clicks[start=click,max_clicks=3]"]
+    assert clicks.click.max() >= 2  # the random model never reaches the target: sequences go on
+    again = engine.run_experiment(ds, ours, modes, tmp_path / "b", cache, progress=False)
+    assert again[again.status == "ok"].cached.all()
+    cols = ["image_id", "ann_id", "prompt_mode", "multimask", "click"]
+    a, b = ok.sort_values(cols).reset_index(drop=True), again[again.status == "ok"].sort_values(cols).reset_index(drop=True)
+    np.testing.assert_array_equal(a.iou.to_numpy(), b.iou.to_numpy())

@@ -154,7 +154,7 @@ class FinetuneSection:
     each base model fine-tuned on the train split per prompt type (``box``, ``extreme_points``,
     ``clicks``), then scored with that prompt type's modes (``finetune.EVAL_MODES``).
 
-    models: base models (empty: the foundation models); epochs: the step schedule; minutes: budget
+    models: base models (empty: the foundation models of the SAM family); epochs: the step schedule; minutes: budget
     per arm (only stops training); options: other ``finetune.FinetuneConfig`` fields (batch_size, lr...).
     """
 
@@ -621,7 +621,8 @@ def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> Fine
     else:
         d.pop("models", None)
     ft = _build(FinetuneSection, d, "finetune", file)
-    if not ft.models:
+    defaulted = not ft.models
+    if defaulted:
         ft = dataclasses.replace(ft, models=fc.models)
     if not ft.enabled:
         return ft
@@ -633,9 +634,13 @@ def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> Fine
     fixed = {"model", "checkpoint", "options", "prompt", "epochs", "max_minutes"}
     _require(not (set(ft.options) & fixed), file, f"finetune.options may not set {sorted(set(ft.options) & fixed)} (section keys)")
     _check_passthrough(dict(ft.options), FinetuneConfig, lambda kw: FinetuneConfig(**kw), "finetune.options", file)
-    for i, spec in enumerate(ft.models):
-        from .models.registry import model_class
+    from .models.registry import model_class
 
+    if defaulted:  # the foundation models the arm can fine-tune (SAM's prompt encoder + mask decoder; not SAM 2.1)
+        ft = dataclasses.replace(ft, models=tuple(m for m in fc.models if hasattr(model_class(m.name), "to_input_frame")))
+        _require(bool(ft.models), file, "finetune: no foundation model has a SAM prompt encoder + mask decoder "
+                 "to fine-tune; list finetune.models or set finetune.enabled: false")
+    for i, spec in enumerate(ft.models):
         try:
             cls = model_class(spec.name)
         except ValueError as e:

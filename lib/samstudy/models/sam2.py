@@ -169,6 +169,8 @@ class Sam2Segmenter(PromptableSegmenter):
     # ---- encode
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """``uint8 (H, W, 3)`` -> float32 ``(1, 3, img_size, img_size)`` (``SAM2Transforms``, on CPU)."""
+        if not image.flags.writeable:  # torch warns on read-only arrays (the engine's images may be)
+            image = image.copy()
         return self._transforms(image)[None]
 
     def encode(self, image: np.ndarray) -> Embedding:
