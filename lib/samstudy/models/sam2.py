@@ -68,7 +68,8 @@ def image_maps(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     _, feats, _, sizes = model._prepare_backbone_features(model.forward_image(x))
     if model.directly_add_no_mem_embed:
         feats[-1] = feats[-1] + model.no_mem_embed
-    s0, s1, embed = (f.permute(1, 2, 0).reshape(1, -1, *hw) for f, hw in zip(feats, sizes))  # (h*w, 1, C) ->
+    # each (h*w, 1, C) -> (1, C, h, w)
+    s0, s1, embed = (f.permute(1, 2, 0).reshape(1, -1, *hw) for f, hw in zip(feats, sizes))
     return s0, s1, embed
 
 
