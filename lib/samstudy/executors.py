@@ -289,6 +289,11 @@ def _items(dataset: "Dataset", todo: Sequence[tuple[int, str]],
     return items
 
 
+def _restart_args() -> dict[str, int]:
+    """Ray remote options of the model actors: a killed actor is restarted and its task retried."""
+    return {"max_restarts": _RETRIES, "max_task_retries": _RETRIES}
+
+
 def _run_on_ray(spec: ExecutorSpec, dataset: "Dataset", model: "PromptableSegmenter", cache: EmbeddingCache,
                 todo: Sequence[tuple[int, str]], step: ImageStep,
                 variants: Mapping[str, Mapping[int, "Instance"]], bar: ImageProgress) -> None:
@@ -307,7 +312,8 @@ def _run_on_ray(spec: ExecutorSpec, dataset: "Dataset", model: "PromptableSegmen
         ds = ds.map_batches(_Worker, batch_size=1, batch_format="numpy",
                             fn_constructor_kwargs={"step": step, "source": source, "cache_root": cache_root},
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus, num_gpus=gpus,
-                            max_restarts=_RETRIES, max_task_retries=_RETRIES)
+                            # actor restart options have no named parameter; **ray_remote_args is deprecated
+                            ray_remote_args_fn=_restart_args)
         for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
             st = cache.stats
             st.hits += int(batch["hits"].sum())
