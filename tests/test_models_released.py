@@ -21,6 +21,7 @@ from samstudy.prompts import Prompt
 
 SIZES = [(45, 70), (83, 52)]
 TOL = 1e-5
+ORT_TOL = 1e-4  # placeholder
 
 
 def _tiny_mobile_sam() -> torch.nn.Module:
@@ -123,7 +124,16 @@ def family(request, tmp_path_factory):
     reference = factory()
     reference.load_state_dict(torch.load(path, weights_only=True))
     predictor, extra = _official_predictor(request.param, reference.eval())
+    ours.saved_at, ours.factory, ours.options = path, factory, options  # to build the ONNX Runtime twin
     return request.param, ours, predictor, extra
+
+
+def _prompts(H: int, W: int) -> dict[str, Prompt]:
+    box = np.array([0.2 * W, 0.15 * H, 0.8 * W, 0.7 * H])
+    points, labels = np.array([[0.5 * W, 0.4 * H], [0.1 * W, 0.9 * H]]), np.array([1, 0])
+    return {"box": Prompt(mode="tight_box", box=box),
+            "points": Prompt(mode="points", box=None, points=points, labels=labels),
+            "box_points": Prompt(mode="box_center_point", box=box, points=points[:1], labels=labels[:1])}
 
 
 @pytest.mark.parametrize("hw", SIZES)
@@ -133,11 +143,8 @@ def test_matches_the_official_predictor_for_every_prompt_kind(family, hw):
     image = np.random.default_rng(H).integers(0, 256, (H, W, 3), dtype=np.uint8)
     emb = ours.encode(image)
     predictor.set_image(image)
-    box = np.array([0.2 * W, 0.15 * H, 0.8 * W, 0.7 * H])
-    points, labels = np.array([[0.5 * W, 0.4 * H], [0.1 * W, 0.9 * H]]), np.array([1, 0])
-    prompts = {"box": Prompt(mode="tight_box", box=box),
-               "points": Prompt(mode="points", box=None, points=points, labels=labels),
-               "box_points": Prompt(mode="box_center_point", box=box, points=points[:1], labels=labels[:1])}
+    prompts = _prompts(H, W)
+    points = prompts["points"].points
     for kind, prompt in prompts.items():
         for multimask in (False, True):
             got = ours.decode(emb, [prompt], multimask=multimask)
@@ -164,6 +171,56 @@ def test_matches_the_official_predictor_for_every_prompt_kind(family, hw):
     np.testing.assert_array_equal(got.masks[0], logits > 0)
     np.testing.assert_allclose(got.low_res_logits[0], low, atol=TOL, rtol=0)
     assert not np.allclose(got.low_res_logits, ours.decode(emb, [click2]).low_res_logits)  # the feedback is used
+
+
+def test_onnxruntime_matches_the_official_predictor(family, tmp_path):
+    """runtime 'onnxruntime' (image path incl. HQ-SAM's hq_features, and the decoder, exported once):
+    within ONNX Runtime's float error of the official predictor; masks equal away from the 0 level."""
+    fam, ours, predictor, extra = family
+    ort = build_model(ours.name, checkpoint=ours.saved_at, factory=ours.factory, num_threads=1,
+                      runtime="onnxruntime", onnx_dir=tmp_path, **ours.options)
+    assert ort.cache_key == f"{ours.cache_key}-onnxruntime"
+    worst = 0.0
+    for H, W in SIZES:
+        image = np.random.default_rng(W).integers(0, 256, (H, W, 3), dtype=np.uint8)
+        emb = ort.encode(image)
+        predictor.set_image(image)
+        np.testing.assert_allclose(emb.features, _np(predictor.features), atol=ORT_TOL, rtol=1e-4)
+        assert set(emb.extra) == ({"hq_features"} if fam.startswith("sam_hq") else set())
+        for kind, prompt in _prompts(H, W).items():
+            for multimask in (False, True):
+                got = ort.decode(emb, [prompt], multimask=multimask)
+                logits, iou, low = map(_np, predictor.predict(
+                    point_coords=prompt.points, point_labels=prompt.labels, box=prompt.box,
+                    multimask_output=multimask, return_logits=True, **extra))
+                pick = slice(None)
+                if fam.startswith("sam_hq") and multimask:  # the official output is the best of the three
+                    best = int(np.argmax(got.iou_pred[0]))
+                    pick = slice(best, best + 1)
+                ctx = f"{fam} {(H, W)} {kind} multimask={multimask}"
+                np.testing.assert_allclose(got.low_res_logits[0, pick], low, atol=ORT_TOL, rtol=0, err_msg=ctx)
+                np.testing.assert_allclose(got.iou_pred[0, pick], iou, atol=ORT_TOL, rtol=1e-4, err_msg=ctx)
+                clear = np.abs(logits) > 10 * ORT_TOL
+                np.testing.assert_array_equal(got.masks[0, pick][clear], (logits > 0)[clear], err_msg=ctx)
+                assert clear.mean() > 0.9, ctx  # the comparison covers almost every pixel
+                worst = max(worst, float(np.abs(got.low_res_logits[0, pick] - low).max()))
+        points = _prompts(H, W)["points"]
+        first = ort.decode(emb, [points])  # second click: the previous low-res logits fed back
+        click2 = Prompt(mode="points", box=None, points=np.vstack([points.points, [[0.3 * W, 0.3 * H]]]),
+                        labels=np.array([1, 0, 1]))
+        got = ort.decode(emb, [click2], mask_inputs=first.low_res_logits)
+        _, _, low = map(_np, predictor.predict(point_coords=click2.points, point_labels=click2.labels,
+                                               mask_input=first.low_res_logits[0], multimask_output=False,
+                                               return_logits=True, **extra))
+        np.testing.assert_allclose(got.low_res_logits[0], low, atol=ORT_TOL, rtol=0)
+    print(f"{fam}: max |ONNX - official| low-res logit {worst:.2e}")
+    files = sorted(tmp_path.glob("*.onnx"))
+    assert [f.name.endswith(("decoder.onnx", "encoder.onnx")) for f in files] == [True, True]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = build_model(ours.name, checkpoint=ours.saved_at, factory=ours.factory, num_threads=1,
+                        runtime="onnxruntime", onnx_dir=tmp_path, **ours.options)
+    again.decode(again.encode(np.zeros((20, 30, 3), dtype=np.uint8)), [_prompts(20, 30)["box"]])
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # exported once, reused
 
 
 def test_cached_embedding_round_trip_gives_identical_masks(family, tmp_path):

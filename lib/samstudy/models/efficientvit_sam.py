@@ -29,8 +29,6 @@ class EfficientVitSamSegmenter(SamSegmenter):
     """EfficientViT-SAM behind :class:`PromptableSegmenter` (see the module docstring)."""
 
     def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        if kwargs.get("runtime", "torch") != "torch":
-            raise ValueError("EfficientViT-SAM: only runtime 'torch' is implemented")
         super().__init__(model, **kwargs)
         self.encoder_size = int(model.image_size[1])
         self.preprocess_id = f"evitsam-rls{self.encoder_size}pil-totensor-meanstd-pad"
@@ -38,6 +36,9 @@ class EfficientVitSamSegmenter(SamSegmenter):
     @staticmethod
     def model_img_size(model: nn.Module) -> int:
         return int(model.image_size[0])  # the prompt/mask frame (1024), not the encoder input
+
+    def encoder_input_size(self) -> int:
+        return self.encoder_size
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """``uint8 (H, W, 3)`` -> float32 ``(1, 3, s, s)`` with ``s`` = the encoder size (512 or 1024)."""
