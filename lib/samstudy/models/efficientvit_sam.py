@@ -7,6 +7,9 @@ from SAM's and is the model's own ``EfficientViTSam.transform``: resize the long
 and low-res logits still live in SAM's 1024 frame (``EfficientViTSamPredictor``: ``input_size`` =
 longest side 1024), so coordinates map to the 1024 frame and masks are cropped there.
 
+``runtime="onnxruntime"`` (SAM's ONNX path, :class:`.onnx_runtime.OrtSam`) exports the encoder at its own
+input size.
+
 Registry names ``efficientvit_sam_l0/l1/l2/xl0/xl1``; ``random_init=True`` for benchmarks.
 """
 from __future__ import annotations

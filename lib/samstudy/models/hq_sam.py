@@ -14,6 +14,10 @@ official decoder keeps only the SAM token (1..3) with the highest predicted IoU,
 three are returned (each + HQ) with their IoUs, so the ``best_of_3`` selection is exactly the
 official multimask output. Low-res logits (the sums) feed back as ``mask_inputs``.
 
+``runtime="onnxruntime"``: the image path (encoder + the ``hq_features`` fusion, :func:`hq_image_maps`)
+and the decoder's five outputs are exported once to ONNX (:class:`.onnx_runtime.OrtSam`) and run by
+ONNX Runtime on the CPU; the prompt encoder and the SAM + HQ sum stay in PyTorch.
+
 Registry names ``sam_hq_vit_b/l/h``; ``random_init=True`` for benchmarks.
 """
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A TinyViT image encoder distilled from SAM ViT-H, with SAM's prompt encoder and mask decoder; the
 same input pipeline as SAM (``ResizeLongestSide(1024)``, SAM's pixel mean/std, zero padding), so
-it is a :class:`~.sam.SamSegmenter` as it is (parity with ``mobile_sam.SamPredictor`` is tested).
+it is a :class:`~.sam.SamSegmenter` as it is, ``runtime="onnxruntime"`` included (parity with
+``mobile_sam.SamPredictor`` is tested for both runtimes).
 Registry name ``mobile_sam``; ``random_init=True`` gives the untrained benchmark model.
 """
 from __future__ import annotations
