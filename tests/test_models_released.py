@@ -212,24 +212,25 @@ def test_onnxruntime_matches_the_official_predictor(family, tmp_path):
         predictor.set_image(image)
         np.testing.assert_allclose(emb.features, _np(predictor.features), atol=1e-5, rtol=1e-4)
         assert set(emb.extra) == ({"hq_features"} if fam.startswith("sam_hq") else set())
-        for kind, prompt in _prompts(H, W).items():
-            for multimask in (False, True):
-                got = ort.decode(emb, [prompt], multimask=multimask)
+        prompts = _prompts(H, W)
+        for multimask in (False, True):
+            batch = ort.decode(emb, list(prompts.values()), multimask=multimask)  # one call, all kinds
+            for i, (kind, prompt) in enumerate(prompts.items()):
                 logits, iou, low = map(_np, predictor.predict(
                     point_coords=prompt.points, point_labels=prompt.labels, box=prompt.box,
                     multimask_output=multimask, return_logits=True, **extra))
                 pick = slice(None)
                 if fam.startswith("sam_hq") and multimask:  # the official output is the best of the three
-                    best = int(np.argmax(got.iou_pred[0]))
+                    best = int(np.argmax(batch.iou_pred[i]))
                     pick = slice(best, best + 1)
                 ctx = f"{fam} {(H, W)} {kind} multimask={multimask}"
-                np.testing.assert_allclose(got.low_res_logits[0, pick], low, atol=ORT_TOL, rtol=0, err_msg=ctx)
-                np.testing.assert_allclose(got.iou_pred[0, pick], iou, atol=1e-5, rtol=1e-4, err_msg=ctx)
+                np.testing.assert_allclose(batch.low_res_logits[i, pick], low, atol=ORT_TOL, rtol=0, err_msg=ctx)
+                np.testing.assert_allclose(batch.iou_pred[i, pick], iou, atol=1e-5, rtol=1e-4, err_msg=ctx)
                 clear = np.abs(logits) > 50 * ORT_TOL  # bilinear upsampling keeps the error below ORT_TOL
-                np.testing.assert_array_equal(got.masks[0, pick][clear], (logits > 0)[clear], err_msg=ctx)
+                np.testing.assert_array_equal(batch.masks[i, pick][clear], (logits > 0)[clear], err_msg=ctx)
                 assert clear.mean() > 0.95, ctx  # the comparison covers almost every pixel
                 scale = max(scale, float(np.abs(low).max()))
-                worst = max(worst, float(np.abs(got.low_res_logits[0, pick] - low).max()))
+                worst = max(worst, float(np.abs(batch.low_res_logits[i, pick] - low).max()))
         points = _prompts(H, W)["points"]
         first = ort.decode(emb, [points])  # second click: the previous low-res logits fed back
         click2 = Prompt(mode="points", box=None, points=np.vstack([points.points, [[0.3 * W, 0.3 * H]]]),
