@@ -10,8 +10,9 @@ LiteMedSAM's TinyViT encoder took 2.52 s in PyTorch and 0.89 s in ONNX Runtime, 
 Exported files are cached under ``cache_dir`` (default ``$SAMSTUDY_ONNX_DIR`` or
 ``<cache root>/onnx``, :func:`samstudy.files.cache_root`), named by the model's cache key and the torch/onnxruntime versions,
 written atomically. The decoder is exported for one prompt at a time with a variable number of
-prompt tokens (point count, box or not), which is how the CPU path decodes anyway. A model with more image maps (HQ-SAM's ``hq_features``)
-passes its own image path and the decoder's extra inputs (``OrtSam(image_path=..., decoder_extra=...)``).
+prompt tokens (point count, box or not), which is how the CPU path decodes anyway. A model with
+more image maps (HQ-SAM's ``hq_features``) passes its own image path and the decoder's extra
+inputs (``OrtSam(image_path=..., decoder_extra=...)``).
 """
 from __future__ import annotations
 
