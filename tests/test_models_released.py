@@ -3,9 +3,10 @@
 Each test builds a small randomly initialised model from the family's own package classes, saves
 its state dict and loads it back through the registry builder (``build_model(name, checkpoint=...,
 factory=...)``: the user's path, with the tiny architecture in place of the official one). Then,
-on two image sizes (landscape and portrait), for a box, points, box + points, multimask and a
-second click with the previous low-res logits fed back, our masks must equal the official
-predictor's and the low-res logits agree within 1e-5.
+on two image sizes (landscape and portrait), for a box, points, box + points, box + four extreme
+points, multimask and a second click with the previous low-res logits fed back, our masks must
+equal the official predictor's and the low-res logits agree within 1e-5. The same again with
+``runtime="onnxruntime"`` (logits scaled to a trained model's size, within 2e-4).
 """
 from __future__ import annotations
 
@@ -123,7 +124,19 @@ def family(request, tmp_path_factory):
     reference = factory()
     reference.load_state_dict(torch.load(path, weights_only=True))
     predictor, extra = _official_predictor(request.param, reference.eval())
+    ours.saved_at, ours.factory, ours.options = path, factory, options  # to build the ONNX Runtime twin
     return request.param, ours, predictor, extra
+
+
+def _prompts(H: int, W: int) -> dict[str, Prompt]:
+    box = np.array([0.2 * W, 0.15 * H, 0.8 * W, 0.7 * H])
+    points, labels = np.array([[0.5 * W, 0.4 * H], [0.1 * W, 0.9 * H]]), np.array([1, 0])
+    return {"box": Prompt(mode="tight_box", box=box),
+            "points": Prompt(mode="points", box=None, points=points, labels=labels),
+            "box_points": Prompt(mode="box_center_point", box=box, points=points[:1], labels=labels[:1]),
+            "extreme_points_box": Prompt(mode="extreme_points_box", box=box, labels=np.ones(4, dtype=int),
+                                         points=np.array([[0.2 * W, 0.5 * H], [0.5 * W, 0.15 * H],
+                                                          [0.8 * W, 0.4 * H], [0.45 * W, 0.7 * H]]))}
 
 
 @pytest.mark.parametrize("hw", SIZES)
@@ -133,11 +146,8 @@ def test_matches_the_official_predictor_for_every_prompt_kind(family, hw):
     image = np.random.default_rng(H).integers(0, 256, (H, W, 3), dtype=np.uint8)
     emb = ours.encode(image)
     predictor.set_image(image)
-    box = np.array([0.2 * W, 0.15 * H, 0.8 * W, 0.7 * H])
-    points, labels = np.array([[0.5 * W, 0.4 * H], [0.1 * W, 0.9 * H]]), np.array([1, 0])
-    prompts = {"box": Prompt(mode="tight_box", box=box),
-               "points": Prompt(mode="points", box=None, points=points, labels=labels),
-               "box_points": Prompt(mode="box_center_point", box=box, points=points[:1], labels=labels[:1])}
+    prompts = _prompts(H, W)
+    points = prompts["points"].points
     for kind, prompt in prompts.items():
         for multimask in (False, True):
             got = ours.decode(emb, [prompt], multimask=multimask)
@@ -164,6 +174,81 @@ def test_matches_the_official_predictor_for_every_prompt_kind(family, hw):
     np.testing.assert_array_equal(got.masks[0], logits > 0)
     np.testing.assert_allclose(got.low_res_logits[0], low, atol=TOL, rtol=0)
     assert not np.allclose(got.low_res_logits, ours.decode(emb, [click2]).low_res_logits)  # the feedback is used
+
+
+LOGIT_GAIN = 50.0  # random-init logits are below 1: scaled to ~40, the size of a trained model's
+ORT_TOL = 2e-4  # ONNX Runtime's fused float32 kernels vs PyTorch's, on logits up to ~40 (3e-5 seen)
+
+
+def _with_large_logits(factory, saved_at, path):
+    """The saved tiny model with each mask token's hypernetwork output layer x LOGIT_GAIN (logits x
+    LOGIT_GAIN, IoUs unchanged), saved at ``path``; returns the module (for the official predictor)."""
+    module = factory()
+    module.load_state_dict(torch.load(saved_at, weights_only=True))
+    dec = module.mask_decoder
+    with torch.no_grad():
+        for mlp in [*dec.output_hypernetworks_mlps, *([dec.hf_mlp] if hasattr(dec, "hf_mlp") else [])]:
+            mlp.layers[-1].weight.mul_(LOGIT_GAIN)
+            mlp.layers[-1].bias.mul_(LOGIT_GAIN)
+    torch.save(module.state_dict(), path)
+    return module.eval()
+
+
+def test_onnxruntime_matches_the_official_predictor(family, tmp_path):
+    """runtime 'onnxruntime' (image path incl. HQ-SAM's hq_features, and the decoder, exported once):
+    within ONNX Runtime's float error of the official predictor; masks equal away from the 0 level."""
+    fam, ours, _, extra = family
+    scaled = tmp_path / "large_logits.pth"
+    predictor, _ = _official_predictor(fam, _with_large_logits(ours.factory, ours.saved_at, scaled))
+    onnx_dir = tmp_path / "onnx"
+    ort = build_model(ours.name, checkpoint=scaled, factory=ours.factory, num_threads=1,
+                      runtime="onnxruntime", onnx_dir=onnx_dir, **ours.options)
+    twin = build_model(ours.name, checkpoint=scaled, factory=ours.factory, **ours.options)
+    assert ort.cache_key == f"{twin.cache_key}-onnxruntime"  # cached embeddings of the two runtimes never mix
+    scale = worst = 0.0
+    for H, W in SIZES:
+        image = np.random.default_rng(W).integers(0, 256, (H, W, 3), dtype=np.uint8)
+        emb = ort.encode(image)
+        predictor.set_image(image)
+        np.testing.assert_allclose(emb.features, _np(predictor.features), atol=1e-5, rtol=1e-4)
+        assert set(emb.extra) == ({"hq_features"} if fam.startswith("sam_hq") else set())
+        prompts = _prompts(H, W)
+        for multimask in (False, True):
+            batch = ort.decode(emb, list(prompts.values()), multimask=multimask)  # one call, all kinds
+            for i, (kind, prompt) in enumerate(prompts.items()):
+                logits, iou, low = map(_np, predictor.predict(
+                    point_coords=prompt.points, point_labels=prompt.labels, box=prompt.box,
+                    multimask_output=multimask, return_logits=True, **extra))
+                pick = slice(None)
+                if fam.startswith("sam_hq") and multimask:  # the official output is the best of the three
+                    best = int(np.argmax(batch.iou_pred[i]))
+                    pick = slice(best, best + 1)
+                ctx = f"{fam} {(H, W)} {kind} multimask={multimask}"
+                np.testing.assert_allclose(batch.low_res_logits[i, pick], low, atol=ORT_TOL, rtol=0, err_msg=ctx)
+                np.testing.assert_allclose(batch.iou_pred[i, pick], iou, atol=1e-5, rtol=1e-4, err_msg=ctx)
+                clear = np.abs(logits) > 50 * ORT_TOL  # bilinear upsampling keeps the error below ORT_TOL
+                np.testing.assert_array_equal(batch.masks[i, pick][clear], (logits > 0)[clear], err_msg=ctx)
+                assert clear.mean() > 0.95, ctx  # the comparison covers almost every pixel
+                scale = max(scale, float(np.abs(low).max()))
+                worst = max(worst, float(np.abs(batch.low_res_logits[i, pick] - low).max()))
+        points = _prompts(H, W)["points"]
+        first = ort.decode(emb, [points])  # second click: the previous low-res logits fed back
+        click2 = Prompt(mode="points", box=None, points=np.vstack([points.points, [[0.3 * W, 0.3 * H]]]),
+                        labels=np.array([1, 0, 1]))
+        got = ort.decode(emb, [click2], mask_inputs=first.low_res_logits)
+        _, _, low = map(_np, predictor.predict(point_coords=click2.points, point_labels=click2.labels,
+                                               mask_input=first.low_res_logits[0], multimask_output=False,
+                                               return_logits=True, **extra))
+        np.testing.assert_allclose(got.low_res_logits[0], low, atol=ORT_TOL, rtol=0)
+    assert scale > 10  # the tolerance is tested on logits of a trained model's size
+    print(f"{fam}: max |ONNX - official| low-res logit {worst:.2e} on logits up to {scale:.1f}")
+    files = sorted(onnx_dir.glob("*.onnx"))
+    assert [f.name.endswith(("decoder.onnx", "encoder.onnx")) for f in files] == [True, True]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = build_model(ours.name, checkpoint=scaled, factory=ours.factory, num_threads=1,
+                        runtime="onnxruntime", onnx_dir=onnx_dir, **ours.options)
+    again.decode(again.encode(np.zeros((20, 30, 3), dtype=np.uint8)), [_prompts(20, 30)["box"]])
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # exported once, reused
 
 
 def test_cached_embedding_round_trip_gives_identical_masks(family, tmp_path):

@@ -10,7 +10,9 @@ LiteMedSAM's TinyViT encoder took 2.52 s in PyTorch and 0.89 s in ONNX Runtime, 
 Exported files are cached under ``cache_dir`` (default ``$SAMSTUDY_ONNX_DIR`` or
 ``<cache root>/onnx``, :func:`samstudy.files.cache_root`), named by the model's cache key and the torch/onnxruntime versions,
 written atomically. The decoder is exported for one prompt at a time with a variable number of
-prompt tokens (point count, box or not), which is how the CPU path decodes anyway.
+prompt tokens (point count, box or not), which is how the CPU path decodes anyway. A model with
+more image maps (HQ-SAM's ``hq_features``) passes its own image path and the decoder's extra
+inputs (``OrtSam(image_path=..., decoder_extra=...)``).
 """
 from __future__ import annotations
 
@@ -55,8 +57,8 @@ class _DecoderAllOutputs(nn.Module):
         self.mask_decoder = mask_decoder
 
     def forward(self, features: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.mask_decoder.predict_masks(features, image_pe, sparse, dense)
+                dense: torch.Tensor, *extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mask_decoder.predict_masks(features, image_pe, sparse, dense, *extra)
 
 
 def _export_atomic(module: nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str],
@@ -107,15 +109,23 @@ class OrtSam:
     key: the segmenter's identity (weights + preprocessing), part of the file names.
     input_size: the encoder's square input side (1024 for SAM, 256 for LiteMedSAM).
     threads: ONNX Runtime intra-op threads (``None``: torch's current thread count).
+    image_path: what is exported as the encoder (default ``model.image_encoder``), returning the
+        maps ``image_outputs`` (the first is the embedding; HQ-SAM adds ``hq_features``).
+    decoder_extra: further image-only inputs of ``mask_decoder.predict_masks``, passed after the
+        four of SAM in this order, by name -> example tensor (HQ-SAM: ``hq_features``).
     """
 
     def __init__(self, model: nn.Module, key: str, input_size: int, cache_dir: str | os.PathLike | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, *, image_path: nn.Module | None = None,
+                 image_outputs: tuple[str, ...] = ("features",),
+                 decoder_extra: dict[str, torch.Tensor] | None = None) -> None:
         self.dir = Path(cache_dir) if cache_dir is not None else default_onnx_dir()
         self.encoder_path, self.decoder_path = onnx_paths(key, self.dir)
+        self.decoder_extra = dict(decoder_extra or {})
         if not self.encoder_path.is_file():
             x = torch.zeros((1, 3, input_size, input_size), dtype=torch.float32)
-            _export_atomic(model.image_encoder, (x,), self.encoder_path, ["image"], ["features"], None)
+            _export_atomic(image_path or model.image_encoder, (x,), self.encoder_path, ["image"],
+                           list(image_outputs), None)
         if not self.decoder_path.is_file():
             self._export_decoder(model)
         self.encoder = cpu_session(self.encoder_path, threads)
@@ -126,27 +136,35 @@ class OrtSam:
         with torch.inference_mode():
             sparse, dense = pe(points=None, boxes=torch.tensor([[1.0, 1.0, 8.0, 8.0]]), masks=None)
             features = torch.zeros((1, int(pe.embed_dim), *map(int, pe.image_embedding_size)))
-            args = (features, pe.get_dense_pe(), sparse, dense)
+            args = (features, pe.get_dense_pe(), sparse, dense, *self.decoder_extra.values())
         _export_atomic(_DecoderAllOutputs(model.mask_decoder), args, self.decoder_path,
-                       ["features", "image_pe", "sparse", "dense"], ["low_res_logits", "iou_pred"],
-                       {"sparse": {1: "tokens"}})
+                       ["features", "image_pe", "sparse", "dense", *self.decoder_extra],
+                       ["low_res_logits", "iou_pred"], {"sparse": {1: "tokens"}})
+
+    def encode_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Preprocessed input ``(1, 3, S, S)`` float32 -> the ``image_outputs`` maps, float32."""
+        outs = self.encoder.run(None, {"image": np.ascontiguousarray(x.detach().cpu().numpy())})
+        return [torch.from_numpy(o) for o in outs]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed input ``(1, 3, S, S)`` float32 -> features ``(1, C, h, w)`` float32."""
-        out = self.encoder.run(None, {"image": np.ascontiguousarray(x.detach().cpu().numpy())})[0]
-        return torch.from_numpy(out)
+        return self.encode_maps(x)[0]
 
     def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                       sparse_prompt_embeddings: torch.Tensor,
-                      dense_prompt_embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """As ``MaskDecoder.predict_masks`` for ``N`` prompts (run one at a time): ``(N, 4, l, l)``, ``(N, 4)``."""
-        feats = image_embeddings.detach().cpu().numpy()
-        ipe = image_pe.detach().cpu().numpy()
+                      dense_prompt_embeddings: torch.Tensor,
+                      **extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``MaskDecoder.predict_masks`` for ``N`` prompts (run one at a time): ``(N, 4, l, l)``, ``(N, 4)``
+        (HQ-SAM: 5 outputs). ``extra``: the ``decoder_extra`` inputs by name."""
+        if set(extra) != set(self.decoder_extra):
+            raise ValueError(f"exported decoder takes extra inputs {sorted(self.decoder_extra)}, got {sorted(extra)}")
+        fixed = {"features": image_embeddings.detach().cpu().numpy(), "image_pe": image_pe.detach().cpu().numpy(),
+                 **{k: v.detach().cpu().numpy() for k, v in extra.items()}}
         sparse, dense = sparse_prompt_embeddings.detach().cpu(), dense_prompt_embeddings.detach().cpu()
         lows, ious = [], []
         for i in range(sparse.shape[0]):
-            low, iou = self.decoder.run(None, {"features": feats, "image_pe": ipe,
-                                               "sparse": sparse[i:i + 1].numpy(), "dense": dense[i:i + 1].numpy()})
+            low, iou = self.decoder.run(None, {**fixed, "sparse": sparse[i:i + 1].numpy(),
+                                               "dense": dense[i:i + 1].numpy()})
             lows.append(low)
             ious.append(iou)
         return torch.from_numpy(np.concatenate(lows)), torch.from_numpy(np.concatenate(ious))

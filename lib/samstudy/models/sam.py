@@ -139,15 +139,25 @@ class SamSegmenter(PromptableSegmenter):
         if self._ort is None:
             if self.device.type != "cpu":
                 raise ValueError(f"{self.name}: runtime 'onnxruntime' runs on the CPU; use runtime 'torch' on {self.device}")
-            from .onnx_runtime import OrtSam
-
-            self._ort = OrtSam(self.model, super().cache_key, self.img_size, self.onnx_dir, self.num_threads)
+            self._ort = self._build_ort()
         return self._ort
+
+    def _build_ort(self, **options: Any) -> Any:
+        """The :class:`.onnx_runtime.OrtSam` of this model, keyed by the torch runtime's identity;
+        ``options`` go to ``OrtSam`` (HQ-SAM exports its extra image map too)."""
+        from .onnx_runtime import OrtSam
+
+        return OrtSam(self.model, super().cache_key, self.encoder_input_size(), self.onnx_dir, self.num_threads,
+                      **options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, label={self.label!r}, sha256={self.checkpoint_sha256[:12]})"
 
     # ---- model-specific hooks (LiteMedSAM, EfficientViT-SAM... override these)
+    def encoder_input_size(self) -> int:
+        """Side of the square image-encoder input (:meth:`preprocess`'s output; SAM: ``img_size``)."""
+        return self.img_size
+
     @staticmethod
     def model_img_size(model: nn.Module) -> int:
         """Side of the square frame prompts and low-res logits refer to (SAM: ``image_encoder.img_size``)."""
