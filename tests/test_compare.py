@@ -84,6 +84,18 @@ def test_headline_arms_refined_custom_first_then_each_models_boxes():
     assert list(m["ann_id"]) == [1, 2, 3]
 
 
+def test_custom_click_sequences_are_not_headline_arms():
+    """A custom click sequence's click 0 is its start (the one-shot arm again): with it in the rows the
+    headline and the refined-custom-first order are unchanged."""
+    found, custom = _tables()
+    seq = "clicks[start=extreme_points,max_clicks=5]"
+    extra = pd.DataFrame([_row(obj, "custom_stage2", C2, seq, "single", 0.9, click=c)
+                          for obj in OBJECTS for c in (0, 1)])
+    arms = compare.headline_arms(found, pd.concat([extra, custom], ignore_index=True), "tight_box",
+                                 "loose_box[b=0.2]", "single")
+    assert [a for a in arms if a.kind == "custom"] == [a for a in _study()[1] if a.kind == "custom"]
+
+
 def test_comparison_pairs_follow_the_three_rules():
     _, arms, _ = _study()
     c2, c1, lt, ll, st, sl = (a.label for a in arms)

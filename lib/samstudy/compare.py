@@ -104,13 +104,15 @@ def headline_arms(foundation: "pd.DataFrame", custom: "pd.DataFrame | None", tig
 
     foundation / custom: result rows (columns ``model, model_label, prompt_mode, multimask, click``).
     Only arms with at least one one-shot result row (``click == 0``) are returned (``None`` modes are
-    left out).
+    left out); the custom model's click sequences (``clicks[...]``) are not headline arms.
     """
     arms: list[Arm] = []
     if custom is not None and len(custom):
         # Custom rows may hold several stages (custom_stage1, custom_stage2): the last stage (the
         # full pipeline) comes first, so it is *the* custom arm wherever one is picked.
-        one = custom[custom["click"] == 0]
+        # one-shot modes only: a click sequence's click 0 is its start, already an arm (the effort page
+        # and the NoC table show the sequences)
+        one = custom[(custom["click"] == 0) & ~custom["prompt_mode"].str.startswith("clicks[")]
         groups = sorted(one.groupby(["model", "prompt_mode", "model_label"]).groups, key=lambda k: k[0], reverse=True)
         for model, mode, label in groups:
             arms.append(Arm(f"{label}, {_mode_label(mode)}", model, mode, None, "custom"))
