@@ -636,17 +636,17 @@ def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> Fine
     _check_passthrough(dict(ft.options), FinetuneConfig, lambda kw: FinetuneConfig(**kw), "finetune.options", file)
     from .models.registry import model_class
 
-    if defaulted:  # the foundation models the arm can fine-tune (SAM's prompt encoder + mask decoder; not SAM 2.1)
-        ft = dataclasses.replace(ft, models=tuple(m for m in fc.models if hasattr(model_class(m.name), "to_input_frame")))
-        _require(bool(ft.models), file, "finetune: no foundation model has a SAM prompt encoder + mask decoder "
+    if defaulted:  # the foundation models the arm can fine-tune (segmenters declaring finetunable: the SAM family)
+        ft = dataclasses.replace(ft, models=tuple(m for m in fc.models if getattr(model_class(m.name), "finetunable", False)))
+        _require(bool(ft.models), file, "finetune: no foundation model has a prompt encoder + mask decoder "
                  "to fine-tune; list finetune.models or set finetune.enabled: false")
     for i, spec in enumerate(ft.models):
         try:
             cls = model_class(spec.name)
         except ValueError as e:
             raise ConfigError(f"{file}: finetune.models[{i}]: {e}") from None
-        _require(hasattr(cls, "to_input_frame"), file,
-                 f"finetune.models[{i}]: {spec.name!r} is not a SAM-family model (prompt encoder + mask decoder)")
+        _require(getattr(cls, "finetunable", False), file,
+                 f"finetune.models[{i}]: {spec.name!r} is not a fine-tunable SAM-family model (prompt encoder + mask decoder)")
     return ft
 
 

@@ -88,7 +88,7 @@ EVAL_MODES: dict[str, tuple[str, ...]] = {
     "clicks": ("center_point",),
 }
 _BOX_TRAIN_MODES = EVAL_MODES["box"]
-TRAINABLE_PARTS = ("prompt_encoder", "mask_decoder")
+TRAINABLE_PARTS = ("prompt_encoder", "mask_decoder")  # SAM's; each segmenter declares its own trainable_parts
 TRAIN_FORMAT = "samstudy-finetune-train-1"
 CURVE_COLUMNS = ("epoch", "step", "train_loss", "val_miou", "lr", "seconds")
 CHECKPOINT_NAME, META_NAME = "finetuned.pth", "finetuned.json"
@@ -168,16 +168,9 @@ class FinetuneObject:
         return m
 
 
-def _low_res_size(seg: Any) -> int:
-    return 4 * int(seg.model.prompt_encoder.image_embedding_size[0])
-
-
 def low_res_target(mask: np.ndarray, seg: Any) -> np.ndarray:
     """``bool (H, W)`` -> ``uint8 (L, L)`` soft target in ``seg``'s low-res logit frame (see module doc)."""
-    L = _low_res_size(seg)
-    h, w = seg.input_hw(mask.shape)
-    scale = L / seg.img_size
-    hl, wl = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+    L, (hl, wl) = seg.low_res_frame(mask.shape)
     small = cv2.resize(mask.astype(np.float32), (wl, hl), interpolation=cv2.INTER_AREA)
     out = np.zeros((L, L), dtype=np.uint8)
     out[:hl, :wl] = np.round(np.clip(small, 0, 1) * 255).astype(np.uint8)
@@ -274,35 +267,10 @@ def _eval_prompt(mode_key: str, obj: FinetuneObject, seed: int) -> Prompt:
 # -------------------------------------------------------------------------------------- forward
 def decoder_forward(seg: Any, embedding: Embedding | Sequence[Embedding], prompts: Sequence[Prompt]
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt encoder + mask decoder of ``seg`` (a :class:`~samstudy.models.sam.SamSegmenter`) with
-    autograd: low-res logits ``(N, 4, L, L)`` and IoU ``(N, 4)``.
-
-    embedding: one image's embedding for every prompt, or one embedding per prompt (several images in
-    one decoder call; only for decoders that take per-prompt image embeddings, see
-    :func:`batches_across_images`). Prompts must share box presence and point count. Coordinates go
-    through the model's own ``to_input_frame``, exactly as ``seg.decode`` (tested equal in eval mode).
-    """
-    embs = [embedding] * len(prompts) if isinstance(embedding, Embedding) else list(embedding)
-    dev = seg.device
-    points = None
-    if prompts[0].points is not None:
-        coords = np.stack([seg.to_input_frame(p.points, e.original_hw, e.input_hw) for p, e in zip(prompts, embs)])
-        labels = np.stack([p.labels for p in prompts])
-        points = (torch.as_tensor(coords, dtype=torch.float32, device=dev),
-                  torch.as_tensor(labels, dtype=torch.int64, device=dev))
-    boxes = None
-    if prompts[0].box is not None:
-        b = np.stack([seg.to_input_frame(p.box.reshape(2, 2), e.original_hw, e.input_hw).reshape(4)
-                      for p, e in zip(prompts, embs)])
-        boxes = torch.as_tensor(b, dtype=torch.float32, device=dev)
-    pe = seg.model.prompt_encoder
-    sparse, dense = pe(points=points, boxes=boxes, masks=None)
-    if isinstance(embedding, Embedding):
-        feats = embedding.features.to(dev, dtype=torch.float32)
-    else:
-        feats = torch.cat([e.features for e in embs]).to(dev, dtype=torch.float32)
-    return seg.model.mask_decoder.predict_masks(image_embeddings=feats, image_pe=pe.get_dense_pe(),
-                                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+    """``seg.decode_train(embedding, prompts)``: the model's own differentiable decoder pass, low-res
+    logits ``(N, 4, L, L)`` and IoU ``(N, 4)``, token 0 the single output (see
+    :meth:`samstudy.models.sam.SamSegmenter.decode_train`)."""
+    return seg.decode_train(embedding, prompts)
 
 
 def batches_across_images(seg: Any, embeddings: Sequence[Embedding], prompts: Sequence[Prompt]) -> bool:
@@ -376,20 +344,32 @@ def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, 
         for (image_id, _, _), idx in _groups(prompts, [o.image_id for o in objs]).items():
             emb = embeddings[image_id]
             low, _ = decoder_forward(seg, emb, [prompts[i] for i in idx])
-            masks = seg.postprocess(low[:, :1].float().cpu(), emb.input_hw, emb.original_hw)
+            masks = seg.low_res_masks(low[:, :1].float().cpu(), emb)
             ious += [mask_iou(masks[k, 0], objs[i].full_mask()) for k, i in enumerate(idx)]
     return float(np.mean(ious)) if ious else float("nan")
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def encoder_hash(module: torch.nn.Module) -> str:
-    """SHA-256 over the image encoder's state (names, dtypes, shapes, bytes; sorted by name)."""
+def encoder_hash(module: torch.nn.Module, embedding_parts: Sequence[str] = ()) -> str:
+    """SHA-256 over the image encoder's state (names, dtypes, shapes, bytes; sorted by name), then
+    the tensors of ``embedding_parts`` (state-dict names outside the encoder the cached embedding
+    depends on, a segmenter's ``embedding_parts``; full names)."""
     h = hashlib.sha256()
-    for name, t in sorted(module.image_encoder.state_dict().items()):
+    extra = sorted((k, v) for k, v in module.state_dict().items() if _under(k, embedding_parts))
+    for name, t in sorted(module.image_encoder.state_dict().items()) + extra:
         t = t.detach().cpu()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def seg_encoder_hash(seg: Any) -> str:
+    """:func:`encoder_hash` of a segmenter: its image encoder and its ``embedding_parts``."""
+    return encoder_hash(seg.model, getattr(seg, "embedding_parts", ()))
 
 
 def base_checkpoint_path(model: str, checkpoint: str | os.PathLike | None) -> Path:
@@ -404,6 +384,11 @@ def base_checkpoint_path(model: str, checkpoint: str | os.PathLike | None) -> Pa
         from .models.sam import _default_checkpoint_path
 
         return _default_checkpoint_path(model[len("sam_"):])
+    from .models.download import MODEL_CHECKPOINTS
+    from .models.release import default_checkpoint_path
+
+    if model in MODEL_CHECKPOINTS:  # HQ-SAM, MobileSAM, EfficientViT-SAM, SAM 2.1: data/weights/<official file>
+        return default_checkpoint_path(model)
     raise ValueError(f"finetune: give the checkpoint file of model {model!r} (its default is not known here)")
 
 
@@ -462,18 +447,23 @@ def _write_curve(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _trainable(seg: Any) -> list[torch.nn.Parameter]:
-    for p in seg.model.image_encoder.parameters():
-        p.requires_grad_(False)
+    """Freeze the whole model, then unfreeze ``seg.trainable_parts`` except its ``embedding_parts``."""
     params = []
-    for part in TRAINABLE_PARTS:
-        for p in getattr(seg.model, part).parameters():
-            p.requires_grad_(True)
+    for name, p in seg.model.named_parameters():
+        train = _under(name, seg.trainable_parts) and not _under(name, seg.embedding_parts)
+        p.requires_grad_(train)
+        if train:
             params.append(p)
     return params
 
 
 def _trainable_state(seg: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in seg.model.state_dict().items() if k.split(".")[0] in TRAINABLE_PARTS}
+    return {k: v.detach().clone() for k, v in seg.model.state_dict().items() if _under(k, seg.trainable_parts)}
+
+
+def _train_mode(seg: Any) -> None:
+    for part in seg.trainable_parts:
+        getattr(seg.model, part).train()
 
 
 def _read_last(path: Path, config: FinetuneConfig, seg: Any) -> dict[str, Any]:
@@ -493,7 +483,7 @@ def _read_last(path: Path, config: FinetuneConfig, seg: Any) -> dict[str, Any]:
     theirs = state["weights"]
     if set(own) != set(theirs) or any(tuple(own[k].shape) != tuple(theirs[k].shape) for k in own):
         raise CheckpointError(f"{path}: its weights are of another architecture than model {config.model!r}")
-    if state.get("encoder_sha256") != encoder_hash(seg.model):
+    if state.get("encoder_sha256") != seg_encoder_hash(seg):
         raise CheckpointError(f"{path}: written for another image encoder than the one of {config.model!r} "
                               f"(checkpoint {config.checkpoint})")
     return state
@@ -549,7 +539,7 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
         epoch, step, elapsed_before = 0, 0, 0.0
         curve: list[dict[str, Any]] = []
         best: dict[str, Any] = {"score": -1.0, "epoch": -1}
-        enc_hash = encoder_hash(seg.model)
+        enc_hash = seg_encoder_hash(seg)
         if state is not None:
             seg.model.load_state_dict(state["weights"], strict=False)
             opt.load_state_dict(state["optimizer"])
@@ -578,8 +568,7 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                    desc=f"finetune {config.model} {config.prompt}")
         epochs_this_call, val_s, lr = 0, 0.0, float("nan")
         stopped = False
-        seg.model.prompt_encoder.train()
-        seg.model.mask_decoder.train()
+        _train_mode(seg)
         try:
             while epoch < config.epochs and not stopped:
                 rng = np.random.default_rng([config.seed, epoch])
@@ -603,8 +592,7 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                 t_val = time.perf_counter()
                 seg.model.eval()
                 v = validate(seg, val_objs, embeddings, modes, config.seed) if val_objs else float("nan")
-                seg.model.prompt_encoder.train()
-                seg.model.mask_decoder.train()
+                _train_mode(seg)
                 val_s = time.perf_counter() - t_val
                 epoch += 1
                 epochs_this_call += 1
@@ -612,7 +600,7 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                 curve.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), "val_miou": v,
                               "lr": lr, "seconds": round(elapsed(), 3)})
                 if score > best["score"] or not ckpt_path.exists():
-                    sha = write_finetuned_checkpoint(base_path, seg.model, ckpt_path)
+                    sha = write_finetuned_checkpoint(base_path, seg.model, ckpt_path, seg.trainable_parts)
                     best = {"score": float(score), "epoch": epoch, "step": step, "val_miou": v, "sha256": sha}
                     write_json_atomic(meta_path, {**meta, "best": best, "checkpoint_sha256": sha}, sort_keys=True)
                 done = epoch >= config.epochs or stopped
@@ -709,7 +697,7 @@ def build_finetuned(checkpoint: str | os.PathLike | None = None, device: str | t
     prompt = meta.get("prompt")
     key = inner.cache_key
     if meta.get("encoder_sha256") and meta.get("base_cache_key"):
-        if encoder_hash(inner.model) == meta["encoder_sha256"]:
+        if seg_encoder_hash(inner) == meta["encoder_sha256"]:
             suffix = inner.cache_key[len(PromptableSegmenter.cache_key.fget(inner)):]  # type: ignore[attr-defined]
             key = meta["base_cache_key"] + suffix
         else:

@@ -93,6 +93,9 @@ class PromptableSegmenter(ABC):
     supported_modes: ClassVar[frozenset[str]] = ALL_MODES
     multimask_outputs: ClassVar[int] = 3
     cache_embeddings: ClassVar[bool] = True
+    # samstudy.finetune can train the prompt side (decode_train, trainable_parts, low_res_frame,
+    # low_res_masks, embedding_parts: see SamSegmenter); others are refused at config time
+    finetunable: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, image: np.ndarray) -> Embedding:

@@ -25,7 +25,7 @@ Registry names ``sam_hq_vit_b/l/h``; ``random_init=True`` for benchmarks.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -88,6 +88,22 @@ class HqSamSegmenter(SamSegmenter):
         sam_logits, hq_logits = out[:, :-1], out[:, -1:]
         low = hq_logits.expand_as(sam_logits) if self.hq_token_only else sam_logits + hq_logits
         return low.contiguous(), iou
+
+
+    # the hq_features fusion runs in encode (cached): its layers are part of the image path
+    embedding_parts: ClassVar[tuple[str, ...]] = ("mask_decoder.embedding_encoder", "mask_decoder.compress_vit_feat")
+
+    def _train_masks(self, features: torch.Tensor, embeddings: list[Embedding], sparse: torch.Tensor,
+                     dense: torch.Tensor, image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`_decode_group`: SAM's four outputs each + the HQ token's logits (or HQ only)."""
+        if any("hq_features" not in e.extra for e in embeddings):
+            raise ValueError(f"{self.name}: embedding has no 'hq_features' (not computed by an HQ-SAM encoder)")
+        hq = torch.cat([e.extra["hq_features"] for e in embeddings]).to(self.device, torch.float32)
+        out, iou = self.model.mask_decoder.predict_masks(
+            image_embeddings=features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, hq_features=hq)
+        sam_logits, hq_logits = out[:, :-1], out[:, -1:]
+        return (hq_logits.expand_as(sam_logits) if self.hq_token_only else sam_logits + hq_logits), iou
 
 
 def hq_image_maps(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

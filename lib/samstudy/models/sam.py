@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -308,6 +308,60 @@ class SamSegmenter(PromptableSegmenter):
             b = np.stack([self.to_input_frame(b.reshape(2, 2), *frame).reshape(4) for b, _, _ in group])
             boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)  # (n, 4)
         return points, boxes
+
+    # ---- fine-tuning (samstudy.finetune): the decoder pass with autograd
+    finetunable: ClassVar[bool] = True
+    trainable_parts: ClassVar[tuple[str, ...]] = ("prompt_encoder", "mask_decoder")
+    # state-dict names inside the trainable parts that only the image path uses: their output is in
+    # the cached embedding, so they stay frozen and are hashed with the image encoder
+    embedding_parts: ClassVar[tuple[str, ...]] = ()
+
+    def low_res_frame(self, original_hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+        """``(L, (h, w))``: the low-res logits are ``(L, L)`` and the image covers their top-left
+        ``(h, w)`` (the resized input frame scaled by ``L / img_size``; zero padding beyond)."""
+        L = 4 * int(self.model.prompt_encoder.image_embedding_size[0])
+        h, w = self.input_hw(original_hw)
+        scale = L / self.img_size
+        return L, (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+
+    def low_res_masks(self, low_res: torch.Tensor, embedding: Embedding) -> np.ndarray:
+        """Low-res logits ``(N, K, L, L)`` of ``embedding``'s image -> bool masks ``(N, K, H, W)``."""
+        return self.postprocess(low_res, embedding.input_hw, embedding.original_hw)
+
+    def decode_train(self, embeddings: Embedding | Sequence[Embedding], prompts: Sequence[Any]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder **with autograd** (no inference mode, no mask input, torch
+        runtime): low-res logits float32 ``(N, 4, L, L)`` and predicted IoU ``(N, 4)`` for N prompts,
+        token 0 = the single output, 1..3 = the multimask outputs (as :meth:`decode_multimask`).
+
+        embeddings: one image's embedding for every prompt, or one per prompt (several images in one
+        decoder call; only decoders that take one image embedding per prompt accept it, see
+        ``samstudy.finetune.batches_across_images``). Prompts must share box presence and point
+        count. In eval mode the outputs equal :meth:`decode`'s (tested to 1e-5).
+        """
+        single = isinstance(embeddings, Embedding)
+        embs = [embeddings] * len(prompts) if single else list(embeddings)
+        parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
+        points = None
+        if parsed[0][1] is not None:
+            coords = np.stack([self.to_input_frame(pt, e.original_hw, e.input_hw) for (_, pt, _), e in zip(parsed, embs)])
+            points = (torch.as_tensor(coords, dtype=torch.float32, device=self.device),
+                      torch.as_tensor(np.stack([lab for _, _, lab in parsed]), dtype=torch.int64, device=self.device))
+        boxes = None
+        if parsed[0][0] is not None:
+            b = np.stack([self.to_input_frame(bx.reshape(2, 2), e.original_hw, e.input_hw).reshape(4)
+                          for (bx, _, _), e in zip(parsed, embs)])
+            boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)
+        pe = self.model.prompt_encoder
+        sparse, dense = pe(points=points, boxes=boxes, masks=None)
+        feats = (embeddings.features if single else torch.cat([e.features for e in embs])).to(self.device, torch.float32)
+        return self._train_masks(feats, embs if not single else [embeddings], sparse, dense, pe.get_dense_pe())
+
+    def _train_masks(self, features: torch.Tensor, embeddings: list[Embedding], sparse: torch.Tensor,
+                     dense: torch.Tensor, image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask decoder's four outputs with autograd (``embeddings``: one, or one per prompt)."""
+        return self.model.mask_decoder.predict_masks(image_embeddings=features, image_pe=image_pe,
+                                                     sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
 
     def postprocess(self, low_res: torch.Tensor, input_hw: tuple[int, int],
                     original_hw: tuple[int, int]) -> np.ndarray:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -301,6 +301,52 @@ class Sam2Segmenter(PromptableSegmenter):
         if not coords:
             return None
         return torch.cat(coords, dim=1).to(self.device), torch.cat(labels, dim=1).to(self.device)
+
+    # ---- fine-tuning (samstudy.finetune): the decoder pass with autograd
+    finetunable: ClassVar[bool] = True
+    trainable_parts: ClassVar[tuple[str, ...]] = ("sam_prompt_encoder", "sam_mask_decoder")
+    # conv_s0/conv_s1 (in the decoder) and no_mem_embed run in encode: their output is the cached
+    # feat_s0/feat_s1/image_embed, so they stay frozen and are hashed with the image encoder
+    embedding_parts: ClassVar[tuple[str, ...]] = ("sam_mask_decoder.conv_s0", "sam_mask_decoder.conv_s1",
+                                                  "no_mem_embed")
+
+    def low_res_frame(self, original_hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+        """``(L, (L, L))``: the square resize maps the whole image onto the ``(L, L)`` low-res logits."""
+        L = 4 * int(self.model.sam_prompt_encoder.image_embedding_size[0])
+        return L, (L, L)
+
+    def low_res_masks(self, low_res: torch.Tensor, embedding: Embedding) -> np.ndarray:
+        """Low-res logits ``(N, K, L, L)`` of ``embedding``'s image -> bool masks ``(N, K, H, W)``."""
+        return self.postprocess(low_res, embedding.original_hw)
+
+    def decode_train(self, embeddings: Embedding | Sequence[Embedding], prompts: Sequence[Any]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder **with autograd** (torch runtime, no mask input): low-res
+        logits float32 ``(N, 4, 256, 256)`` (not clamped) and predicted IoU ``(N, 4)``; token 0 = the
+        single-output token (before the stability fallback of :meth:`decode_multimask`), 1..3 the
+        multimask outputs. Prompts as :meth:`decode` (box -> two points labelled 2, 3 before the
+        points), and must share box presence and point count.
+
+        embeddings: one image's embedding for every prompt, or one per prompt: then the decoder
+        runs with ``repeat_image=False`` on the stacked per-prompt maps (several images in one call).
+        In eval mode the outputs equal :meth:`decode`'s four outputs (tested to 1e-5).
+        """
+        single = isinstance(embeddings, Embedding)
+        embs = [embeddings] if single else list(embeddings)
+        parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
+        if single:
+            points = self._prompt_points(embeddings.original_hw, parsed)
+        else:
+            per = [self._prompt_points(e.original_hw, [g]) for e, g in zip(embs, parsed)]
+            points = None if per[0] is None else (torch.cat([c for c, _ in per]), torch.cat([lab for _, lab in per]))
+        pe = self.model.sam_prompt_encoder
+        sparse, dense = pe(points=points, boxes=None, masks=None)
+        embed = torch.cat([e.features for e in embs]).to(self.device, torch.float32)
+        high_res = [torch.cat([e.extra[k] for e in embs]).to(self.device, torch.float32) for k in HIGH_RES_KEYS]
+        low, iou, _, _ = self.model.sam_mask_decoder.predict_masks(
+            image_embeddings=embed, image_pe=pe.get_dense_pe(), sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, repeat_image=single, high_res_features=high_res)
+        return low, iou
 
     def postprocess(self, low_res: torch.Tensor, original_hw: tuple[int, int]) -> np.ndarray:
         """Low-res logits ``(N, K, l, l)`` -> bool masks ``(N, K, H, W)``: bilinear to ``(H, W)``, ``> 0``."""
