@@ -343,9 +343,10 @@ def test_onnxruntime_matches_the_official_predictor_and_keeps_its_own_cache_key(
     assert [f.stat().st_mtime_ns for f in files] == stamps  # exported once, reused
 
 
-def test_a_config_with_sam2_keeps_it_out_of_the_default_finetune_models(tmp_path):
-    """finetune.models empty = the foundation models the fine-tuned arm can train: SAM 2.1 is an
-    arm of the foundation experiment but has no SAM prompt encoder + mask decoder to fine-tune."""
+def test_a_config_with_sam2_includes_it_in_the_default_finetune_models(tmp_path):
+    """finetune.models empty = the foundation models the fine-tuned arm can train (segmenters that
+    declare ``finetunable``): SAM 2.1 trains its own prompt encoder + mask decoder (decode_train);
+    a model without one (the custom model) is refused, naming it."""
     from pathlib import Path
 
     import yaml
@@ -360,14 +361,13 @@ def test_a_config_with_sam2_keeps_it_out_of_the_default_finetune_models(tmp_path
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
     assert [m.name for m in cfg.foundation.models] == ["litemedsam", "sam2.1_hiera_t"]
-    assert [m.name for m in cfg.finetune.models] == ["litemedsam"]
+    assert [m.name for m in cfg.finetune.models] == ["litemedsam", "sam2.1_hiera_t"]
     raw["foundation"]["models"] = [sam2]
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match="no foundation model has a SAM prompt encoder"):
-        load_config(path)
-    raw["finetune"]["models"] = [sam2]  # named explicitly: refused, naming it
+    assert [m.name for m in load_config(path).finetune.models] == ["sam2.1_hiera_t"]
+    raw["finetune"]["models"] = [{"name": "custom"}]  # named explicitly: refused, naming it
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match="'sam2.1_hiera_t' is not a SAM-family model"):
+    with pytest.raises(ConfigError, match="'custom' is not a fine-tunable SAM-family model"):
         load_config(path)
 
 
