@@ -206,3 +206,12 @@ def test_finetuned_checkpoint_keeps_the_format_and_loads_officially(built, world
     image, prompts = _image((40, 52), 4), _prompts(40, 52)["box"]
     np.testing.assert_allclose(arm.decode(arm.encode(image), prompts).low_res_logits,
                                ref.decode(ref.encode(image), prompts).low_res_logits, atol=TOL, rtol=0)
+
+
+def test_a_model_without_a_base_checkpoint_is_refused_before_training(world, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMSTUDY_WEIGHTS_DIR", str(tmp_path / "no-weights"))
+    seg = build_model("sam2.1_hiera_t", random_init=True, factory=_sam2_factory(), num_threads=1)
+    cfg = FinetuneConfig(model="sam2.1_hiera_t", options={"random_init": True}, epochs=1, num_threads=1)
+    with pytest.raises(FileNotFoundError, match="base checkpoint .*no-weights.* not found"):
+        finetune(world, cfg, tmp_path / "ft", EmbeddingCache(None), model=seg, progress=False)
+    assert not (tmp_path / "ft" / "last.pt").exists()

