@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "lib"))
 from samstudy.compute import torch_settings  # noqa: E402
 from samstudy.data import Dataset, ImageRecord, Instance  # noqa: E402
 from samstudy.cache import EmbeddingCache  # noqa: E402
-from samstudy.finetune import _trainable, batches_across_images, collect_objects, sample_prompt, train_step  # noqa: E402
+from samstudy.finetune import _train_mode, _trainable, batches_across_images, collect_objects, sample_prompt, train_step  # noqa: E402
 from samstudy.masks import encode_rle, mask_box_xyxy  # noqa: E402
 from samstudy.models import build_model  # noqa: E402
 
@@ -82,8 +82,7 @@ def main() -> int:
     with torch_settings(args.threads):
         objs, embs, _ = collect_objects(ds, seg, EmbeddingCache(None), images)
         params = _trainable(seg)
-        seg.model.prompt_encoder.train()
-        seg.model.mask_decoder.train()
+        _train_mode(seg)
         opt = torch.optim.AdamW(params, lr=1e-5)
         rng = np.random.default_rng(0)
 
