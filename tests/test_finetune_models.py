@@ -20,7 +20,7 @@ from samstudy.finetune import (FinetuneConfig, _trainable, _train_mode, batches_
 from samstudy.models import build_model
 from samstudy.prompts import Prompt
 from test_finetune import TINY as TINY_SAM, ring_world
-from test_models_released import _tiny_hq_sam
+from test_models_released import _tiny_efficientvit_sam, _tiny_hq_sam, _tiny_mobile_sam
 from test_models_sam2 import CONFIG as SAM2_CONFIG, TINY as SAM2_TINY, _tiny_factory as _sam2_factory
 
 TOL = 1e-5
@@ -120,6 +120,15 @@ def test_decode_train_equals_decode_for_litemedsam_and_sam():
     _check_equal_to_decode(build_model("litemedsam", num_threads=1))
     torch.manual_seed(2)
     _check_equal_to_decode(SamSegmenter(_tiny_sam(), name="tiny", label="tiny", checkpoint_sha256="x", num_threads=1))
+
+
+@pytest.mark.parametrize("name,factory", [("mobile_sam", _tiny_mobile_sam), ("efficientvit_sam_l0", _tiny_efficientvit_sam)])
+def test_decode_train_equals_decode_for_the_other_sam_relatives(name, factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seg = build_model(name, random_init=True, factory=factory, num_threads=1, decode_chunk=8)
+    assert seg.finetunable and seg.trainable_parts == ("prompt_encoder", "mask_decoder")
+    _check_equal_to_decode(seg)
 
 
 def test_hq_features_are_required():
