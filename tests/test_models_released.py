@@ -60,7 +60,7 @@ def _tiny_hq_sam() -> torch.nn.Module:
 
 def _tiny_efficientvit_sam() -> torch.nn.Module:
     from efficientsam.models.efficientvit.backbone import EfficientViTLargeBackbone
-    from efficientsam.models.efficientvit.sam import EfficientViTSamImageEncoder, SamNeck, build_efficientvit_sam
+    from efficientsam.models.efficientvit.sam import EfficientViTSamImageEncoder, SamNeck
 
     from efficientsam.models.efficientvit.sam import EfficientViTSam
     from efficientsam.segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer

@@ -617,7 +617,6 @@ def prepare_inputs(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tenso
     exactly the crop at ``S``.
     """
     s, k = config.crop_size, config.refine_scale
-    b = rgb2.shape[0]
     mean = torch.tensor(_MEAN, dtype=rgb2.dtype, device=rgb2.device)[None, :, None, None]
     std = torch.tensor(_STD, dtype=rgb2.dtype, device=rgb2.device)[None, :, None, None]
     rgb1 = F.avg_pool2d(rgb2, k)

@@ -228,7 +228,6 @@ class Sam2Segmenter(PromptableSegmenter):
         self._check_embedding(embedding)
         with torch_settings(self.num_threads):
             low, iou = self._decode_all(embedding, prompts, mask_inputs)
-            dec = self.model.sam_mask_decoder
             out = []
             for m in multimask:
                 lo, io = (low[:, 1:], iou[:, 1:]) if m else self.single_output(low, iou)
