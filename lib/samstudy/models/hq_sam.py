@@ -85,9 +85,13 @@ class HqSamSegmenter(SamSegmenter):
             out, iou = decoder.predict_masks(
                 image_embeddings=features, image_pe=self._dense_pe, sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense, hq_features=embedding.extra["hq_features"].to(self.device))
+        return self._combine(out).contiguous(), iou
+
+    def _combine(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output ``(N, 5, L, L)`` (SAM's 4 tokens, then HQ) -> ``(N, 4, L, L)``: each SAM
+        output + the HQ logits, or the HQ logits alone (``hq_token_only``), as ``MaskDecoderHQ``."""
         sam_logits, hq_logits = out[:, :-1], out[:, -1:]
-        low = hq_logits.expand_as(sam_logits) if self.hq_token_only else sam_logits + hq_logits
-        return low.contiguous(), iou
+        return hq_logits.expand_as(sam_logits) if self.hq_token_only else sam_logits + hq_logits
 
 
     # the hq_features fusion runs in encode (cached): its layers are part of the image path
@@ -102,8 +106,7 @@ class HqSamSegmenter(SamSegmenter):
         out, iou = self.model.mask_decoder.predict_masks(
             image_embeddings=features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, hq_features=hq)
-        sam_logits, hq_logits = out[:, :-1], out[:, -1:]
-        return (hq_logits.expand_as(sam_logits) if self.hq_token_only else sam_logits + hq_logits), iou
+        return self._combine(out), iou
 
 
 def hq_image_maps(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
