@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "lib"))
 
 from samstudy import engine  # noqa: E402
 from samstudy.cache import EmbeddingCache  # noqa: E402
+from samstudy.compute import matmul_gflops  # noqa: E402
 from samstudy.data import Dataset, load_coco, read_image  # noqa: E402
 from samstudy.metrics import iou  # noqa: E402
 from samstudy.models import build_model  # noqa: E402
@@ -95,17 +96,6 @@ def naive_loop(ds, model, modes) -> tuple[float, int]:
                 iou(dec.masks[0, 0], gt, inst.ignore_mask())
             n += 1
     return time.perf_counter() - t0, n
-
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times) / 1e9
 
 
 def count_gflop(module, x) -> float:

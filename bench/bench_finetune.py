@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
-from samstudy.compute import torch_settings  # noqa: E402
+from samstudy.compute import matmul_gflops, torch_settings  # noqa: E402
 from samstudy.data import Dataset, ImageRecord, Instance  # noqa: E402
 from samstudy.cache import EmbeddingCache  # noqa: E402
 from samstudy.finetune import _train_mode, _trainable, batches_across_images, collect_objects, sample_prompt, train_step  # noqa: E402
@@ -38,17 +38,6 @@ from samstudy.models import build_model  # noqa: E402
 
 def load_avg() -> str:
     return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg())
-
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times) / 1e9
 
 
 def bench_world(n_images: int = 4, size: int = 320) -> tuple[Dataset, dict[int, np.ndarray]]:

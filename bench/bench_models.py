@@ -19,17 +19,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from samstudy.cache import EmbeddingCache
-from samstudy.compute import torch_settings
+from samstudy.compute import matmul_gflops, torch_settings
 from samstudy.models import build_model
 
 DEFAULT = ["mobile_sam", "efficientvit_sam_l0", "efficientvit_sam_xl0", "sam_hq_vit_b", "sam2.1_hiera_t"]
-
-
-def matmul_gflops(n: int = 1024, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n ** 3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -55,7 +48,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     with torch_settings(args.threads), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        peak = matmul_gflops()
+        peak = matmul_gflops(1024)
         print(f"fp32 matmul 1024^3, {args.threads} thread(s): {peak:.1f} GFLOP/s")
         print(f"{'model':24s} {'input':>6s} {'GFLOP':>8s} {'enc s':>7s} {'GFLOP/s':>8s} {'of matmul':>9s} {'cold/enc':>8s}")
         for name in args.models:

@@ -41,3 +41,18 @@ def torch_settings(num_threads: int | None, deterministic: bool = False) -> Iter
         if torch.get_num_threads() != old_threads:
             torch.set_num_threads(old_threads)
         torch.use_deterministic_algorithms(old_det)
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """The machine's fp32 matmul rate in GFLOP/s with torch's current threads: best of ``reps``
+    ``(n, n) @ (n, n)`` products after one warm-up (the yardstick the benchmarks divide by)."""
+    import time
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
