@@ -477,3 +477,15 @@ def test_read_image_more_modes_and_trailing_bytes(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(DataError, match="empty.jpg"):
         read_image(tmp_path / "empty.jpg")
+
+
+def test_tight_crop_cuts_to_the_masks_box_and_refuses_an_empty_mask():
+    from samstudy.masks import tight_crop
+
+    m = np.zeros((6, 9), bool)
+    m[2:4, 3:7] = True
+    m[4, 5] = True
+    crop, (x0, y0) = tight_crop(m)
+    assert (x0, y0) == (3, 2) and crop.shape == (3, 4) and crop.flags["C_CONTIGUOUS"]
+    assert np.array_equal(crop, m[2:5, 3:7]) and crop.sum() == m.sum()
+    assert tight_crop(np.zeros((4, 4), bool)) is None

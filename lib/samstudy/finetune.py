@@ -79,7 +79,7 @@ from .compute import torch_settings
 from .custom.train import _lr_at, carve_validation
 from .data import Dataset, Instance, read_image
 from .files import atomic_path, file_sha256, read_json, write_json_atomic
-from .masks import decode_rle
+from .masks import decode_rle, tight_crop
 from .models.base import CheckpointError, Decoded, Embedding, PromptableSegmenter
 from .models.registry import build_model, register_model
 from .prompts import Prompt, extreme_points, interior_point, jitter_box, loose_box, parse_modes, tight_box
@@ -223,12 +223,10 @@ def _object(inst: Instance, image_hw: tuple[int, int], seg: Any) -> FinetuneObje
     if tuple(inst.rle["size"]) != tuple(image_hw):
         return "image_size_mismatch"
     mask = decode_rle(inst.rle)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
+    cut = tight_crop(mask)
+    if cut is None:
         return "empty_mask"
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    return FinetuneObject(int(inst.image_id), int(inst.ann_id), np.ascontiguousarray(mask[y0:y1, x0:x1]),
-                          (int(x0), int(y0)), image_hw, low_res_target(mask, seg))
+    return FinetuneObject(int(inst.image_id), int(inst.ann_id), cut[0], cut[1], image_hw, low_res_target(mask, seg))
 
 
 # -------------------------------------------------------------------------------------- prompts

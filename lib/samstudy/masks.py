@@ -91,6 +91,16 @@ def mask_box_xyxy(mask: np.ndarray) -> np.ndarray:
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=np.float64)
 
 
+def tight_crop(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """``bool (H, W)`` -> ``(mask[y0:y1, x0:x1] contiguous, (x0, y0))`` cut to the mask's tight box;
+    ``None`` for an empty mask."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return None
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return np.ascontiguousarray(mask[y0:y1, x0:x1]), (int(x0), int(y0))
+
+
 def rle_box_xyxy(rle: RLE) -> np.ndarray:
     """Tight box of an RLE mask (see :func:`mask_box_xyxy`), computed by pycocotools without decoding."""
     x, y, w, h = mask_utils.toBbox(_as_pycoco(rle)).tolist()

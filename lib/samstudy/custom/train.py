@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Dataset, Instance, read_record_image
-from ..masks import decode_rle
+from ..masks import decode_rle, tight_crop
 from ..prompts import extreme_points
 from ..clicks import Click, next_click
 from ..compute import resolve_device, torch_settings
@@ -128,13 +128,10 @@ def collect_objects(dataset: Dataset, images: dict[int, np.ndarray] | None = Non
 def _train_object(inst: Instance, image_hw: tuple[int, int]) -> TrainObject | str:
     if tuple(inst.rle["size"]) != tuple(image_hw):
         return "image_size_mismatch"
-    mask = decode_rle(inst.rle)
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
+    cut = tight_crop(decode_rle(inst.rle))
+    if cut is None:
         return "empty_mask"
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    return TrainObject(inst.image_id, inst.ann_id, np.ascontiguousarray(mask[y0:y1, x0:x1]),
-                       (int(x0), int(y0)), (int(image_hw[0]), int(image_hw[1])))
+    return TrainObject(inst.image_id, inst.ann_id, cut[0], cut[1], (int(image_hw[0]), int(image_hw[1])))
 
 
 def carve_validation(objects: Sequence[TrainObject], val_fraction: float, seed: int,
