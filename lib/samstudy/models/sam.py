@@ -74,6 +74,16 @@ def _prompt_arrays(prompt: Any, index: int) -> tuple[np.ndarray | None, np.ndarr
     return box, points, (labels if points is not None else None)
 
 
+def _parse_prompts(model: str, prompts: Sequence[Any], has_mask_inputs: bool) -> list[tuple]:
+    """:func:`_prompt_arrays` of every prompt; a prompt with neither box nor points is an error
+    unless mask inputs are given (a mask-only prompt)."""
+    parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
+    for i, (box, points, _) in enumerate(parsed):
+        if box is None and points is None and not has_mask_inputs:
+            raise ValueError(f"{model}: prompt {i} has neither a box nor points (and no mask input)")
+    return parsed
+
+
 def _group_prompts(parsed: list[tuple]) -> dict[tuple[bool, int], list[int]]:
     """Indices of prompts grouped by ``(has box, number of points)``; each group decodes as one batch."""
     groups: dict[tuple[bool, int], list[int]] = {}
@@ -262,10 +272,7 @@ class SamSegmenter(PromptableSegmenter):
         """All four decoder outputs: low-res logits ``(N, 4, l, l)`` and predicted IoU ``(N, 4)``."""
         n = len(prompts)
         masks_t = self._check_mask_inputs(mask_inputs, n)
-        parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
-        for i, (box, points, _) in enumerate(parsed):
-            if box is None and points is None and masks_t is None:
-                raise ValueError(f"{self.name}: prompt {i} has neither a box nor points (and no mask input)")
+        parsed = _parse_prompts(self.name, prompts, masks_t is not None)
         low_hw = tuple(4 * int(s) for s in self.model.prompt_encoder.image_embedding_size)
         low = torch.zeros((n, _N_DECODER_OUTPUTS, *low_hw), dtype=torch.float32)
         iou = torch.zeros((n, _N_DECODER_OUTPUTS), dtype=torch.float32)

@@ -47,7 +47,7 @@ from ..compute import torch_settings
 from .base import Decoded, Embedding, PromptableSegmenter, check_rgb_uint8
 from .registry import register_model
 from .release import build_released
-from .sam import DEFAULT_DECODE_CHUNK, _group_prompts, _prompt_arrays
+from .sam import DEFAULT_DECODE_CHUNK, _group_prompts, _parse_prompts, _prompt_arrays
 
 # registry name -> (hydra config inside the sam2 package, report label)
 SAM2_VARIANTS: dict[str, tuple[str, str]] = {
@@ -241,10 +241,7 @@ class Sam2Segmenter(PromptableSegmenter):
         """All four decoder outputs: low-res logits ``(N, 4, 256, 256)`` and predicted IoU ``(N, 4)``."""
         n = len(prompts)
         masks_t = self._check_mask_inputs(mask_inputs, n)
-        parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
-        for i, (box, points, _) in enumerate(parsed):
-            if box is None and points is None and masks_t is None:
-                raise ValueError(f"{self.name}: prompt {i} has neither a box nor points (and no mask input)")
+        parsed = _parse_prompts(self.name, prompts, masks_t is not None)
         dec = self.model.sam_mask_decoder
         k = int(dec.num_mask_tokens)
         low_hw = tuple(int(s) for s in self.model.sam_prompt_encoder.mask_input_size)
