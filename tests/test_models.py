@@ -335,3 +335,13 @@ def test_litemedsam_preprocessing_keeps_aspect_normalises_and_pads(litemedsam):
                               checkpoint_sha256=litemedsam.checkpoint_sha256)
     assert alt.cache_key != litemedsam.cache_key  # another preprocessing never shares cached embeddings
     assert float(alt.preprocess(image)[..., :, :128].max()) <= 200 / 255 + 1e-6
+
+
+def test_a_prompt_without_box_points_or_mask_input_is_refused(tiny):
+    """Decoders take any object with box/points/labels (Prompt refuses an empty one itself)."""
+    from types import SimpleNamespace
+
+    emb = tiny.encode(np.zeros((20, 30, 3), np.uint8))
+    empty = SimpleNamespace(box=None, points=None, labels=None)
+    with pytest.raises(ValueError, match="prompt 1 has neither a box nor points"):
+        tiny.decode(emb, [Prompt(mode="x", box=np.array([1.0, 1, 9, 9])), empty])
