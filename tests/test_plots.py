@@ -422,3 +422,28 @@ def test_custom_model_init_shows_no_timm_future_warning():
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "FutureWarning" not in r.stderr and len(r.stdout.strip()) == 12
+
+
+def test_many_groups_lie_on_the_y_axis_at_a_fixed_width(tmp_path):
+    from matplotlib.collections import LineCollection
+    from matplotlib.container import BarContainer
+
+    cats = [f"category {i}" for i in range(80)]  # COCO: 80 categories x 2 arms
+    table = pd.DataFrame([{"category": c, "arm": arm, "mean": 0.5 + 0.004 * i, "lo": 0.4, "hi": 0.9, "n": 3}
+                          for i, c in enumerate(cats) for arm in ("A", "B")])
+    few = plots.category_bars(table[table["category"].isin(cats[:3])])
+    many = plots.category_bars(table)
+    assert few.get_size_inches()[1] == 4.2 and few.axes[0].get_ylabel().startswith("mean IoU")
+    w, h = many.get_size_inches()
+    assert w == 10.0 and h > 20          # grows in height, text keeps its size
+    ax = many.axes[0]
+    assert ax.get_xlabel().startswith("mean IoU") and ax.get_xlim() == (0.0, 1.0)
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["category 0 (n=3)", "category 1 (n=3)"]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert sum(len(b) for b in bars) == 160
+    first = bars[0][1]                   # arm A, category 1: length is the value, the interval sits on it
+    assert np.isclose(first.get_width(), 0.504)
+    seg = [s for coll in ax.collections if isinstance(coll, LineCollection) for s in coll.get_segments()]
+    centre = first.get_y() + first.get_height() / 2
+    assert any(np.allclose(s, [[0.4, centre], [0.9, centre]]) for s in seg)
+    many.savefig(tmp_path / "many.png")

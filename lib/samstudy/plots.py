@@ -19,6 +19,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 STYLE = "whitegrid"
+MAX_VERTICAL_GROUPS = 6  # more groups than this: horizontal bars (see grouped_bars)
 
 
 def palette(n: int) -> list[tuple[float, float, float]]:
@@ -50,43 +51,62 @@ def _yerr(df: pd.DataFrame, value: str = "mean") -> np.ndarray | None:
 def grouped_bars(table: pd.DataFrame, group: str, series: str = "arm", value: str = "mean",
                  title: str = "", ylabel: str = "mean IoU", ylim: tuple[float, float] | None = (0.0, 1.0),
                  group_order: Sequence[str] | None = None) -> Figure:
-    """Bars of ``value`` per ``group`` (x) and ``series`` (hue), with ``lo``/``hi`` error bars if present.
+    """Bars of ``value`` per ``group`` and ``series`` (hue), with ``lo``/``hi`` error bars if present.
 
-    ``table``: long format, one row per (group, series); an ``n`` column is written under the groups
+    ``table``: long format, one row per (group, series); an ``n`` column is written beside the groups
     (and ``1 image`` when an ``images`` column says every object of the group sits in one image:
-    its interval is missing, not zero).
+    its interval is missing, not zero). Up to :data:`MAX_VERTICAL_GROUPS` groups stand on the x axis;
+    more (COCO's 80 categories) lie on the y axis, so the figure grows in height at a fixed, readable
+    width instead of shrinking its text to fit a page.
     """
     groups = list(group_order) if group_order is not None else list(dict.fromkeys(table[group]))
     names = list(dict.fromkeys(table[series]))
-    fig, ax = _figure(max(6.0, 0.9 * len(groups) * max(1, len(names)) * 0.45 + 2), 4.2)
+    horizontal = len(groups) > MAX_VERTICAL_GROUPS
+    bars = max(1, len(names))  # inches per group below: one bar per series
+    size = ((10.0, (0.16 * bars + 0.12) * len(groups) + 1.8) if horizontal
+            else (max(6.0, (0.22 * bars + 0.15) * len(groups) + 3.5), 4.2))
+    fig, ax = _figure(*size)
     data = table.assign(**{group: table[group].astype(str), series: table[series].astype(str)})
     colours = dict(zip(names, palette(len(names))))
-    sns.barplot(data=data, x=group, y=value, hue=series, order=[str(g) for g in groups],
+    xy = {"x": value, "y": group} if horizontal else {"x": group, "y": value}
+    sns.barplot(data=data, **xy, hue=series, order=[str(g) for g in groups], orient="h" if horizontal else "v",
                 hue_order=[str(n) for n in names], palette=colours, errorbar=None, ax=ax, width=0.8)
     if {"lo", "hi"} <= set(data.columns):  # the tables' intervals, drawn at the centre of each bar
         for name, bars in zip(names, list(ax.containers)):
             d = data[data[series] == str(name)].set_index(group)
             present = [str(g) for g in groups if str(g) in d.index and pd.notna(d.loc[str(g), value])]
             d = d.reindex(present).reset_index()
-            x = [r.get_x() + r.get_width() / 2 for r in bars][:len(present)]
-            ax.errorbar(x, d[value].to_numpy(float), yerr=_yerr(d, value), fmt="none", ecolor="black",
-                        elinewidth=1, capsize=2)
+            if horizontal:
+                pos = [r.get_y() + r.get_height() / 2 for r in bars][:len(present)]
+                ax.errorbar(d[value].to_numpy(float), pos, xerr=_yerr(d, value), fmt="none", ecolor="black",
+                            elinewidth=1, capsize=2)
+            else:
+                pos = [r.get_x() + r.get_width() / 2 for r in bars][:len(present)]
+                ax.errorbar(pos, d[value].to_numpy(float), yerr=_yerr(d, value), fmt="none", ecolor="black",
+                            elinewidth=1, capsize=2)
     ticks = [str(g) for g in groups]
     if "n" in table.columns:
         first = table.drop_duplicates(group).set_index(group)
         n = first["n"].reindex(groups)
         one = (first["images"].reindex(groups) == 1) if "images" in first.columns else pd.Series(False, index=groups)
-        ticks = [f"{g}\n(n={int(k)}{', 1 image' if o else ''})" if pd.notna(k) else str(g)
+        sep = " " if horizontal else "\n"
+        ticks = [f"{g}{sep}(n={int(k)}{', 1 image' if o else ''})" if pd.notna(k) else str(g)
                  for g, k, o in zip(groups, n, one)]
-    ax.set_xticks(range(len(groups)), ticks, rotation=30 if len(groups) > 6 else 0,
-                  ha="right" if len(groups) > 6 else "center", fontsize=8)
-    ax.set_xlabel("")
-    ax.set_ylabel(ylabel)
-    if ylim:
-        ax.set_ylim(*ylim)
+    if horizontal:
+        ax.set_yticks(range(len(groups)), ticks, fontsize=9)
+        ax.set_ylabel("")
+        ax.set_xlabel(ylabel)
+        if ylim:
+            ax.set_xlim(*ylim)
+    else:
+        ax.set_xticks(range(len(groups)), ticks, fontsize=9)
+        ax.set_xlabel("")
+        ax.set_ylabel(ylabel)
+        if ylim:
+            ax.set_ylim(*ylim)
     ax.set_title(title, fontsize=11)
     handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles, [_wrap(n, 40) for n in names], fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+    ax.legend(handles, [_wrap(n, 40) for n in names], fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0),
               frameon=False)
     return fig
 

@@ -30,7 +30,7 @@ from .masks import decode_rle
 __all__ = [
     "PRIMARY", "ROW_SCHEMA", "ROW_COLUMNS", "PRED_SCHEMA", "PRED_COLUMNS", "SORT_KEYS", "PRED_SORT_KEYS",
     "NULLABLE_INT", "TIMING_COLUMNS", "RESULTS_FILE", "PREDICTIONS_FILE", "rows_table", "predictions_table",
-    "to_pandas", "write_table", "read_results", "prediction_mask",
+    "to_pandas", "write_table", "read_results", "prediction_mask", "timing_tables",
 ]
 
 PRIMARY = "primary"  # gt_variant of the dataset's own ground truth (after its labeling policy)
@@ -103,3 +103,28 @@ def read_results(out_dir: str | os.PathLike, predictions: bool = False) -> pd.Da
 def prediction_mask(row: Mapping[str, Any]) -> np.ndarray:
     """The ``bool (H, W)`` mask of one predictions-table row."""
     return decode_rle(json.loads(row["rle"]))
+
+
+def timing_tables(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Encoder time per model and decoder time per model x prompt mode, from ``ok`` result rows.
+
+    Returns ``(encode, decode)``. ``encode`` has one row per ``model_label``: images scored, how many
+    embeddings came from the cache, how many were encoded in this run, their total encoder seconds
+    and the seconds per encoded image, NaN when every embedding was cached (a cached image's
+    ``time_encode_s`` is 0, so a mean over all images would read as a free encoder). ``decode`` has
+    the mean ``time_decode_s`` per object of each ``model_label`` x ``prompt_mode``.
+    """
+    ok = rows[rows["status"] == "ok"]
+    images = ok.drop_duplicates(["dataset", "model", "image_id"])
+    encoded = images[~images["cached"].astype(bool)]
+    enc = pd.DataFrame({
+        "images": images.groupby("model_label").size(),
+        "cached": images.groupby("model_label")["cached"].sum().astype(int),
+        "encoded": encoded.groupby("model_label").size(),
+        "encode s (total)": encoded.groupby("model_label")["time_encode_s"].sum(),
+    }).fillna({"encoded": 0, "encode s (total)": 0.0})
+    enc["encoded"] = enc["encoded"].astype(int)
+    enc["encode s / encoded image"] = (enc["encode s (total)"] / enc["encoded"]).where(enc["encoded"] > 0)
+    dec = (ok.groupby(["model_label", "prompt_mode"])["time_decode_s"].mean()
+           .rename("decode s / object").reset_index())
+    return enc.rename_axis("model_label").reset_index(), dec
