@@ -290,6 +290,9 @@ def test_table_html_no_index_no_truncation_na_dash():
     g = pd.DataFrame({"mean": [0.25]}, index=pd.Index(["a"], name="category"))
     assert report.table_html(g).startswith("<div class='samstudy-table'><table><thead><tr><th>category</th>")
     assert "scroll" in report.table_html(pd.DataFrame({"x": range(30)}))
+    # shares of objects in % get one decimal (5 of 6 objects: 83.3, not 83.333)
+    pct = report.table_html(pd.DataFrame({"reached@85 (%)": [100 * 5 / 6], "NoC@85": [1.7963]}))
+    assert "<td class='num'>83.3</td><td class='num'>1.796</td>" in pct
 
 
 def test_headline_with_ci_and_flagged_groups():
@@ -447,3 +450,17 @@ def test_many_groups_lie_on_the_y_axis_at_a_fixed_width(tmp_path):
     centre = first.get_y() + first.get_height() / 2
     assert any(np.allclose(s, [[0.4, centre], [0.9, centre]]) for s in seg)
     many.savefig(tmp_path / "many.png")
+
+
+def test_dataset_overview_titles_count_images_not_the_largest_category():
+    from types import SimpleNamespace as NS
+
+    inst = [NS(category=c, image_id=i, area=a, tags=()) for c, i, a in
+            [("a", 1, 10), ("b", 1, 2000), ("a", 2, 20), ("b", 3, 20000)]]  # 3 images; a in 2, b in 2
+    sets = {"test": NS(instances=inst)}
+    assert compare.split_image_counts(sets) == {"test": 3}
+    stats = compare.dataset_stats(sets)
+    assert stats["images"].max() == 2
+    fig = plots.dataset_overview(stats, images=compare.split_image_counts(sets))
+    assert fig.axes[0].get_title() == "test: 4 objects, 3 images"
+    assert plots.dataset_overview(stats).axes[0].get_title() == "test: 4 objects"

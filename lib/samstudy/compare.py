@@ -36,7 +36,7 @@ __all__ = [
     "OBJECT_KEYS", "OBJECT_INFO", "Arm", "load_rows", "load_study_rows", "headline_arms", "comparison_pairs",
     "loose_buffer", "arm_matrix", "mean_table", "headline_table", "ci_table", "paired_diff_table",
     "buffer_sweep_table", "click_rows", "click_curve_table", "noc_summary", "policy_gap_table", "policy_changes",
-    "dataset_stats", "ours_for_published", "published_key", "finetuned_arms", "finetuned_base",
+    "dataset_stats", "split_image_counts", "ours_for_published", "published_key", "finetuned_arms", "finetuned_base",
     "policy_effect_table", "finetune_gain_table",
 ]
 
@@ -538,6 +538,11 @@ def dataset_stats(datasets: Mapping[str, Any]) -> "pd.DataFrame":
     buckets = pd.crosstab([df["split"], df["category"]], df["size_bucket"])
     out = out.join(buckets.reindex(columns=["small", "medium", "large"], fill_value=0)).reset_index()
     return out[["split", "category", "images", "objects", "small", "medium", "large", "mean area"]]
+
+
+def split_image_counts(datasets: Mapping[str, Any]) -> dict[str, int]:
+    """``{split name: number of images holding at least one object}``; ``datasets`` as in :func:`dataset_stats`."""
+    return {split: len({t.image_id for t in ds.instances}) for split, ds in datasets.items()}
 
 
 # ---------------------------------------------------------------------- beside published numbers

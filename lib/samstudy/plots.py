@@ -11,7 +11,7 @@ bootstrap intervals of the tables (``compare.ci_table`` etc.), never recomputed 
 from __future__ import annotations
 
 import textwrap
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -163,7 +163,7 @@ def click_curves(curves: pd.DataFrame, title: str = "IoU against the number of s
 
     ``reference``: optional ``label, noc90`` rows drawn as markers at IoU 0.9 (published NoC@90).
     """
-    fig, ax = _figure(7.0, 4.2)
+    fig, ax = _figure(10.0, 4.6)
     keys = ["dataset", "model_label", "prompt_mode", "multimask"]
     d = curves.assign(curve=[_wrap(f"{k[0]}: {k[1]}, {k[2]}", 48) for k in zip(*(curves[c] for c in keys))])
     names = sorted(dict.fromkeys(d["curve"]))
@@ -182,7 +182,7 @@ def click_curves(curves: pd.DataFrame, title: str = "IoU against the number of s
     ax.set_ylabel("mean IoU (per object)")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside, never on, the curves
     return fig
 
 
@@ -251,10 +251,15 @@ def training_curves(history: pd.DataFrame, x: str = "epoch", title: str = "Custo
     return fig
 
 
-def dataset_overview(stats: pd.DataFrame, title: str = "Objects per category and split") -> Figure:
-    """Stacked size-bucket counts per category, one panel per split; ``stats``: ``compare.dataset_stats``."""
+def dataset_overview(stats: pd.DataFrame, title: str = "Objects per category and split",
+                     images: Mapping[str, int] | None = None) -> Figure:
+    """Stacked size-bucket counts per category, one panel per split; ``stats``: ``compare.dataset_stats``.
+
+    ``images``: ``{split: images holding an object}`` (``compare.split_image_counts``) for the panel
+    titles; the per-category table cannot give it, since one image holds several categories.
+    """
     splits = list(dict.fromkeys(stats["split"]))
-    fig, axes = _figure(max(6.0, 3.2 * len(splits) + 2), 3.8, ncols=max(1, len(splits)))
+    fig, axes = _figure(max(6.0, 3.6 * len(splits) + 1.5), 3.8, ncols=max(1, len(splits)))
     axes = axes if isinstance(axes, list) else [axes]
     colours = palette(3)
     for i, (split, ax) in enumerate(zip(splits, axes)):
@@ -263,13 +268,13 @@ def dataset_overview(stats: pd.DataFrame, title: str = "Objects per category and
         for j, b in enumerate(("small", "medium", "large")):
             ax.bar(d["category"], d[b], bottom=bottom, label=b, color=colours[j])
             bottom += d[b].to_numpy(float)
-        ax.set_title(f"{split}: {int(d['objects'].sum())} objects, {int(d['images'].max() if len(d) else 0)}+ images",
-                     fontsize=9)
+        n_img = f", {images[split]} images" if images and split in images else ""
+        ax.set_title(f"{split}: {int(d['objects'].sum())} objects{n_img}", fontsize=9)
         ax.tick_params(axis="x", rotation=60, labelsize=7)
         ax.set_ylabel("objects")
         ax.set_xlabel("category")
-        if i == 0:
-            ax.legend(fontsize=7, frameon=False, title="size", title_fontsize=7)
+    axes[-1].legend(fontsize=7, frameon=False, title="size", title_fontsize=7, loc="upper left",
+                    bbox_to_anchor=(1.0, 1.0))  # beside the last panel: never on a bar
     fig.suptitle(title, fontsize=11)
     return fig
 
@@ -309,5 +314,5 @@ def done_curves(curve: pd.DataFrame, polygon_s: float, target: float,
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", frameon=False)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # beside, never on, the curves
     return fig

@@ -104,6 +104,7 @@ def _figure_title(fig: "Figure") -> str:
 
 # ------------------------------------------------------------------------------------------ tables
 NA_TEXT = "–"  # how a missing value (NaN, None) is shown in every table of the report
+PERCENT_DECIMALS = 1  # columns named with "%": shares of objects, where 83.333 claims a false precision
 
 
 def column_decimals(values: "pd.Series", decimals: int = 3) -> int:
@@ -158,7 +159,8 @@ def table_html(df: "pd.DataFrame | pd.Series", decimals: int | Mapping[str, int]
                table_id: str | None = None, scroll_rows: int = 25) -> str:
     """The report's one way to show a table: an HTML ``<table>`` with every row and the full text of
     every cell (nothing cut with '…'), no pandas index column (a meaningful index becomes columns),
-    floats in fixed notation (:func:`column_decimals`, or ``decimals[column]``), missing values as
+    floats in fixed notation (:func:`column_decimals`, :data:`PERCENT_DECIMALS` for a column named
+    with "%", or ``decimals[column]``), missing values as
     :data:`NA_TEXT`, numeric columns right-aligned (``class="num"``). Tables longer than
     ``scroll_rows`` rows scroll inside their box."""
     import pandas as pd
@@ -168,6 +170,8 @@ def table_html(df: "pd.DataFrame | pd.Series", decimals: int | Mapping[str, int]
     fmt = []
     for c, name in zip(frame.columns, cols):
         d = decimals.get(name, 3) if isinstance(decimals, Mapping) else decimals
+        if "%" in name and not (isinstance(decimals, Mapping) and name in decimals):
+            d = PERCENT_DECIMALS
         if pd.api.types.is_float_dtype(frame[c]):
             d = column_decimals(frame[c], d) if not (isinstance(decimals, Mapping) and name in decimals) else d
         numeric = pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
