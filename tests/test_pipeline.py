@@ -400,6 +400,19 @@ def test_notebook_parameter_defaults_are_the_config_defaults(stage):
                                      for name, nb, cfg in mismatches)
 
 
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_shipped_notebooks_validate_without_warnings(stage):
+    """Every cell has an id (nbformat 4.5): a missing one printed nbformat's MissingIDFieldWarning
+    on every ``samstudy run``, and is a hard error in later nbformat versions."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nb = nbformat.read(NOTEBOOKS / stage.notebook, as_version=4)
+        nbformat.validate(nb)
+    assert all(c.get("id") for c in nb.cells)
+
+
 def test_notebook_defaults_are_relative_dev_paths():
     foundation = next(s for s in STAGES if s.name == "foundation")
     d = notebook_defaults(foundation, REPO)
