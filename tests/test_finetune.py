@@ -7,6 +7,7 @@ the filled disc, and fine-tuning must learn the fill.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -357,3 +358,22 @@ def test_policy_tables_for_the_finetuned_arm_by_hand():
     gain = compare.finetune_gain_table(zs, ft, np.random.default_rng(0), 200).iloc[0]
     assert gain["zero-shot"] == pytest.approx(0.55) and gain["fine-tuned"] == pytest.approx(0.85)
     assert gain["diff"] == pytest.approx(0.30) and gain["lo"] <= 0.30 <= gain["hi"]
+
+
+def test_train_dir_is_keyed_by_schedule_and_data_not_by_threads_or_budget(tmp_path):
+    """A new schedule gets its own folder (it failed on the old last.pt before); a rerun with more
+    threads or a larger budget resumes in the same one; new training data starts afresh."""
+    from samstudy.finetune import train_dir
+
+    data = tmp_path / "train.json"
+    data.write_text('{"images": []}')
+    cfg = FinetuneConfig(model="litemedsam", prompt="box", epochs=12, lr=3e-4)
+    d = train_dir(tmp_path / "ft", cfg, data)
+    assert d.parent == tmp_path / "ft" / "train" / "litemedsam-box" and d.name.startswith("training-")
+    same = [dataclasses.replace(cfg, num_threads=2), dataclasses.replace(cfg, max_minutes=40.0),
+            dataclasses.replace(cfg, device="cuda")]
+    assert all(train_dir(tmp_path / "ft", c, data) == d for c in same)
+    assert train_dir(tmp_path / "ft", dataclasses.replace(cfg, epochs=24), data) != d
+    assert train_dir(tmp_path / "ft", dataclasses.replace(cfg, lr=5e-4), data) != d
+    data.write_text('{"images": [1]}')
+    assert train_dir(tmp_path / "ft", cfg, data) != d

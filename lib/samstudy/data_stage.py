@@ -32,7 +32,7 @@ from .files import file_sha256, jsonable, read_json, write_json_atomic
 
 __all__ = ["DATASETS_FILE", "SKIPS_TABLE", "write_datasets_manifest", "read_datasets_manifest", "load_test_sets",
            "load_train_set", "raw_gt_variant", "first_images", "load_source", "image_dir_of",
-           "write_stage_datasets", "training_dir", "max_skip_fraction", "check_inputs", "skip_counts"]
+           "write_stage_datasets", "training_dir", "train_annotations_path", "max_skip_fraction", "check_inputs", "skip_counts"]
 
 DATASETS_FILE = "datasets.json"
 SKIPS_TABLE = "skips_and_notes"  # <data_dir>/skips_and_notes.{parquet,csv}: every skip and note of the sources
@@ -95,6 +95,14 @@ def load_train_set(data_dir: str | os.PathLike) -> Any | None:
     if not t:
         return None
     return load_coco(_abs(data_dir, t["annotations"]), t["images"], name=t["name"], check_images=False)
+
+
+def train_annotations_path(data_dir: str | os.PathLike) -> Path:
+    """The COCO file of the data stage's training set; ``ValueError`` when it wrote none."""
+    t = read_datasets_manifest(data_dir)["train"]
+    if not t:
+        raise ValueError(f"{data_dir}: the data stage wrote no training set")
+    return _abs(Path(data_dir), t["annotations"])
 
 
 def raw_gt_variant(data_dir: str | os.PathLike, test_name: str) -> dict[int, Any] | None:

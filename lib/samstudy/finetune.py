@@ -723,8 +723,22 @@ def build_finetuned(checkpoint: str | os.PathLike | None = None, device: str | t
 
 # ------------------------------------------------------------------------------------ the stage
 def arm_dir(out_dir: str | os.PathLike, model: str, prompt: str) -> Path:
-    """``<out_dir>/train/<model>-<prompt>``: one fine-tuning folder per (base model, prompt type)."""
+    """``<out_dir>/train/<model>-<prompt>``: the root of one (base model, prompt type)'s fine-tuning."""
     return Path(out_dir) / "train" / f"{model}-{prompt}"
+
+
+def train_dir(out_dir: str | os.PathLike, config: FinetuneConfig, data_file: str | os.PathLike) -> Path:
+    """``arm_dir/training-<key>``: the fine-tuning folder of one (config, training data) pair.
+
+    Keyed as the custom model's (``data_stage.training_dir``), by every config field that changes
+    the trained weights (not ``num_threads``, ``device`` or the time budget, so a budget-stopped run
+    resumes with a larger budget) and the training set's file: a rerun after a crash resumes, a new
+    schedule starts afresh instead of failing on the old ``last.pt``.
+    """
+    from .data_stage import training_dir
+
+    keyed = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE}
+    return training_dir(arm_dir(out_dir, config.model, config.prompt), keyed, data_file)
 
 
 def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
@@ -738,7 +752,7 @@ def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: S
     rows too when in ``gt_variants``). ``minutes``: budget per arm.
 
     Returns ``(rows DataFrame, info)``; ``info`` has one dict per arm (checkpoint, SHA-256, training
-    meta). Writes ``out_dir/runs/<arm>-<test set>/`` (engine) and ``out_dir/train/<model>-<prompt>/``.
+    meta, ``train_dir``). Writes ``out_dir/runs/<arm>-<test set>/`` (engine) and :func:`train_dir`.
     """
     import pandas as pd
 
@@ -748,6 +762,7 @@ def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: S
     train = data_stage.load_train_set(data_dir)
     if train is None:
         raise ValueError(f"{data_dir}: the data stage wrote no training set; the fine-tuned arm needs one")
+    train_file = data_stage.train_annotations_path(data_dir)
     policy = data_stage.read_datasets_manifest(data_dir)["policy"]
     tests = data_stage.load_test_sets(data_dir)
     cache = EmbeddingCache(embedding_dir(cache_dir))  # the zero-shot arm's cache: embeddings computed once
@@ -757,13 +772,13 @@ def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: S
             cfg = FinetuneConfig(model=spec["name"], checkpoint=spec.get("checkpoint"),
                                  options=dict(spec.get("options") or {}), prompt=prompt, max_minutes=minutes,
                                  seed=seed, device=device, **dict(options or {}))
-            path = finetune(train, cfg, arm_dir(out_dir, cfg.model, prompt), cache, progress=progress)
+            path = finetune(train, cfg, train_dir(out_dir, cfg, train_file), cache, progress=progress)
             arm = build_model("finetuned", checkpoint=path, device=device, num_threads=cfg.num_threads,
                               **dict(cfg.options))
             meta = read_json(path.with_suffix(".json")) or {}
             tmeta = read_json(path.parent / "train_meta.json") or {}
             info.append({"model": arm.name, "label": arm.label, "base_model": cfg.model, "prompt": prompt,
-                         "checkpoint": str(path), "checkpoint_sha256": arm.checkpoint_sha256,
+                         "train_dir": str(path.parent), "checkpoint": str(path), "checkpoint_sha256": arm.checkpoint_sha256,
                          "best_epoch": meta.get("best", {}).get("epoch"), "val_miou": meta.get("best", {}).get("val_miou"),
                          "epochs_done": tmeta.get("epochs_done"), "steps_done": tmeta.get("steps_done"),
                          "train_seconds": tmeta.get("train_seconds"), "stopped_by_budget": tmeta.get("stopped_by_budget"),
