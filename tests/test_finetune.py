@@ -377,3 +377,16 @@ def test_train_dir_is_keyed_by_schedule_and_data_not_by_threads_or_budget(tmp_pa
     assert train_dir(tmp_path / "ft", dataclasses.replace(cfg, lr=5e-4), data) != d
     data.write_text('{"images": [1]}')
     assert train_dir(tmp_path / "ft", cfg, data) != d
+
+
+def test_training_progress_reaches_the_runners_progress_file(tiny_ckpt, tiny_registered, world, tmp_path,
+                                                             monkeypatch):
+    """Inside ``samstudy run`` the kernel's bars go to $SAMSTUDY_PROGRESS_FILE, which the CLI follows:
+    the fine-tuning bar used tqdm.auto (a widget in the kernel) and the CLI sat at 'cell 4/14'."""
+    from samstudy.progress import PROGRESS_ENV
+
+    progress_file = tmp_path / "finetune.progress"
+    monkeypatch.setenv(PROGRESS_ENV, str(progress_file))
+    finetune(world, tiny_config(tiny_ckpt, epochs=1), tmp_path / "ft", model=tiny_model(tiny_ckpt), progress=True)
+    text = progress_file.read_text()
+    assert f"finetune {TINY_NAME} box" in text and "step" in text

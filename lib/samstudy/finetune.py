@@ -574,7 +574,7 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                 "trainable_parameters": int(sum(p.numel() for p in params)),
                 "decoder_batches_across_images": across}
         write_json_atomic(out / "train_meta.json", meta, sort_keys=True)
-        from tqdm.auto import tqdm
+        from .progress import tqdm  # plain-text lines the CLI follows inside a study run
 
         bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                    desc=f"finetune {config.model} {config.prompt}")
