@@ -389,3 +389,27 @@ def test_litemedsam_end_to_end_on_one_tiny_image(tmp_path):
     warm = engine.run_experiment(ds, model, ["tight_box", "clicks[start=click,max_clicks=2]"],
                                             tmp_path / "out2", cache, progress=False)
     pd.testing.assert_frame_equal(_comparable(df), _comparable(warm))
+
+
+
+class OneOutputClicker(BoxFake):
+    """Like the custom arm: extreme points then corrective clicks, one output per prompt."""
+
+    name = "oneclicker"
+    supported_modes = frozenset({"extreme_points", "clicks"})
+    multimask_outputs = 1
+
+
+def test_click_sequences_of_a_one_output_model_default_to_single(tmp_path):
+    """The config accepted the custom arm as a foundation model with clicks (one output: 'single'),
+    then the engine refused it at run time with its own default, first_best_of_3: one rule now."""
+    from samstudy.models.base import default_click_selections
+
+    assert default_click_selections(OneOutputClicker) == ("single",)
+    assert default_click_selections(BoxFake) == ("first_best_of_3",)
+    ds = make_dataset(tmp_path, 1)
+    df = engine.run_experiment(ds, OneOutputClicker(), ["clicks[start=extreme_points,max_clicks=2]"],
+                               tmp_path / "o", multimask=["single"], progress=False)
+    assert (df.status == "ok").all() and set(df.multimask) == {"single"} and set(df.click) == {0, 1, 2}
+    boxed = engine.run_experiment(ds, BoxFake(), ["clicks[start=box,max_clicks=1]"], tmp_path / "b", progress=False)
+    assert set(boxed.multimask) == {"first_best_of_3"}

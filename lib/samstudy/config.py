@@ -504,13 +504,12 @@ def _modes(specs: list[Any], where: str, file: Path, buffer_sweep: tuple[float, 
 
 def _check_model(name: str, modes: list[Any], multimask: tuple[str, ...], where: str, file: Path) -> None:
     """The model must be registered and decode every mode and selection it is given (no model is built)."""
-    from .models.base import check_model_modes
+    from .models.base import check_model_modes, default_click_selections
     from .models.registry import model_class  # function-level: registering the built-ins loads torch
 
     try:
         cls = model_class(name)
-        clicks = ("first_best_of_3",) if cls.multimask_outputs > 1 else ("single",)  # one-output models: single
-        check_model_modes(cls, modes, multimask, clicks, name=name)
+        check_model_modes(cls, modes, multimask, default_click_selections(cls), name=name)
     except ValueError as e:
         raise ConfigError(f"{file}: {where}: {e}") from None
 

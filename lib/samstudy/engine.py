@@ -42,7 +42,9 @@ the labeling policy). One-shot modes run once per entry of ``multimask`` (defaul
 - ``"single"``: ``decode(multimask=False)``, SAM's single output token;
 - ``"best_of_3"``: ``decode(multimask=True)`` and the mask with the highest predicted IoU.
 
-Click sequences run once per entry of ``click_multimask`` (default ``"first_best_of_3"``):
+Click sequences run once per entry of ``click_multimask`` (default
+:func:`samstudy.models.base.default_click_selections`: ``"first_best_of_3"``, or ``"single"`` for a
+model with one output per prompt):
 
 - ``"first_best_of_3"`` (SAM's interactive convention, our choice of default): the first decode
   of the sequence (the first click, or the box for ``start=box``) takes the best of 3 by predicted
@@ -154,7 +156,7 @@ from .locks import folder_lock
 from .masks import encode_rle
 from .metrics import METRIC_KEYS, object_metrics, size_bucket
 from .models.base import (CLICK_SELECTIONS, ONE_SHOT_SELECTIONS, Decoded, Embedding, PromptableSegmenter,
-                          check_model_modes)
+                          check_model_modes, default_click_selections)
 from .provenance import git_info, package_versions
 from .prompts import DEFAULT_MODES, Prompt, PromptMode, make_prompt, parse_modes, tight_box
 from .results import (PRED_SCHEMA, PRIMARY, ROW_SCHEMA, predictions_table, rows_table, sort_table, to_pandas,
@@ -458,7 +460,7 @@ def process_image(record: ImageRecord, instances: Sequence[Instance], model: Pro
                   modes: Sequence[PromptMode | str] = DEFAULT_MODES, cache: EmbeddingCache | None = None,
                   seed: int = 0, *, dataset: str = "", split: str = "test", policy: str = "raw",
                   gt_variants: GtVariants | None = None, multimask: Sequence[str] = ONE_SHOT_SELECTIONS,
-                  click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
+                  click_multimask: Sequence[str] | None = None, min_box_side: float = 2,
                   image: np.ndarray | None = None, image_loader: ImageLoader | None = None,
                   keep_predictions: bool = True) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every prompt mode on every object of one image (see the module docstring for the rows).
@@ -479,6 +481,7 @@ def process_image(record: ImageRecord, instances: Sequence[Instance], model: Pro
         Read/format problems become skip rows; model errors propagate.
     """
     modes = parse_modes(modes)
+    click_multimask = default_click_selections(model) if click_multimask is None else click_multimask
     check_model_modes(model, modes, multimask, click_multimask)
     variants = dict(gt_variants or {})
     ctx = _Ctx(dataset=dataset, split=split, policy=policy, model=model, seed=int(seed),
@@ -673,7 +676,7 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
                    cache: EmbeddingCache | str | os.PathLike | None = None, seed: int = 0,
                    split: str = "test", policy: str = "raw", gt_variants: GtVariants | None = None,
                    progress: bool = True, *, multimask: Sequence[str] = ONE_SHOT_SELECTIONS,
-                   click_multimask: Sequence[str] = ("first_best_of_3",), min_box_side: float = 2,
+                   click_multimask: Sequence[str] | None = None, min_box_side: float = 2,
                    force: bool = False, image_loader: ImageLoader | None = None,
                    store_predictions: bool = True, max_skip_fraction: float | None = None,
                    executor: Any = None) -> pd.DataFrame:
@@ -713,6 +716,7 @@ def run_experiment(dataset: Dataset, model: PromptableSegmenter, modes: Sequence
         samstudy.data.TooManySkips: the skip limit above.
     """
     modes = parse_modes(DEFAULT_MODES if modes is None else modes)
+    click_multimask = default_click_selections(model) if click_multimask is None else click_multimask
     check_model_modes(model, modes, multimask, click_multimask)
     if not isinstance(cache, EmbeddingCache):
         cache = EmbeddingCache(cache)

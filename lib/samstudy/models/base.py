@@ -142,6 +142,13 @@ def check_rgb_uint8(image: np.ndarray, model_name: str) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def default_click_selections(model: "PromptableSegmenter | type[PromptableSegmenter]") -> tuple[str, ...]:
+    """The click-sequence selection a model is scored with when none is given: SAM's interactive
+    convention ``first_best_of_3`` for a model with several outputs per prompt, else ``single``
+    (the custom arm, a single-output decoder)."""
+    return ("first_best_of_3",) if model.multimask_outputs > 1 else ("single",)
+
+
 def check_model_modes(model: "PromptableSegmenter | type[PromptableSegmenter]", modes: Sequence[PromptMode],
                       multimask: Sequence[str] = ("single",), click_multimask: Sequence[str] = (),
                       name: str | None = None) -> None:
