@@ -87,6 +87,13 @@ def test_sweep_clicks_noc_and_policy_gap():
     assert sweep.iloc[1]["mean"] == pytest.approx((0.3 + 0.7 + 0.4) / 3)
     curves = compare.click_curve_table(rows)
     assert list(curves["mean"]) == pytest.approx([0.35, 0.58, 0.675])
+    # a sequence with a start prompt draws from click 0 (the box); one-shot rows (click 0) never join
+    boxed = pd.DataFrame([{**rows.iloc[0].to_dict(), "ann_id": a, "prompt_mode": "clicks[start=box,max_clicks=1]",
+                           "click": c, "iou": v} for a, c, v in ((1, 0, 0.6), (2, 0, 0.4), (1, 1, 0.9), (2, 1, 0.8))])
+    both = compare.click_curve_table(pd.concat([rows, boxed], ignore_index=True))
+    box_curve = both[both["prompt_mode"] == "clicks[start=box,max_clicks=1]"]
+    assert list(box_curve["click"]) == [0, 1] and list(box_curve["mean"]) == pytest.approx([0.5, 0.85])
+    assert set(both["prompt_mode"]) == {"clicks[start=click,max_clicks=3]", "clicks[start=box,max_clicks=1]"}
     noc = compare.noc_summary(rows)
     # object 1 reaches 0.85 at click 2 and 0.9 at click 3; object 2 never (capped at 3)
     assert noc.iloc[0]["NoC@85"] == pytest.approx((2 + 3) / 2) and noc.iloc[0]["NoC@90"] == pytest.approx(3)
@@ -464,3 +471,20 @@ def test_dataset_overview_titles_count_images_not_the_largest_category():
     fig = plots.dataset_overview(stats, images=compare.split_image_counts(sets))
     assert fig.axes[0].get_title() == "test: 4 objects, 3 images"
     assert plots.dataset_overview(stats).axes[0].get_title() == "test: 4 objects"
+
+
+def test_effort_bars_name_the_dataset_and_keep_one_colour_per_assistant():
+    summary = pd.DataFrame([{"target": t, "dataset": ds, "assistant": a, "seconds": s, "lo": s - 1, "hi": s + 1}
+                            for t in (0.85, 0.9) for ds, a, s in (("grabcut", "custom + clicks", 10.0 + 20 * t),
+                                                                   ("grabcut", "manual polygon", 79.2),
+                                                                   ("berkeley", "custom + clicks", 30.0),
+                                                                   ("berkeley", "manual polygon", 79.2))])
+    fig = plots.effort_bars(summary, 79.2)
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(names) == ["berkeley: custom + clicks", "berkeley: manual polygon", "grabcut: custom + clicks",
+                             "grabcut: manual polygon"]
+    colour = {n: tuple(b.get_facecolor()) for n, b in zip(names, ax.patches)}
+    assert colour["grabcut: custom + clicks"] == colour["berkeley: custom + clicks"] != colour["grabcut: manual polygon"]
+    one = plots.effort_bars(summary[summary["dataset"] == "grabcut"], 79.2)
+    assert sorted(t.get_text() for t in one.axes[0].get_yticklabels()) == ["custom + clicks", "manual polygon"]

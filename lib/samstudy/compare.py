@@ -338,8 +338,14 @@ def click_rows(rows: "pd.DataFrame", gt_variant: str = PRIMARY) -> "pd.DataFrame
 
 
 def click_curve_table(rows: "pd.DataFrame", gt_variant: str = PRIMARY) -> "pd.DataFrame":
-    """``dataset, model_label, prompt_mode, multimask, click, n, mean``: mIoU after each click."""
+    """``dataset, model_label, prompt_mode, multimask, click, n, mean``: mIoU after each click, from
+    click 0 (the start prompt: box, extreme points...) for sequences that have one."""
+    import pandas as pd
+
     r = click_rows(rows, gt_variant)
+    start = rows[(rows["click"] == 0) & (rows["status"] == "ok") & (rows["gt_variant"] == gt_variant)
+                 & rows["prompt_mode"].isin(set(r["prompt_mode"]))]
+    r = pd.concat([start, r], ignore_index=True)
     keys = ["dataset", "model_label", "prompt_mode", "multimask", "click"]
     return (r.groupby(keys, sort=True)["iou"].agg(n="size", mean="mean").reset_index())
 

@@ -285,14 +285,19 @@ def effort_bars(summary: pd.DataFrame, polygon_s: float,
     polygon time marked; ``summary``: ``effort.effort_summary`` (no ``by``)."""
     targets = sorted(summary["target"].unique())
     n = summary.groupby("target").size().max() if len(summary) else 1
+    several = "dataset" in summary.columns and summary["dataset"].nunique() > 1
+    bar = (summary["dataset"].astype(str) + ": " + summary["assistant"].astype(str)) if several else summary["assistant"]
+    summary = summary.assign(bar=bar.to_numpy())  # with several datasets, a bar names its dataset
+    colours = dict(zip(dict.fromkeys(summary["assistant"]), palette(summary["assistant"].nunique())))
     fig = Figure(figsize=(6.0 * max(1, len(targets)), 0.45 * n + 1.6), layout="constrained")
     for i, t in enumerate(targets):
         ax = fig.add_subplot(1, len(targets), i + 1)
         d = summary[summary["target"] == t].iloc[::-1]
         y = np.arange(len(d))
         err = _yerr(d, "seconds")
-        ax.barh(y, d["seconds"].to_numpy(float), xerr=err, capsize=2, color=palette(len(d))[::-1])
-        ax.set_yticks(y, [_wrap(a, 44) for a in d["assistant"]], fontsize=7)
+        ax.barh(y, d["seconds"].to_numpy(float), xerr=err, capsize=2,
+                color=[colours[a] for a in d["assistant"]])  # one colour per assistant in every panel
+        ax.set_yticks(y, [_wrap(a, 44) for a in d["bar"]], fontsize=7)
         ax.axvline(polygon_s, color="grey", ls=":", lw=1)
         ax.set_xlabel("modelled seconds per object")
         ax.set_title(f"IoU target {t:g} (polygon by hand: {polygon_s:g} s)", fontsize=9)
