@@ -244,6 +244,8 @@ def test_tiny_run_from_outside_the_checkout(tmp_path, capsys, monkeypatch):
     assert engine and re.search(r"img/s|s/img", engine[-1]) and "obj_s=" in engine[-1] and "3/3" in engine[-1], err[-3000:]
     assert re.search(r"\[train_custom\] custom tiny-train: [^\r\n]*step/s", err)
     assert "to ONNX (one time)" in err and "exported " in err
+    page = (user / "results" / "tiny" / "report" / "02_foundation_prompts.html").read_text()
+    assert "to ONNX (one time)" not in page  # the CLI tells it; the report page has no log lines
     assert sorted(p.name for p in user.iterdir()) == ["results", "tiny.yaml"]
     # checksums/ holds the checkpoint's SHA-256 record when no `.sha256` sidecar sits beside it (a fresh machine)
     assert {p.name for p in (tmp_path / "cache").iterdir()} <= {"embeddings", "onnx", "checksums"}

@@ -259,6 +259,7 @@ def test_the_finetuned_arm_shares_the_embedding_cache_and_is_scored_by_the_engin
     assert isinstance(arm, FinetunedSegmenter)
     assert arm.cache_key == base.cache_key and arm.checkpoint_sha256 != base.checkpoint_sha256
     assert arm.name == f"{TINY_NAME}_ft-box" and "box prompts" in arm.label
+    assert arm.label.endswith(f"(decoder, sha256 {arm.checkpoint_sha256[:8]})")  # no folder names in labels
     misses = cache.stats.misses
     df = run_experiment(world, arm, EVAL_MODES["box"], out_dir=tmp_path / "eval", cache=cache, progress=False,
                         multimask=("single",))

@@ -717,7 +717,7 @@ def build_finetuned(checkpoint: str | os.PathLike | None = None, device: str | t
     base_label = str(getattr(inner, "label", base)).split(" (")[0]
     what = f"{_PROMPT_WORDS.get(prompt, prompt)} prompts" if prompt else "unknown prompts"
     name = f"{base}_ft-{prompt}" if prompt else f"{base}_ft"
-    label = f"{base_label} fine-tuned on {what} (decoder; checkpoint {path.parent.name}/{path.name})"
+    label = f"{base_label} fine-tuned on {what} (decoder, sha256 {inner.checkpoint_sha256[:8]})"  # short, unique
     return FinetunedSegmenter(inner, name=name, label=label, embedding_key=key, prompt=prompt)
 
 

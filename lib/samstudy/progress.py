@@ -43,12 +43,14 @@ def tqdm(*args: Any, **kwargs: Any) -> Any:
 
 
 def note(message: str) -> None:
-    """Tell the user about a one-time cost (e.g. an ONNX export): on stderr, and into the progress
-    file when a run follows one, so that it reaches the command line."""
+    """Tell the user about a one-time cost (e.g. an ONNX export): into the progress file when a run
+    follows one, so that it reaches the command line and not the report page (a kernel's stderr
+    lands in the page as a red log block), else on stderr."""
     import sys
 
-    print(message, file=sys.stderr, flush=True)
     path = os.environ.get(PROGRESS_ENV)
-    if path:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write("\n" + message + "\n")  # ends a bar line the note would otherwise join
+    if not path:
+        print(message, file=sys.stderr, flush=True)
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("\n" + message + "\n")  # ends a bar line the note would otherwise join
