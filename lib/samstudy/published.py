@@ -131,7 +131,7 @@ def protocol_statement(model_labels: Mapping[str, str], dataset: str, multimask:
         note = " (a medical-image SAM-architecture model used as a stand-in, not SAM)" if "medsam" in name.lower() else ""
         models.append(f"{label}{note}" + (f", checkpoint sha256 {sha[:12]}" if sha else ""))
     return (f"Protocol: mIoU is the mean over test objects of the per-object IoU (not per image) on {dataset}; "
-            f"COCO crowd annotations {'excluded' if crowd_excluded else 'included'}; "
+            f"crowd annotations (COCO iscrowd = 1) {'excluded' if crowd_excluded else 'included'}; "
             f"{'best of 3 masks by predicted IoU' if multimask else 'single-mask output (multimask off)'}; "
             f"ground truth: labeling policy '{policy}', scored against {' and '.join(gt_variants)} ground truth; "
             f"tight box = bounding box of the ground-truth mask; loose box = tight box grown by b of its sides "
