@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 RUN    ?= demo
 CONFIG ?= configs/demo.yaml
 
-.PHONY: help study test install bench data-coco weights shared-coco isegm policy policy-synthetic clean-venv
+.PHONY: help study test install bench data-coco weights shared-coco isegm isegm-custom policy policy-synthetic clean-venv
 
 # Install into .venv when the pins changed (pip takes torch/torchvision from this machine's disk).
 # sam2 is an sdist whose build imports torch: it is built last, against the torch just installed (an
@@ -48,6 +48,10 @@ shared-coco: $(STAMP)
 ## GrabCut + Berkeley click benchmarks (../shared/data/isegm): NoC@85/90
 isegm: $(STAMP)
 	$(VENV)/bin/samstudy run --config configs/isegm.yaml --run isegm
+
+## The same benchmarks for the custom model trained by `make shared-coco` (run that first)
+isegm-custom: $(STAMP)
+	$(VENV)/bin/samstudy run --config configs/isegm-custom.yaml --run isegm-custom
 
 ## The labeling-policy experiment on COCO vehicles and pedestrians
 policy: $(STAMP)
