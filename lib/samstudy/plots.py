@@ -62,9 +62,9 @@ def grouped_bars(table: pd.DataFrame, group: str, series: str = "arm", value: st
     groups = list(group_order) if group_order is not None else list(dict.fromkeys(table[group]))
     names = list(dict.fromkeys(table[series]))
     horizontal = len(groups) > MAX_VERTICAL_GROUPS
-    bars = max(1, len(names))  # inches per group below: one bar per series
-    size = ((10.0, (0.16 * bars + 0.12) * len(groups) + 1.8) if horizontal
-            else (max(6.0, (0.22 * bars + 0.15) * len(groups) + 3.5), 4.2))
+    n_series = max(1, len(names))  # inches per group below: one bar per series
+    size = ((10.0, (0.16 * n_series + 0.12) * len(groups) + 1.8) if horizontal
+            else (max(6.0, (0.22 * n_series + 0.15) * len(groups) + 3.5), 4.2))
     fig, ax = _figure(*size)
     data = table.assign(**{group: table[group].astype(str), series: table[series].astype(str)})
     colours = dict(zip(names, palette(len(names))))
