@@ -24,7 +24,7 @@ import torch
 from samstudy.cache import EmbeddingCache
 from samstudy.data import Dataset, ImageRecord, Instance
 from samstudy.engine import run_experiment
-from samstudy.finetune import (EVAL_MODES, FinetuneConfig, FinetunedSegmenter, collect_objects, decoder_forward,
+from samstudy.finetune import (EVAL_MODES, FinetuneConfig, FinetunedSegmenter, collect_objects,
                                encoder_hash, finetune, finetuned_paths, sample_prompt, write_finetuned_checkpoint)
 from samstudy.masks import encode_rle, mask_box_xyxy
 from samstudy.models import build_model
@@ -111,7 +111,7 @@ def trained_parts(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ tests
-def test_decoder_forward_equals_the_models_own_decode(tiny_ckpt, world):
+def test_decode_train_equals_the_models_own_decode(tiny_ckpt, world):
     seg = tiny_model(tiny_ckpt)
     objs, embs, _ = collect_objects(world, seg, EmbeddingCache(None))
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def test_decoder_forward_equals_the_models_own_decode(tiny_ckpt, world):
         o = objs[0]
         p = sample_prompt(kind, o, rng)
         with torch.no_grad():
-            low, iou = decoder_forward(seg, embs[o.image_id], [p])
+            low, iou = seg.decode_train(embs[o.image_id], [p])
         dec = seg.decode(embs[o.image_id], [p], multimask=False)
         np.testing.assert_allclose(low[:, :1].numpy(), dec.low_res_logits, atol=1e-5)
         np.testing.assert_allclose(iou[:, :1].numpy(), dec.iou_pred, atol=1e-5)
@@ -233,7 +233,7 @@ def test_checkpoint_keeps_the_base_format_and_loads_with_the_official_loader(tin
 def test_another_architecture_is_a_checkpoint_error(tiny_ckpt, tiny_registered, world, tmp_path):
     other = build_sam_module(OTHER)
     with pytest.raises(CheckpointError, match="another architecture"):
-        write_finetuned_checkpoint(tiny_ckpt, other, tmp_path / "x.pth")
+        write_finetuned_checkpoint(tiny_ckpt, other, tmp_path / "x.pth", SamSegmenter.trainable_parts)
     # a fine-tuned checkpoint of another architecture given to the arm: the base loader refuses it
     bad = tmp_path / "bad" / "finetuned.pth"
     bad.parent.mkdir()

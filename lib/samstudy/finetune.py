@@ -87,7 +87,7 @@ from .prompts import Prompt, extreme_points, interior_point, jitter_box, loose_b
 log = logging.getLogger(__name__)
 
 __all__ = ["FinetuneConfig", "PROMPT_TYPES", "EVAL_MODES", "FinetuneObject", "collect_objects",
-           "sample_prompt", "decoder_forward", "finetune", "write_finetuned_checkpoint",
+           "sample_prompt", "finetune", "write_finetuned_checkpoint",
            "FinetunedSegmenter", "build_finetuned", "encoder_hash", "finetuned_paths", "CURVE_COLUMNS"]
 
 PROMPT_TYPES = ("box", "extreme_points", "clicks")
@@ -98,7 +98,6 @@ EVAL_MODES: dict[str, tuple[str, ...]] = {
     "clicks": ("center_point",),
 }
 _BOX_TRAIN_MODES = EVAL_MODES["box"]
-TRAINABLE_PARTS = ("prompt_encoder", "mask_decoder")  # SAM's; each segmenter declares its own trainable_parts
 TRAIN_FORMAT = "samstudy-finetune-train-1"
 CURVE_COLUMNS = ("epoch", "step", "train_loss", "val_miou", "lr", "seconds")
 CHECKPOINT_NAME, META_NAME = "finetuned.pth", "finetuned.json"
@@ -273,14 +272,6 @@ def _eval_prompt(mode_key: str, obj: FinetuneObject, seed: int) -> Prompt:
 
 
 # -------------------------------------------------------------------------------------- forward
-def decoder_forward(seg: Any, embedding: Embedding | Sequence[Embedding], prompts: Sequence[Prompt]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``seg.decode_train(embedding, prompts)``: the model's own differentiable decoder pass, low-res
-    logits ``(N, 4, L, L)`` and IoU ``(N, 4)``, token 0 the single output (see
-    :meth:`samstudy.models.sam.SamSegmenter.decode_train`)."""
-    return seg.decode_train(embedding, prompts)
-
-
 def batches_across_images(seg: Any, embeddings: Sequence[Embedding], prompts: Sequence[Prompt]) -> bool:
     """Whether ``seg``'s mask decoder takes one image embedding per prompt (LiteMedSAM's does; the
     original ``segment_anything`` decoder repeats one embedding per prompt). Probed on two prompts
@@ -289,8 +280,8 @@ def batches_across_images(seg: Any, embeddings: Sequence[Embedding], prompts: Se
         return False
     try:
         with torch.no_grad():
-            low, _ = decoder_forward(seg, list(embeddings[:2]), list(prompts[:2]))
-            one = [decoder_forward(seg, embeddings[i], [prompts[i]])[0] for i in range(2)]
+            low, _ = seg.decode_train(list(embeddings[:2]), list(prompts[:2]))
+            one = [seg.decode_train(embeddings[i], [prompts[i]])[0] for i in range(2)]
     except (RuntimeError, ValueError):
         return False
     return tuple(low.shape) == (2, *one[0].shape[1:]) and all(
@@ -324,7 +315,7 @@ def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObje
     n = len(objs)
     for (image_id, _, _), idx in _groups(prompts, None if across_images else [o.image_id for o in objs]).items():
         emb = [embeddings[objs[i].image_id] for i in idx] if across_images else embeddings[image_id]
-        low, iou = decoder_forward(seg, emb, [prompts[i] for i in idx])
+        low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
         logits = low[:, 0]
         target = torch.from_numpy(np.stack([objs[i].target for i in idx])).float().div_(255.0).to(logits.device)
         bce = F.binary_cross_entropy_with_logits(logits, target)
@@ -352,7 +343,7 @@ def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, 
         prompts = [_eval_prompt(mode, o, seed) for o in objs]
         for (image_id, _, _), idx in _groups(prompts, [o.image_id for o in objs]).items():
             emb = embeddings[image_id]
-            low, iou = decoder_forward(seg, emb, [prompts[i] for i in idx])
+            low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
             masks = seg.low_res_masks(seg.single_output(low, iou)[0].float().cpu(), emb)
             ious += [mask_iou(masks[k, 0], objs[i].full_mask()) for k, i in enumerate(idx)]
     return float(np.mean(ious)) if ious else float("nan")
@@ -411,7 +402,7 @@ def _state_of(obj: Any) -> tuple[dict[str, torch.Tensor], str | None]:
 
 
 def write_finetuned_checkpoint(base_path: str | os.PathLike, module: torch.nn.Module, out_path: str | os.PathLike,
-                               parts: Sequence[str] = TRAINABLE_PARTS) -> str:
+                               parts: Sequence[str]) -> str:
     """Write ``out_path``: the base checkpoint file with the tensors of ``parts`` taken from
     ``module`` (everything else, wrapper keys included, as in the file); returns its SHA-256.
 

@@ -93,7 +93,6 @@ class HqSamSegmenter(SamSegmenter):
         sam_logits, hq_logits = out[:, :-1], out[:, -1:]
         return hq_logits.expand_as(sam_logits) if self.hq_token_only else sam_logits + hq_logits
 
-
     # the hq_features fusion runs in encode (cached): its layers are part of the image path
     embedding_parts: ClassVar[tuple[str, ...]] = ("mask_decoder.embedding_encoder", "mask_decoder.compress_vit_feat")
 

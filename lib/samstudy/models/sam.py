@@ -300,19 +300,21 @@ class SamSegmenter(PromptableSegmenter):
                 dense_prompt_embeddings=dense)
         return low, iou
 
-    def _prompt_tensors(self, embedding: Embedding, group: list[tuple],
+    def _prompt_tensors(self, embedding: Embedding | Sequence[Embedding], group: list[tuple],
                         has_box: bool) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
-        """Points ``((n, K, 2) float32, (n, K) int64)`` and boxes ``(n, 4)`` of a group, in the input frame."""
-        frame = (embedding.original_hw, embedding.input_hw)
+        """Points ``((n, K, 2) float32, (n, K) int64)`` and boxes ``(n, 4)`` of a group, in the input
+        frame of ``embedding``'s image (or of each prompt's own image: one embedding per prompt)."""
+        embs = [embedding] * len(group) if isinstance(embedding, Embedding) else list(embedding)
+        frames = [(e.original_hw, e.input_hw) for e in embs]
         points = None
         if group[0][1] is not None:
-            coords = np.stack([self.to_input_frame(p, *frame) for _, p, _ in group])  # (n, K, 2)
+            coords = np.stack([self.to_input_frame(p, *f) for (_, p, _), f in zip(group, frames)])  # (n, K, 2)
             labels = np.stack([lab for _, _, lab in group])  # (n, K)
             points = (torch.as_tensor(coords, dtype=torch.float32, device=self.device),
                       torch.as_tensor(labels, dtype=torch.int64, device=self.device))
         boxes = None
         if has_box:
-            b = np.stack([self.to_input_frame(b.reshape(2, 2), *frame).reshape(4) for b, _, _ in group])
+            b = np.stack([self.to_input_frame(b.reshape(2, 2), *f).reshape(4) for (b, _, _), f in zip(group, frames)])
             boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)  # (n, 4)
         return points, boxes
 
@@ -351,22 +353,13 @@ class SamSegmenter(PromptableSegmenter):
         count. In eval mode the outputs equal :meth:`decode`'s (tested to 1e-5).
         """
         single = isinstance(embeddings, Embedding)
-        embs = [embeddings] * len(prompts) if single else list(embeddings)
+        embs = [embeddings] if single else list(embeddings)
         parsed = [_prompt_arrays(p, i) for i, p in enumerate(prompts)]
-        points = None
-        if parsed[0][1] is not None:
-            coords = np.stack([self.to_input_frame(pt, e.original_hw, e.input_hw) for (_, pt, _), e in zip(parsed, embs)])
-            points = (torch.as_tensor(coords, dtype=torch.float32, device=self.device),
-                      torch.as_tensor(np.stack([lab for _, _, lab in parsed]), dtype=torch.int64, device=self.device))
-        boxes = None
-        if parsed[0][0] is not None:
-            b = np.stack([self.to_input_frame(bx.reshape(2, 2), e.original_hw, e.input_hw).reshape(4)
-                          for (bx, _, _), e in zip(parsed, embs)])
-            boxes = torch.as_tensor(b, dtype=torch.float32, device=self.device)
+        points, boxes = self._prompt_tensors(embeddings, parsed, parsed[0][0] is not None)
         pe = self.model.prompt_encoder
         sparse, dense = pe(points=points, boxes=boxes, masks=None)
-        feats = (embeddings.features if single else torch.cat([e.features for e in embs])).to(self.device, torch.float32)
-        return self._train_masks(feats, embs if not single else [embeddings], sparse, dense, pe.get_dense_pe())
+        feats = torch.cat([e.features for e in embs]).to(self.device, torch.float32)
+        return self._train_masks(feats, embs, sparse, dense, pe.get_dense_pe())
 
     def _train_masks(self, features: torch.Tensor, embeddings: list[Embedding], sparse: torch.Tensor,
                      dense: torch.Tensor, image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
