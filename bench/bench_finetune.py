@@ -10,13 +10,17 @@ On LiteMedSAM (the shipped checkpoint; image encoder frozen, embeddings computed
 2. the FLOPs of one such step (forward + backward, counted by ``torch.utils.flop_counter``) and the
    machine's fp32 matmul rate measured in the same run with the same thread count
    (2048^3 ``torch.mm``, best of 5): ``ratio = step wall time / (step FLOPs / matmul rate)``
-   (target <= 2).
+   (target <= 2);
+3. the same with ``FinetuneConfig.compile`` (the decoder's training pass through ``torch.compile``,
+   inductor; compilation time printed separately, FLOPs those of the eager pass). ``--no-compile``
+   skips it.
 
 Timings are wall-clock on a shared machine: the load average is printed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -31,7 +35,8 @@ sys.path.insert(0, str(REPO / "lib"))
 from samstudy.compute import matmul_gflops, torch_settings  # noqa: E402
 from samstudy.data import Dataset, ImageRecord, Instance  # noqa: E402
 from samstudy.cache import EmbeddingCache  # noqa: E402
-from samstudy.finetune import _train_mode, _trainable, batches_across_images, collect_objects, sample_prompt, train_step  # noqa: E402
+from samstudy.finetune import (_train_mode, _trainable, batches_across_images, collect_objects,  # noqa: E402
+                               compiled_decoder, sample_prompt, train_step)
 from samstudy.masks import encode_rle, mask_box_xyxy  # noqa: E402
 from samstudy.models import build_model  # noqa: E402
 
@@ -64,6 +69,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     args = ap.parse_args()
     print(f"== setup ({load_avg()}, torch {torch.__version__}, {args.threads} thread(s))", flush=True)
     seg = build_model("litemedsam", num_threads=args.threads)
@@ -84,29 +90,41 @@ def main() -> int:
         across_ok = batches_across_images(seg, [embs[o.image_id] for o in b0[:2]], p0[:2])
         rate = matmul_gflops()
         results = []
-        for across in ([False, True] if across_ok else [False]):
-            for _ in range(2):  # warm-up
-                train_step(seg, opt, *batch(), embs, across)
-            times = []
-            for _ in range(args.steps):
-                b, p = batch()
-                t0 = time.perf_counter()
-                train_step(seg, opt, b, p, embs, across)
-                times.append(time.perf_counter() - t0)
-            from torch.utils.flop_counter import FlopCounterMode
 
+        def measure(across: bool, block) -> tuple[float, float, float]:
+            t0 = time.perf_counter()
+            with block():
+                for _ in range(2):  # warm-up (and compilation)
+                    train_step(seg, opt, *batch(), embs, across)
+                warm = time.perf_counter() - t0
+                times = []
+                for _ in range(args.steps):
+                    b, p = batch()
+                    t0 = time.perf_counter()
+                    train_step(seg, opt, b, p, embs, across)
+                    times.append(time.perf_counter() - t0)
+            return float(np.median(times)), float(np.percentile(times, 90)), warm
+
+        from torch.utils.flop_counter import FlopCounterMode
+
+        variants = [("eager", a, contextlib.nullcontext) for a in ([False, True] if across_ok else [False])]
+        if not args.no_compile:
+            variants.append(("torch.compile", across_ok, compiled_decoder(seg)))
+        for how, across, block in variants:
+            step_s, p90, warm = measure(across, block)
             b, p = batch()
-            with FlopCounterMode(display=False) as fc:
+            with FlopCounterMode(display=False) as fc:  # eager: the compiled graphs do the same math
                 train_step(seg, opt, b, p, embs, across)
-            results.append((across, float(np.median(times)), float(np.percentile(times, 90)), fc.get_total_flops() / 1e9))
+            results.append((how, across, step_s, p90, warm, fc.get_total_flops() / 1e9))
         rate = max(rate, matmul_gflops())  # best of two measurements, before and after the steps
     print(f"== results ({load_avg()})")
     print(f"  trainable parameters        {sum(q.numel() for q in params):,}")
     print(f"  fp32 matmul rate            {rate:.1f} GFLOP/s (2048^3 torch.mm, {args.threads} thread(s), best of 2x5)")
-    for across, step_s, p90, gflop in results:
-        how = "one decoder call for all images" if across else "one decoder call per image"
+    for how, across, step_s, p90, warm, gflop in results:
+        calls = "one decoder call for all images" if across else "one decoder call per image"
         ideal = gflop / rate
-        print(f"  [{how}] {args.batch_size} objects/step, median of {args.steps} steps {step_s:.3f} s (p90 {p90:.3f} s)")
+        print(f"  [{how}, {calls}] {args.batch_size} objects/step, median of {args.steps} steps {step_s:.3f} s "
+              f"(p90 {p90:.3f} s; 2 warm-up steps incl. compilation {warm:.1f} s)")
         print(f"    training throughput       {args.batch_size / step_s:.1f} objects/s")
         print(f"    step FLOPs (fwd+bwd)      {gflop:.2f} GFLOP ({gflop / args.batch_size:.3f} per object)")
         print(f"    FLOP time at matmul rate  {ideal:.3f} s")

@@ -391,3 +391,41 @@ def test_training_progress_reaches_the_runners_progress_file(tiny_ckpt, tiny_reg
     finetune(world, tiny_config(tiny_ckpt, epochs=1), tmp_path / "ft", model=tiny_model(tiny_ckpt), progress=True)
     text = progress_file.read_text()
     assert f"finetune {TINY_NAME} box" in text and "step" in text
+
+
+def test_compiled_decoder_trains_the_same_weights_and_runs_compiled(tiny_ckpt, tiny_registered, world, tmp_path,
+                                                                  monkeypatch):
+    """``compile: true`` swaps in torch.compile'd decoder graphs for the training steps only. With the
+    aot_eager backend (the same forward/backward graphs, no code generation, so it stays fast), the
+    weights must equal eager training's to float rounding, dynamo must have compiled a graph, and
+    the decoder is eager again afterwards (no instance attribute left)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    import samstudy.finetune as ft
+
+    monkeypatch.setattr(ft, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    eager = trained_parts(finetune(world, tiny_config(tiny_ckpt, epochs=2), tmp_path / "eager",
+                                   model=tiny_model(tiny_ckpt), progress=False))
+    assert counters["stats"]["unique_graphs"] == 0
+    seg = tiny_model(tiny_ckpt)
+    compiled = trained_parts(finetune(world, tiny_config(tiny_ckpt, epochs=2, compile=True), tmp_path / "compiled",
+                                      model=seg, progress=False))
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert "predict_masks" not in vars(seg.model.mask_decoder)
+    assert eager.keys() == compiled.keys()
+    diff = max(float((eager[k].float() - compiled[k].float()).abs().max()) for k in eager)
+    moved = max(float((eager[k].float() - trained_parts(Path(tiny_ckpt))[k].float()).abs().max())
+                for k in eager if k.startswith("mask_decoder."))
+    assert diff < 1e-4 < moved
+
+
+def test_compile_needs_a_decoder_with_predict_masks(tiny_ckpt):
+    from samstudy.finetune import compiled_decoder
+
+    seg = tiny_model(tiny_ckpt)
+    object.__setattr__(seg, "trainable_parts", ("prompt_encoder",))
+    with pytest.raises(ValueError, match="no mask decoder with predict_masks"):
+        compiled_decoder(seg)
