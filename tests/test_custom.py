@@ -198,6 +198,18 @@ def test_training_reduces_loss_and_resume_is_identical(discs, tmp_path):
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), curve.drop(columns="seconds"))
 
 
+def test_stage2_trained_on_deformed_ground_truth_is_deterministic(discs, tmp_path):
+    cfg = CustomConfig(**TINY, epochs=2, seed=1, stage2_perturb=0.5)
+    a = _weights(train_custom(discs, cfg, tmp_path / "a", val_fraction=0.25, progress=False))
+    b = _weights(train_custom(discs, cfg, tmp_path / "b", val_fraction=0.25, progress=False))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = _weights(train_custom(discs, CustomConfig(**TINY, epochs=2, seed=1), tmp_path / "c",
+                                  val_fraction=0.25, progress=False))
+    assert not torch.equal(a["stage2.head.weight"], plain["stage2.head.weight"])
+    with pytest.raises(ValueError, match="stage2_perturb"):
+        CustomConfig(stage2_perturb=1.5)
+
+
 def test_time_budget_stops_training_without_bending_the_schedule(discs, tmp_path, monkeypatch):
     """A budget-stopped run is the prefix of the unstopped one: same learning rates, same losses."""
     import json

@@ -98,7 +98,9 @@ class CustomConfig:
     ``stage2_patch`` (stage 2 trains on one boundary-centred window of this side per object, in
     ``R`` px; ``>= R`` = the whole crop), ``refine_band`` (stage 2 only changes pixels within
     this many ``R`` px of stage 1's boundary), ``refine_scale`` (``R / S``), ``max_train_clicks``
-    and ``click_prob`` (corrective-click training, module docstring), ``seed``,
+    and ``click_prob`` (corrective-click training, module docstring), ``stage2_perturb``,
+    ``perturb_shift_px``, ``perturb_morph_px`` (stage 2's synthetic training errors,
+    :mod:`samstudy.custom.perturb`), ``seed``,
     ``device`` (``"auto"``: CUDA when present), ``num_threads`` (CPU threads during training).
     """
 
@@ -132,6 +134,12 @@ class CustomConfig:
     # previous prediction; 0 = no click training (the click inputs stay zero).
     max_train_clicks: int = 3
     click_prob: float = 0.5
+    # Stage 2 training input: the share of objects whose stage-1 logits are replaced by the ground
+    # truth deformed by a smooth field of up to perturb_shift_px and grown/shrunk by up to
+    # perturb_morph_px (both in S px; samstudy.custom.perturb). 0 = stage 1's own output only.
+    stage2_perturb: float = 0.0
+    perturb_shift_px: float = 4.0
+    perturb_morph_px: int = 2
     seed: int = 0
     device: str = "auto"
     # 1 thread: on this shared 2-core machine, 2 OpenMP threads made training steps 3-7x slower
@@ -149,6 +157,9 @@ class CustomConfig:
             raise ValueError("widths1 and widths2 need 4 channel counts each")
         if self.refine_scale not in (2, 4):
             raise ValueError(f"refine_scale must be 2 or 4, got {self.refine_scale}")
+        if not 0.0 <= self.stage2_perturb <= 1.0 or self.perturb_shift_px < 0 or self.perturb_morph_px < 0:
+            raise ValueError(f"stage2_perturb must be in [0, 1] and perturb_shift_px, perturb_morph_px >= 0, got "
+                             f"{self.stage2_perturb}, {self.perturb_shift_px}, {self.perturb_morph_px}")
         if self.max_train_clicks < 0 or not 0.0 <= self.click_prob <= 1.0:
             raise ValueError(f"max_train_clicks must be >= 0 and click_prob in [0, 1], got "
                              f"{self.max_train_clicks}, {self.click_prob}")

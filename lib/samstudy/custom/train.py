@@ -71,6 +71,7 @@ from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, po
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
                     prepare_inputs, with_interaction, read_state_file, save_checkpoint, stage_stats,
                     boundary_band, crop_patches)
+from .perturb import mix_base_logits
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
            "simulate_clicks", "BudgetTooSmallError",
@@ -517,15 +518,19 @@ def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str,
     s2 = config.refine_size
     target = batch["mask2"]
     logits1 = model.stage1(inputs["x1"], inputs.get("rgb01_half"))
+    # Stage 2's input: stage 1's logits, or for a share of objects a deformed ground truth
+    # (samstudy.custom.perturb: the errors stage 1 makes on unseen objects, not on these).
+    base1 = mix_base_logits(logits1, F.avg_pool2d(target, config.refine_scale), rng, config.stage2_perturb,
+                            config.perturb_shift_px, config.perturb_morph_px)
     if config.stage2_patch < s2:
-        # Windows centred on the GT boundary or on stage 1's refinement band: where stage 2 acts.
-        up = F.interpolate(logits1.detach(), size=(s2, s2), mode="bilinear", align_corners=False)
+        # Windows centred on the GT boundary or on stage 2's band around its input: where it acts.
+        up = F.interpolate(base1, size=(s2, s2), mode="bilinear", align_corners=False)
         where = boundary_band(target > 0.5, 1) | boundary_band(up > 0, config.refine_band)
         corners = boundary_corners(where, config.stage2_patch, rng)
-        logits2 = model.refine(inputs, logits1, corners, config.stage2_patch)
+        logits2 = model.refine(inputs, base1, corners, config.stage2_patch)
         target_patch = crop_patches(target, corners, config.stage2_patch)
     else:
-        logits2 = model.refine(inputs, logits1)
+        logits2 = model.refine(inputs, base1)
         target_patch = target
     loss1, loss2 = stage_losses(logits1, logits2, target, target_patch, config.boundary_weight)
     loss = loss1 + loss2
