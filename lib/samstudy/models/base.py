@@ -94,7 +94,8 @@ class PromptableSegmenter(ABC):
     multimask_outputs: ClassVar[int] = 3
     cache_embeddings: ClassVar[bool] = True
     # samstudy.finetune can train the prompt side (decode_train, trainable_parts, low_res_frame,
-    # low_res_masks, embedding_parts: see SamSegmenter); others are refused at config time
+    # low_res_masks, embedding_parts: see SamSegmenter; encode_train for its optional encoder LoRA);
+    # others are refused at config time
     finetunable: ClassVar[bool] = False
 
     @abstractmethod

@@ -96,6 +96,11 @@ class HqSamSegmenter(SamSegmenter):
     # the hq_features fusion runs in encode (cached): its layers are part of the image path
     embedding_parts: ClassVar[tuple[str, ...]] = ("mask_decoder.embedding_encoder", "mask_decoder.compress_vit_feat")
 
+    def _train_image_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """As :meth:`_encode` with autograd: the final embedding and the fused ``hq_features``."""
+        features, hq = hq_image_maps(self.model, x)
+        return features, {"hq_features": hq.float()}
+
     def _train_masks(self, features: torch.Tensor, embeddings: list[Embedding], sparse: torch.Tensor,
                      dense: torch.Tensor, image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`_decode_group`: SAM's four outputs each + the HQ token's logits (or HQ only)."""

@@ -325,6 +325,27 @@ class SamSegmenter(PromptableSegmenter):
     # the cached embedding, so they stay frozen and are hashed with the image encoder
     embedding_parts: ClassVar[tuple[str, ...]] = ()
 
+    def encode_train(self, image: np.ndarray) -> Embedding:
+        """:meth:`encode` **with autograd** (``samstudy.finetune``'s encoder LoRA): the same
+        preprocessing, then the torch image encoder whatever ``runtime`` is (no inference mode, no
+        cache). Returns features float32 ``(1, C, h', w')`` on ``self.device`` (and ``extra`` as
+        :meth:`encode`, e.g. HQ-SAM's), ``model_key=None``: an encoder being trained is not the one
+        this model's cache key names. Under ``torch.no_grad`` in eval mode it equals :meth:`encode`
+        with the torch runtime (tested to 1e-5).
+        """
+        image = check_rgb_uint8(image, self.name)
+        original_hw = (int(image.shape[0]), int(image.shape[1]))
+        x = self.preprocess(image).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features, extra = self._train_image_maps(x)
+        return Embedding(features=features.float(), original_hw=original_hw, input_hw=self.input_hw(original_hw),
+                         model_key=None, extra=extra)
+
+    def _train_image_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The image path with autograd: input ``(1, 3, S, S)`` -> ``(features, extra)`` as cached by encode."""
+        return self.model.image_encoder(x), {}
+
     def low_res_frame(self, original_hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
         """``(L, (h, w))``: the low-res logits are ``(L, L)`` and the image covers their top-left
         ``(h, w)`` (the resized input frame scaled by ``L / img_size``; zero padding beyond)."""

@@ -301,6 +301,19 @@ class Sam2Segmenter(PromptableSegmenter):
     embedding_parts: ClassVar[tuple[str, ...]] = ("sam_mask_decoder.conv_s0", "sam_mask_decoder.conv_s1",
                                                   "no_mem_embed")
 
+    def encode_train(self, image: np.ndarray) -> Embedding:
+        """:meth:`encode` **with autograd** (``samstudy.finetune``'s encoder LoRA): the same
+        transforms, then :func:`image_maps` in torch whatever ``runtime`` is. Returns ``features``
+        ``(1, 256, 64, 64)`` and ``extra`` ``feat_s0``/``feat_s1``, float32 on ``self.device``,
+        ``model_key=None`` (an encoder being trained is not the one the cache key names). Under
+        ``torch.no_grad`` in eval mode it equals :meth:`encode` with the torch runtime.
+        """
+        image = check_rgb_uint8(image, self.name)
+        original_hw = (int(image.shape[0]), int(image.shape[1]))
+        maps = [t.float() for t in image_maps(self.model, self.preprocess(image).to(self.device))]
+        return Embedding(features=maps[-1], original_hw=original_hw, input_hw=(self.img_size, self.img_size),
+                         model_key=None, extra=dict(zip(HIGH_RES_KEYS, maps[:-1])))
+
     def low_res_frame(self, original_hw: tuple[int, int]) -> tuple[int, tuple[int, int]]:
         """``(L, (L, L))``: the square resize maps the whole image onto the ``(L, L)`` low-res logits."""
         L = 4 * int(self.model.sam_prompt_encoder.image_embedding_size[0])
