@@ -207,7 +207,8 @@ def test_run_skip_rerun_and_report(tmp_path):
     r1 = _run(tmp_path, cfg_path, nb_dir)
     assert r1.ok and set(_statuses(r1).values()) == {"ran"}
     ran = [s for s in STAGES if s.name in _statuses(r1)]
-    assert [s.name for s in ran] == [s.name for s in STAGES if not s.needs_finetune]  # the fine-tuned arm is off
+    # the fine-tuned arm and the learning curve are off by default
+    assert [s.name for s in ran] == [s.name for s in STAGES if not (s.needs_finetune or s.needs_learning_curve)]
     for s in ran:
         m = read_json(layout.stage_manifest(s.name))
         assert m["status"] == "ok" and m["outputs"] and m["parameters"]["out_dir"] == str(layout.stage_dir(s.name))

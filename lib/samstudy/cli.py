@@ -32,7 +32,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
     from .locks import FolderLocked
     from .pipeline import PipelineError, run_study
-    from .stages import active_stages
+    from .stages import config_stages
 
     try:
         cfg = load_config(args.config)
@@ -54,7 +54,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, run=run)
     run_name = args.run or cfg.name
     only = [s for item in (args.only or []) for s in item.split(",") if s]
-    valid = [s.name for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled)]
+    valid = [s.name for s in config_stages(cfg)]
     bad = [s for s in only if s not in valid]
     if bad:
         print(f"samstudy: --only: unknown stage(s) {bad}; the stages of {cfg.path.name} are: {', '.join(valid)}",
@@ -95,14 +95,14 @@ def _dry_run(cfg, run_name: str, only: Sequence[str], args: argparse.Namespace) 
     from .files import cache_root
     from .pipeline import (PipelineError, _skip_reason, _upstream_hashes, package_notebooks, stage_input_hash,
                            stage_parameters, validate_parameters)
-    from .stages import RunLayout, active_stages
+    from .stages import RunLayout, config_stages
 
     root = Path(args.results or "results").resolve()
     layout = RunLayout(root / run_name)
     nb_dir = package_notebooks()
     print(f"run folder: {layout.root}\ncache: {cache_root(args.cache_dir)}")
     will_run: set[str] = set()
-    for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled):
+    for s in config_stages(cfg):
         params = stage_parameters(cfg, s, layout)
         validate_parameters(nb_dir / s.notebook, params, origin=str(cfg.path.name))  # an error: exit 2
         try:

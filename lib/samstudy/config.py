@@ -166,6 +166,29 @@ class FinetuneSection:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
+COCO_TRAIN2017_INSTANCES = 860_001  # instance annotations of COCO train2017: the published model's training set
+
+
+@dataclass(frozen=True)
+class LearningCurveSection:
+    """The custom model's learning curve (``samstudy.custom.learning``, notebook 09): test mIoU against
+    the number of training objects, with a power-law projection.
+
+    One training run per (fraction, seed): a seeded ``fraction`` of the train split's images
+    (``fractions`` in (0, 1], at least 2 distinct), trained with ``custom.options`` and the run's
+    ``seed``. epochs: ``None`` = the ``custom.options`` epochs; minutes: per-run budget (``None`` =
+    ``custom.minutes``); target_n: training objects the power law is projected to (default: COCO
+    train2017's instances, the published training set). Needs ``custom.enabled``.
+    """
+
+    enabled: bool = False
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int | None = None
+    minutes: float | None = None
+    target_n: float = float(COCO_TRAIN2017_INSTANCES)
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """Comparison notebook: bootstrap size, which arms make the headline, published reference."""
@@ -258,6 +281,7 @@ class StudyConfig:
     effort: EffortConfig = field(default_factory=EffortConfig)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     run: RunConfig = field(default_factory=RunConfig)
+    learning_curve: LearningCurveSection = field(default_factory=LearningCurveSection)
 
     def resolve(self, p: str | None) -> str | None:
         """Absolute form of a config path (relative ones hang off the config file's folder)."""
@@ -608,7 +632,7 @@ def _check_arms(compare: CompareConfig, fc: FoundationConfig, file: Path) -> Com
 
 
 TOP_KEYS = {"name", "description", "seed", "data", "foundation", "custom", "compare", "gallery",
-            "notebook_params", "effort", "finetune", "run"}
+            "notebook_params", "effort", "finetune", "run", "learning_curve"}
 
 
 def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> FinetuneSection:
@@ -647,6 +671,24 @@ def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> Fine
         _require(getattr(cls, "finetunable", False), file,
                  f"finetune.models[{i}]: {spec.name!r} is not a fine-tunable SAM-family model (prompt encoder + mask decoder)")
     return ft
+
+
+def _parse_learning_curve(d: dict[str, Any], custom: CustomSection, file: Path) -> LearningCurveSection:
+    """The ``learning_curve`` section: types by pydantic, then ranges (checked even when disabled:
+    they cost nothing) and, when enabled, that the custom model it trains is enabled too."""
+    lc = _build(LearningCurveSection, d, "learning_curve", file)
+    fr = [float(f) for f in lc.fractions]
+    _require(all(0.0 < f <= 1.0 for f in fr), file, f"learning_curve.fractions must lie in (0, 1], got {fr}")
+    _require(len(set(fr)) == len(fr) and len(fr) >= 2, file,
+             f"learning_curve.fractions must list at least 2 distinct fractions (a power law needs 2 sizes), got {fr}")
+    _require(len(lc.seeds) >= 1 and len(set(lc.seeds)) == len(lc.seeds) and min(lc.seeds) >= 0, file,
+             f"learning_curve.seeds must list distinct integers >= 0, got {list(lc.seeds)}")
+    _require(lc.epochs is None or lc.epochs >= 1, file, f"learning_curve.epochs must be >= 1 or null, got {lc.epochs}")
+    _require(lc.minutes is None or lc.minutes > 0, file, f"learning_curve.minutes must be > 0 or null, got {lc.minutes}")
+    _require(lc.target_n > 0, file, f"learning_curve.target_n must be > 0, got {lc.target_n}")
+    _require(not lc.enabled or custom.enabled, file,
+             "learning_curve.enabled needs custom.enabled: true (the curve trains the custom model)")
+    return lc
 
 
 def _parse_effort(d: dict[str, Any], file: Path) -> EffortConfig:
@@ -704,6 +746,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
         repo_root=(repo_root or find_repo_root(file)).resolve(),
         finetune=finetune,
         run=run,
+        learning_curve=_parse_learning_curve(_section(raw, "learning_curve", file), custom_cfg, file),
     )
     if check_files:
         check_checkpoints(cfg)

@@ -63,7 +63,7 @@ from .files import CACHE_ENV, atomic_path, cache_root, file_sha256, folder_bytes
 from .locks import LOCK_NAME, OWNER_NAME, folder_lock
 from .progress import PROGRESS_ENV
 from .provenance import git_info, package_versions
-from .stages import STAGE_NAMES, STAGES, RunLayout, Stage, active_stages
+from .stages import STAGE_NAMES, STAGES, RunLayout, Stage, config_stages
 
 MANIFEST_FORMAT = 1
 
@@ -99,15 +99,15 @@ def package_notebooks() -> Path:
 # ------------------------------------------------------------------------------------- parameters
 def _dirs(layout: RunLayout, cfg: StudyConfig) -> dict[str, str]:
     """``<stage>_dir`` parameters of every stage ("" for a stage this config does not run)."""
-    active = {s.name for s in active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled)}
+    active = {s.name for s in config_stages(cfg)}
     return {f"{s}_dir": str(layout.stage_dir(s)) if s in active else "" for s in STAGE_NAMES}
 
 
 def stage_parameters(cfg: StudyConfig, stage: Stage, layout: RunLayout) -> dict[str, Any]:
     """The notebook parameters of ``stage``: common ones, its inputs' folders, its config section.
 
-    Every stage gets ``run_name, run_dir, out_dir, seed`` and ``<dep>_dir`` for each dependency
-    (``""`` for a dependency this config does not run); then the values of its config section;
+    Every stage gets ``run_name, run_dir, out_dir, seed`` and ``<dep>_dir`` for each dependency and
+    each stage it only ``reads`` (``""`` for one this config does not run); then the values of its config section;
     ``notebook_params.<stage>`` from the config is merged last (and validated like the rest).
     Config paths are absolute (:meth:`StudyConfig.resolve`), folders are built from ``layout`` as
     given. The result is :func:`samstudy.files.jsonable` (lists, dicts, str; NaN/inf -> None).
@@ -117,7 +117,7 @@ def stage_parameters(cfg: StudyConfig, stage: Stage, layout: RunLayout) -> dict[
                          "out_dir": str(layout.stage_dir(stage.name)), "seed": cfg.seed}
     # The full stage list's deps, not the active one: a notebook always declares e.g. evaluate_custom_dir.
     static = next(s for s in STAGES if s.name == stage.name) if stage.name in STAGE_NAMES else stage
-    p.update({f"{dep}_dir": dirs.get(f"{dep}_dir", str(layout.stage_dir(dep))) for dep in static.deps})
+    p.update({f"{dep}_dir": dirs.get(f"{dep}_dir", str(layout.stage_dir(dep))) for dep in static.deps + static.reads})
     p.update(_section_parameters(cfg, stage.name))
     p.update(cfg.stage_params.get(stage.name, {}))
     return jsonable(p)
@@ -167,6 +167,12 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
     elif stage == "effort":
         p.update(dataclasses.asdict(cfg.effort), custom_enabled=cfg.custom.enabled, n_boot=c.n_boot,
                  config_name=cfg.name)
+    elif stage == "learning_curve":
+        lc = cfg.learning_curve
+        # the train_custom stage's options and device, so each run is that model on less data
+        p.update(custom_options=dict(cfg.custom.options), device=f.device, fractions=list(lc.fractions),
+                 seeds=list(lc.seeds), epochs=lc.epochs, minutes=cfg.custom.minutes if lc.minutes is None else lc.minutes,
+                 target_n=lc.target_n, n_boot=c.n_boot, tight_mode=c.tight_mode, multimask=c.multimask)
     return p
 
 
@@ -691,7 +697,7 @@ def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = No
     only: run just these stages (their upstream stages must have succeeded before); skipping by
         hash still applies unless ``force``.
     force: rerun the selected stages even when their inputs are unchanged.
-    stages: the DAG (default: :data:`STAGES` filtered by :func:`active_stages`); tests pass their own.
+    stages: the DAG (default: :data:`STAGES` filtered by :func:`~samstudy.stages.config_stages`); tests pass their own.
     results_root: default ``./results``; notebooks_dir: default :func:`package_notebooks`.
     cache_dir: the cache root (default :func:`samstudy.files.cache_root`: ``$SAMSTUDY_CACHE_DIR`` or XDG).
     Returns a :class:`RunResult`; a failed stage is in ``result.failure`` (not raised). Raised before
@@ -701,7 +707,7 @@ def run_study(cfg: StudyConfig, run_name: str, *, results_root: Path | None = No
     """
     notebooks = Path(notebooks_dir) if notebooks_dir else package_notebooks()
     layout = RunLayout(Path(results_root or "results").resolve() / run_name)
-    plan = list(stages) if stages is not None else active_stages(cfg.custom.enabled, finetune_enabled=cfg.finetune.enabled)
+    plan = list(stages) if stages is not None else config_stages(cfg)
     selected = _select(plan, only)
     params = _checked_parameters(cfg, plan, layout, notebooks)
     cache = cache_root(cache_dir)

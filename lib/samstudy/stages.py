@@ -3,10 +3,12 @@
 One notebook per stage, run in this order::
 
     data -> train_custom -> foundation -> finetune -> evaluate_custom -> compare -> gallery -> explore -> effort
+         -> learning_curve
 
 - :data:`STAGES` -- every stage with its notebook, the stages whose outputs it reads and its title.
 - :func:`active_stages` -- the stages a config runs (the custom-model ones drop out when the custom
-  model is disabled).
+  model is disabled, the optional ones -- fine-tuning, learning curve -- unless enabled);
+  :func:`config_stages` -- the same, read from a config's ``enabled`` flags.
 - :class:`RunLayout` -- the paths of one run under ``results/<run>/``.
 
 This module imports nothing of the package, so the config, the runner and the report can all
@@ -14,11 +16,11 @@ depend on it without importing one another.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
-__all__ = ["Stage", "STAGES", "STAGE_NAMES", "RunLayout", "active_stages"]
+__all__ = ["Stage", "STAGES", "STAGE_NAMES", "RunLayout", "active_stages", "config_stages"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class Stage:
     title: a human-readable title (report pages).
     needs_custom: the stage exists only when the custom model is enabled.
     needs_finetune: the stage exists only when the fine-tuned arm is enabled.
+    needs_learning_curve: the stage exists only when the learning curve is enabled.
+    reads: stages whose outputs it uses when they are there, without waiting for them (not in its
+        input hash: a change there does not rerun it; ``--force`` does).
     """
 
     name: str
@@ -39,6 +44,8 @@ class Stage:
     title: str
     needs_custom: bool = False
     needs_finetune: bool = False
+    needs_learning_curve: bool = False
+    reads: tuple[str, ...] = ()
 
 
 STAGES: tuple[Stage, ...] = (
@@ -53,24 +60,35 @@ STAGES: tuple[Stage, ...] = (
     Stage("gallery", "05_failure_gallery.ipynb", ("data", "foundation", "evaluate_custom"), "Failure gallery"),
     Stage("explore", "06_explore.ipynb", ("data", "foundation", "evaluate_custom"), "Explorer"),
     Stage("effort", "08_effort.ipynb", ("data", "foundation", "evaluate_custom"), "Annotator effort (modelled)"),
+    # The foundation results (zero-shot reference lines) are read when present, not waited for: the
+    # curve is hours of training that a change of the foundation stage should not invalidate.
+    Stage("learning_curve", "09_learning_curve.ipynb", ("data",), "Learning curve of the custom model",
+          needs_custom=True, needs_learning_curve=True, reads=("foundation",)),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 def active_stages(custom_enabled: bool, stages: Sequence[Stage] = STAGES,
-                  finetune_enabled: bool = False) -> list[Stage]:
+                  finetune_enabled: bool = False, learning_curve_enabled: bool = False) -> list[Stage]:
     """The stages a run executes, in run order.
 
     With ``custom_enabled`` false the stages with ``needs_custom`` are dropped (``finetune_enabled``
-    false: those with ``needs_finetune``), and so are their names from the other stages' ``deps``
-    (a dropped stage is never waited for). Stages are otherwise returned unchanged and in the
-    order of ``stages``.
+    false: those with ``needs_finetune``; ``learning_curve_enabled`` false: those with
+    ``needs_learning_curve``), and so are their names from the other stages' ``deps`` (a dropped
+    stage is never waited for). Stages are otherwise returned unchanged and in the order of ``stages``.
     """
     keep = [s for s in stages if (custom_enabled or not s.needs_custom)
-            and (finetune_enabled or not s.needs_finetune)]
+            and (finetune_enabled or not s.needs_finetune)
+            and (learning_curve_enabled or not s.needs_learning_curve)]
     names = {s.name for s in keep}
-    return [Stage(s.name, s.notebook, tuple(d for d in s.deps if d in names), s.title, s.needs_custom,
-                  s.needs_finetune) for s in keep]
+    return [replace(s, deps=tuple(d for d in s.deps if d in names)) for s in keep]
+
+
+def config_stages(cfg: Any, stages: Sequence[Stage] = STAGES) -> list[Stage]:
+    """:func:`active_stages` of a study config (``samstudy.config.StudyConfig``, read by attribute so
+    this module imports no config): its ``custom``, ``finetune`` and ``learning_curve`` flags."""
+    return active_stages(cfg.custom.enabled, stages, finetune_enabled=cfg.finetune.enabled,
+                         learning_curve_enabled=cfg.learning_curve.enabled)
 
 
 @dataclass(frozen=True)
