@@ -8,7 +8,7 @@ Each variant = the run config's ``custom.options`` updated with the JSON, traine
 :func:`samstudy.custom.train.train_custom` on the run's train split into
 ``<run>/variants/<name>/train`` (resumable: rerunning skips finished variants). It is then scored
 through the engine (``extreme_points``, both arms, 1 thread) on the validation images recorded in
-its ``train_meta.json`` at full image resolution: mIoU and boundary IoU of stage 1 and stage 1+2,
+its ``train_meta.json`` at full image resolution (``--flip-tta``: also with the flip average): mIoU and boundary IoU of stage 1 and stage 1+2,
 the paired refinement gain with image-bootstrap CIs, the median seconds per object, parameters per
 stage and training minutes. Writes ``<run>/variants/table.csv`` (one row per variant x stage).
 """
@@ -43,10 +43,10 @@ def _variant(text: str) -> tuple[str, dict]:
     return name, opts
 
 
-def score_variant(name: str, best: Path, train, out: Path, n_boot: int) -> list[dict]:
+def score_variant(name: str, best: Path, train, out: Path, n_boot: int, flip_tta: bool = False) -> list[dict]:
     meta = json.loads((best.parent / "train_meta.json").read_text())
     val = train.subset(meta["val_image_ids"], name=f"{train.name}-val")
-    seg = load_custom(best, num_threads=1)
+    seg = load_custom(best, num_threads=1, flip_tta=flip_tta)
     frames = [run_experiment(val, arm, ["extreme_points"], out / arm.name, seed=0, split="val",
                              multimask=["single"], progress=False) for arm in custom_arms(seg)]
     rows = pd.concat(frames, ignore_index=True)
@@ -55,7 +55,7 @@ def score_variant(name: str, best: Path, train, out: Path, n_boot: int) -> list[
     stats = meta["stages"]
     table = []
     for model, g in ok.groupby("model"):
-        table.append({"variant": name, "arm": model, "val_objects": len(g), "val_mIoU": g.iou.mean(),
+        table.append({"variant": name, "arm": model, "flip_tta": flip_tta, "val_objects": len(g), "val_mIoU": g.iou.mean(),
                       "val_boundary_IoU": g.boundary_iou.mean(), "s_per_object": g.time_decode_s.median(),
                       "refine_gain_iou": gain.loc["iou", "diff"], "refine_gain_iou_ci": (gain.loc["iou", "ci_lo"], gain.loc["iou", "ci_hi"]),
                       "refine_gain_biou": gain.loc["boundary_iou", "diff"],
@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--minutes", type=float, default=None, help="training budget (default: the config's)")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--flip-tta", action="store_true", help="also score with the flip average (CustomSegmenter.flip_tta)")
     args = ap.parse_args()
     run = Path(args.run)
     cfg = load_config(args.config or REPO / "configs" / f"{run.name}.yaml")
@@ -89,7 +90,10 @@ def main() -> int:
                                          "max_minutes": args.minutes or cfg.custom.minutes})
         out = run / "variants" / name
         best = train_custom(train, config, out / "train", progress=False)
-        rows = pd.DataFrame(score_variant(name, best, train, out / "val", args.n_boot))
+        rows = score_variant(name, best, train, out / "val", args.n_boot)
+        if args.flip_tta:
+            rows += score_variant(name, best, train, out / "val-flip", args.n_boot, flip_tta=True)
+        rows = pd.DataFrame(rows)
         rows.to_csv(out / "rows.csv", index=False)  # one file per variant: parallel calls do not collide
         print(rows.drop(columns=["options"]).to_string(), flush=True)
     path = run / "variants" / "table.csv"

@@ -133,6 +133,26 @@ def test_segmenter_handles_degenerate_inputs_without_crashing():
                                     "collapsed_points", "min_side", "margin"}
 
 
+def test_flip_tta_is_mirror_equivariant_and_honours_clicks():
+    # With the flip average, segmenting the mirrored image with mirrored points and clicks gives the
+    # mirrored logits (the two views swap roles); a random model has no symmetry of its own.
+    seg = CustomSegmenter(build_custom_model(CustomConfig(**TINY, seed=4)), flip_tta=True)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 64, 3)).astype(np.uint8)
+    pts = np.array([[10.0, 20.0], [41.0, 25.0], [22.0, 9.0], [30.0, 37.0]])
+    clicks = np.array([[25.0, 22.0, 1.0], [15.0, 30.0, 0.0]])
+    mirror = lambda p: np.column_stack([63 - p[:, 0], p[:, 1:]])  # noqa: E731  x -> W - 1 - x
+    l1, l2, _, _ = seg.predict_logits(image, [pts], clicks_list=[clicks])
+    m1, m2, _, _ = seg.predict_logits(image[:, ::-1].copy(), [mirror(pts)[[1, 0, 2, 3]]], clicks_list=[mirror(clicks)])
+    np.testing.assert_allclose(m1[0], l1[0][:, ::-1], atol=1e-4)
+    np.testing.assert_allclose(m2[0], l2[0][:, ::-1], atol=1e-4)
+    plain = CustomSegmenter(seg.model)
+    p1, _, _, _ = plain.predict_logits(image, [pts], clicks_list=[clicks])
+    q1, _, _, _ = plain.predict_logits(image[:, ::-1].copy(), [mirror(pts)[[1, 0, 2, 3]]], clicks_list=[mirror(clicks)])
+    assert np.abs(q1[0] - p1[0][:, ::-1]).max() > 1e-3  # without the average it is not
+    np.testing.assert_allclose(l1[0], 0.5 * (p1[0] + q1[0][:, ::-1]), atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- data for training
 def _disc_dataset(tmp: Path, n_images: int = 8, seed: int = 0) -> Dataset:
     """Bright discs on a dark noisy background: trivially learnable."""
@@ -196,6 +216,17 @@ def test_training_reduces_loss_and_resume_is_identical(discs, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     resumed = pd.read_csv(killed / "curve.csv")
     pd.testing.assert_frame_equal(resumed.drop(columns="seconds"), curve.drop(columns="seconds"))
+
+    # The flip average is chosen on validation once training is done: the plain score is the one the
+    # training loop recorded for the best epoch, and loading follows the recorded choice.
+    import json
+    meta = torch.load(best, map_location="cpu", weights_only=True)["meta"]
+    rec = meta["flip_tta"]
+    assert rec == json.loads((full / "train_meta.json").read_text())["flip_tta"]
+    assert rec["val_miou_stage2_plain"] == pytest.approx(meta["best"]["val_miou_stage2"], abs=1e-6)
+    assert rec["chosen"] == (rec["val_miou_stage2_flip"] > rec["val_miou_stage2_plain"])
+    assert load_custom(best).flip_tta == rec["chosen"] and not load_custom(best, flip_tta=False).flip_tta
+    assert torch.load(killed / "best.pt", map_location="cpu", weights_only=True)["meta"]["flip_tta"] == rec
 
 
 def test_stage2_trained_on_deformed_ground_truth_is_deterministic(discs, tmp_path):

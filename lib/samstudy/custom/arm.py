@@ -51,7 +51,9 @@ class CustomArm(PromptableSegmenter):
         self.segmenter, self.stage = segmenter, int(stage)
         self.name, self.label = STAGE_MODELS[self.stage]
         self.checkpoint_sha256 = segmenter.checkpoint_sha256
-        self.preprocess_id = f"custom-crop{segmenter.config.crop_size}-stage{self.stage}"
+        # part of the run identity: the flip average changes the predictions, not the checkpoint
+        self.preprocess_id = (f"custom-crop{segmenter.config.crop_size}-stage{self.stage}"
+                              + ("-flip" if segmenter.flip_tta else ""))
         self.device = torch.device(segmenter._device)
 
     def __repr__(self) -> str:

@@ -724,17 +724,69 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[CustomModel, dict[str, Any
     return model.eval(), payload
 
 
-def load_custom(path: str | os.PathLike, device: str = "cpu", num_threads: int | None = None) -> "CustomSegmenter":
+def load_custom(path: str | os.PathLike, device: str = "cpu", num_threads: int | None = None,
+                flip_tta: bool | None = None) -> "CustomSegmenter":
     """Load a checkpoint written by :func:`samstudy.custom.train.train_custom` as a :class:`CustomSegmenter`.
 
-    Raises :class:`CheckpointError` naming the file when it is corrupt or mismatched.
+    ``flip_tta`` (see :class:`CustomSegmenter`): ``None`` takes the choice made on validation at the
+    end of training (:func:`samstudy.custom.train.choose_flip_tta`, in the checkpoint's metadata;
+    off for checkpoints without one). Raises :class:`CheckpointError` naming the file when it is
+    corrupt or mismatched.
     """
     model, payload = read_checkpoint(path)
+    if flip_tta is None:
+        flip_tta = bool((payload.get("meta", {}).get("flip_tta") or {}).get("chosen", False))
     return CustomSegmenter(model, checkpoint_sha256=file_sha256(path), device=device,
-                           meta=payload.get("meta", {}), path=Path(path), num_threads=num_threads)
+                           meta=payload.get("meta", {}), path=Path(path), num_threads=num_threads,
+                           flip_tta=flip_tta)
 
 
 # ----------------------------------------------------------------------------- inference
+def flip_views(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tensor, clicks2: torch.Tensor | None,
+               prev_logits2: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """The same crops mirrored left-right (the training flip of :func:`samstudy.custom.train.make_sample`):
+    ``rgb2 (B, 3, R, R)``, ``points2 (B, 4, 2)`` (left and right swap), ``pbox2 (B, 4)`` edges,
+    ``clicks2 (B, K, 3)`` and ``prev_logits2 (B, 1, R, R)`` (either may be ``None``)."""
+    r = rgb2.shape[-1]
+    pts = points2[:, [1, 0, 2, 3]].clone()
+    pts[..., 0] = r - 1 - pts[..., 0]
+    box = torch.stack([r - pbox2[:, 2], pbox2[:, 1], r - pbox2[:, 0], pbox2[:, 3]], dim=1)
+    clk = None
+    if clicks2 is not None:
+        clk = clicks2.clone()
+        clk[..., 0] = r - 1 - clk[..., 0]
+    return (rgb2.flip(-1), pts, box, clk, None if prev_logits2 is None else prev_logits2.flip(-1))
+
+
+def _unflip_mean(logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean of ``[plain]`` or ``[plain, flipped]`` logits ``(B, 1, h, w)``, the flipped view mirrored back."""
+    return logits[0] if len(logits) == 1 else 0.5 * (logits[0] + logits[1].flip(-1))
+
+
+def forward_views(model: "CustomModel", rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tensor,
+                  scale2: torch.Tensor | None = None, clicks2: torch.Tensor | None = None,
+                  prev_logits2: torch.Tensor | None = None, flip: bool = False, refine: bool = True
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[float, float]]:
+    """Both stages on ``R`` crops (arguments as :func:`prepare_inputs`), with ``flip`` also on their
+    left-right mirror (:func:`flip_views`), each stage's logits averaged with the mirrored-back ones.
+
+    Returns ``logits1 (B, 1, S, S)``, ``logits2 (B, 1, R, R)`` (``None`` without ``refine``) and the
+    seconds spent in (inputs + stage 1, stage 2). The one forward pass of inference
+    (:class:`CustomSegmenter`) and of validation (:func:`samstudy.custom.train.validate`).
+    """
+    t0 = time.perf_counter()
+    views = [(rgb2, points2, pbox2, clicks2, prev_logits2)]
+    if flip:
+        views.append(flip_views(*views[0]))
+    inputs = [prepare_inputs(v[0], v[1], v[2], model.config, scale2, v[3], v[4]) for v in views]
+    logits1 = [model.stage1(x["x1"], x.get("rgb01_half")) for x in inputs]
+    t1 = time.perf_counter()
+    if not refine:
+        return _unflip_mean(logits1), None, (t1 - t0, 0.0)
+    logits2 = [model.refine(x, lg) for x, lg in zip(inputs, logits1)]
+    return _unflip_mean(logits1), _unflip_mean(logits2), (t1 - t0, time.perf_counter() - t1)
+
+
 @dataclass
 class CustomSegmenter:
     """Inference wrapper: image + 4 extreme points -> stage-1 and stage-2 masks at full resolution.
@@ -743,6 +795,8 @@ class CustomSegmenter:
     ``num_threads``: CPU threads used inside :meth:`predict_many` (default ``config.num_threads``,
     i.e. 1): the network is ~0.5 GFLOP, and on a busy 2-core machine 2 OpenMP threads wait for
     each other at every layer (measured here: 1.8 s per object with 2 threads vs 0.06 s with 1).
+    ``flip_tta``: also run both stages on the left-right mirrored crop (the flip the model was
+    trained with) and average the logits, mirrored back: twice the compute.
     """
 
     model: CustomModel
@@ -751,6 +805,7 @@ class CustomSegmenter:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     num_threads: int | None = None
+    flip_tta: bool = False
 
     def __post_init__(self) -> None:
         self._device = resolve_device(self.device)
@@ -799,17 +854,13 @@ class CustomSegmenter:
             np.asarray(prev_logits, dtype=np.float32)).to(self._device)
         if prev is not None and tuple(prev.shape) != (len(specs), 1, s2, s2):
             raise ValueError(f"prev_logits must be (N, 1, {s2}, {s2}) crop-frame logits, got {tuple(prev.shape)}")
-        inputs = prepare_inputs(rgb2, torch.from_numpy(pts).float().to(self._device),
-                                torch.from_numpy(pbox).float().to(self._device), self.config,
-                                torch.from_numpy(scale).float().to(self._device), clicks, prev)
-        logits1 = self.model.stage1(inputs["x1"], inputs.get("rgb01_half"))
-        l1 = logits1[:, 0].float().cpu().numpy()
-        t1 = time.perf_counter()
-        if not refine:
-            return l1, None, specs, (t1 - t0, 0.0)
-        logits2 = self.model.refine(inputs, logits1)
-        l2 = logits2[:, 0].float().cpu().numpy()
-        return l1, l2, specs, (t1 - t0, time.perf_counter() - t1)
+        t_in = time.perf_counter() - t0  # cropping
+        l1, l2, (dt1, dt2) = forward_views(
+            self.model, rgb2, torch.from_numpy(pts).float().to(self._device),
+            torch.from_numpy(pbox).float().to(self._device), torch.from_numpy(scale).float().to(self._device),
+            clicks, prev, flip=self.flip_tta, refine=refine)
+        return (l1[:, 0].float().cpu().numpy(), None if l2 is None else l2[:, 0].float().cpu().numpy(), specs,
+                (t_in + dt1, dt2))
 
     def predict_many(self, image: np.ndarray, points_list: Sequence[np.ndarray]) -> list[dict[str, Any]]:
         """:meth:`predict` for N objects of one image in one batch (same outputs).

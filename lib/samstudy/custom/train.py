@@ -32,6 +32,9 @@
 - **Determinism**: all sample randomness comes from ``numpy.random.default_rng([seed, epoch])``
   and model init from ``config.seed``; no dropout. A run on CPU gives bit-identical weights
   whether or not it was killed and resumed, unless the budget stopped it.
+- **Flip average** (:func:`choose_flip_tta`): once training is done, the best model is validated
+  again with each crop averaged with its mirror (the training flip); inference uses the average
+  when it scores higher on validation, a choice recorded in ``best.pt`` and ``train_meta.json``.
 - **Checkpoints** (``out_dir``): ``last.pt`` after every epoch (model, optimiser, epoch, step,
   elapsed seconds, curve, best score; written atomically), ``best.pt`` = best validation
   ``val_miou_stage2`` (the file to use, :func:`samstudy.custom.model.load_custom`), ``curve.csv``
@@ -68,8 +71,8 @@ from ..clicks import Click, next_click
 from ..compute import resolve_device, torch_settings
 from ..files import atomic_path, write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
-from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, model_payload,
-                    prepare_inputs, with_interaction, read_state_file, save_checkpoint, stage_stats,
+from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, forward_views,
+                    model_payload, prepare_inputs, with_interaction, read_checkpoint, read_state_file, save_checkpoint, stage_stats,
                     boundary_band, crop_patches)
 from .perturb import mix_base_logits
 
@@ -278,14 +281,14 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 @torch.no_grad()
-def validate(model: CustomModel, val_batches: Sequence[dict[str, torch.Tensor]], config: CustomConfig
-             ) -> tuple[float, float]:
-    """Mean crop-frame IoU of stage 1 (upsampled to ``2S``) and stage 2 over the validation set."""
+def validate(model: CustomModel, val_batches: Sequence[dict[str, torch.Tensor]], config: CustomConfig,
+             flip: bool = False) -> tuple[float, float]:
+    """Mean crop-frame IoU of stage 1 (upsampled to ``R``) and stage 2 over the validation set
+    (``flip``: with the flip average of :func:`samstudy.custom.model.forward_views`)."""
     model.eval()
     ious1, ious2 = [], []
     for b in val_batches:
-        inputs = prepare_inputs(b["rgb2"], b["points2"], b["pbox2"], config, b["scale2"])
-        logits1, logits2 = model(inputs)
+        logits1, logits2, _ = forward_views(model, b["rgb2"], b["points2"], b["pbox2"], b["scale2"], flip=flip)
         up1 = F.interpolate(logits1, size=logits2.shape[-2:], mode="bilinear", align_corners=False)
         gt = b["mask2"] > 0.5
         for logits, acc in ((up1, ious1), (logits2, ious2)):
@@ -328,7 +331,7 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
         if last_path.exists():
             state = read_state_file(last_path, "training checkpoint")
             _check_resume(state, config, last_path)
-            if state.get("done") and best_path.exists():
+            if state.get("done") and best_path.exists() and _flip_choice(best_path) is not None:
                 return best_path
 
         objects, images, skips = collect_objects(train_dataset)
@@ -446,8 +449,36 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
                      "setup_seconds": round(setup_s, 3), "budget_limited": budget_limited,
                      "epochs_planned": config.epochs, "best": best})
         _mark_budget_limited(best_path, budget_limited, epoch)
+        if (epoch >= config.epochs or over_budget()) and best_path.exists():
+            meta["flip_tta"] = choose_flip_tta(best_path, val_batches)
         _write_json(out / "train_meta.json", meta)
     return best_path
+
+
+def _flip_choice(best_path: Path) -> dict[str, Any] | None:
+    return read_state_file(best_path, "custom-model checkpoint").get("meta", {}).get("flip_tta")
+
+
+def choose_flip_tta(best_path: Path, val_batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Decide on validation whether inference averages the crop with its mirror (the flip the model
+    trains with; :func:`samstudy.custom.model.forward_views`): ``chosen`` when it raises the
+    validation mIoU of stage 2, the selection score of :func:`train_custom`. Recorded in ``best.pt``'s
+    metadata (read by :func:`samstudy.custom.model.load_custom`) once; returns the record
+    ``{"chosen", "val_miou_stage2_plain", "val_miou_stage2_flip"}``. Test data never enter: the
+    choice is part of training. Without validation objects the flip stays off."""
+    payload = read_state_file(best_path, "custom-model checkpoint")
+    meta = dict(payload.get("meta", {}))
+    if meta.get("flip_tta") is not None:
+        return meta["flip_tta"]
+    if not val_batches:
+        record = {"chosen": False, "val_miou_stage2_plain": None, "val_miou_stage2_flip": None}
+    else:
+        model, _ = read_checkpoint(best_path)
+        model = model.to(val_batches[0]["rgb2"].device)
+        plain, flip = validate(model, val_batches, model.config)[1], validate(model, val_batches, model.config, flip=True)[1]
+        record = {"chosen": bool(flip > plain), "val_miou_stage2_plain": plain, "val_miou_stage2_flip": flip}
+    save_checkpoint(best_path, {**payload, "meta": {**meta, "flip_tta": record}})
+    return record
 
 
 class BudgetTooSmallError(ValueError):
