@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from samstudy.custom.crops import CropSpec, crop_image, crop_mask, crop_spec, paste_back, points_to_crop
 from samstudy.custom.model import (MAX_STAGE_BYTES, MAX_STAGE_PARAMS, CheckpointError, CustomConfig, CustomModel,
@@ -382,6 +383,19 @@ def test_default_stages_fit_the_size_limits(init):
     for stage in ("stage1", "stage2"):
         assert stats[stage]["params"] <= MAX_STAGE_PARAMS
         assert stats[stage]["bytes"] <= MAX_STAGE_BYTES
+
+
+def test_square_max_filter_equals_the_square_pool_and_scipy():
+    # Two 1-D passes give the square window's max exactly (max is order-free), borders included.
+    from scipy.ndimage import maximum_filter
+
+    from samstudy.custom.model import square_max_filter
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(2, 3, 37, 29)).astype(np.float32))
+    for r in (1, 3, 8):
+        got = square_max_filter(x, r)
+        assert torch.equal(got, F.max_pool2d(x, 2 * r + 1, 1, r))
+        ref = maximum_filter(x.numpy(), size=(1, 1, 2 * r + 1, 2 * r + 1), mode="constant", cval=-np.inf)
+        np.testing.assert_array_equal(got.numpy(), ref)
 
 
 def test_quad_prior_is_orientation_free():

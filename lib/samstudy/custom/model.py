@@ -450,8 +450,16 @@ def boundary_band(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """``bool (B, 1, h, w)``: pixels within ``radius`` (chessboard) of the boundary of ``mask``
     (``bool (B, 1, h, w)``), on both sides: dilation minus erosion."""
     m = mask.to(torch.float32)
+    return (square_max_filter(m, radius) - (-square_max_filter(-m, radius))) > 0
+
+
+def square_max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """Max over the ``(2 radius + 1)^2`` square around each pixel of ``x (B, C, h, w)`` (the border
+    padded with -inf): the same values as ``F.max_pool2d(x, 2 r + 1, 1, r)``, as a row pass then a
+    column pass, which on CPU is several times faster (the square pool took a third of a training
+    step at ``R = 128``, ``radius = 8``)."""
     k = 2 * radius + 1
-    return (F.max_pool2d(m, k, 1, radius) - (-F.max_pool2d(-m, k, 1, radius))) > 0
+    return F.max_pool2d(F.max_pool2d(x, (1, k), 1, (0, radius)), (k, 1), 1, (radius, 0))
 
 
 def crop_patches(x: torch.Tensor, corners: torch.Tensor, size: int) -> torch.Tensor:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .model import square_max_filter
+
 __all__ = ["perturbed_logits", "mix_base_logits"]
 
 _CONTROL = 4  # control points per side of the displacement field: low-frequency, object-scale errors
@@ -59,8 +61,7 @@ def _morph(m: torch.Tensor, r: int) -> torch.Tensor:
     """Square dilation (``r > 0``) or erosion (``r < 0``) of radius ``|r|`` of a soft mask ``(1, 1, h, w)``."""
     if r == 0:
         return m
-    k = 2 * abs(r) + 1
-    return F.max_pool2d(m, k, 1, abs(r)) if r > 0 else -F.max_pool2d(-m, k, 1, abs(r))
+    return square_max_filter(m, abs(r)) if r > 0 else -square_max_filter(-m, abs(r))
 
 
 def mix_base_logits(logits1: torch.Tensor, target1: torch.Tensor, rng: np.random.Generator, prob: float,
