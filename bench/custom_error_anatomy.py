@@ -10,6 +10,12 @@ pixels (false positives + false negatives) within ``d`` crop pixels of its predi
 each ``d`` of ``--bands``, the IoU an oracle would reach that fixes every error within ``d``
 (and no other), and the same for stage 1+2, so the headroom of a band-limited refinement is
 measured rather than assumed.
+
+It also prints the **resolution ceiling** of each stage: the mIoU, at full image resolution, of the
+ground truth itself resampled to the stage's crop grid (``S``, ``R`` and 2R; area average) and pasted
+back like a prediction (:func:`samstudy.custom.crops.paste_back`). A refinement that only adds
+resolution can gain at most the difference between the ``R`` and ``S`` ceilings; errors near the
+boundary beyond that are misplaced boundaries, not pixels too coarse to draw them.
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another
 
 from samstudy import data_stage  # noqa: E402
 from samstudy.custom.model import prepare_inputs, read_checkpoint  # noqa: E402
+from samstudy.custom.crops import crop_mask, crop_spec, paste_back  # noqa: E402
 from samstudy.custom.train import collect_objects, make_batch, make_sample  # noqa: E402
+from samstudy.metrics import boundary_iou, iou  # noqa: E402
+from samstudy.prompts import extreme_points  # noqa: E402
 
 
 def distance_to_boundary(pred: np.ndarray) -> np.ndarray:
@@ -51,6 +60,23 @@ def anatomy(pred: np.ndarray, gt: np.ndarray, bands: list[int]) -> dict[str, flo
         out[f"share_within_{d}"] = float((err & (dist <= d)).sum()) / err.sum() if err.any() else np.nan
         out[f"oracle_iou_{d}"] = float((fixed & gt).sum()) / max(1, int((fixed | gt).sum()))
     return out
+
+
+def resolution_ceiling(objects, config, size: int) -> tuple[float, float]:
+    """Full-resolution mIoU and mean boundary IoU of the ground truth resampled to a ``size`` crop
+    grid and pasted back."""
+    ious, bious = [], []
+    for o in objects:
+        pts = extreme_points(o.window) + np.asarray(o.offset, dtype=np.float64)
+        spec = crop_spec(pts, o.image_hw, config.margin, config.min_margin_px, config.min_crop_px, config.max_aspect)
+        soft = crop_mask(o.window, spec, size, o.offset)
+        pred = paste_back(((soft - 0.5) * 8.0).astype(np.float32), spec)  # logit 0 at soft 0.5
+        full = np.zeros(o.image_hw, dtype=bool)
+        h, w = o.window.shape
+        full[o.offset[1]:o.offset[1] + h, o.offset[0]:o.offset[0] + w] = o.window
+        ious.append(iou(pred, full))
+        bious.append(boundary_iou(pred, full))
+    return float(np.mean(ious)), float(np.mean(bious))
 
 
 def main() -> int:
@@ -87,6 +113,10 @@ def main() -> int:
         print(f"stage {'1' if stage == 1 else '1+2'}: crop-frame mIoU {mean['iou']:.4f}; "
               + "; ".join(f"within {d} px: {mean[f'share_within_{d}']:.1%} of errors, oracle mIoU "
                           f"{mean[f'oracle_iou_{d}']:.4f}" for d in bands))
+    for size in (config.crop_size, config.refine_size, 2 * config.refine_size):
+        m, b = resolution_ceiling(objects, config, size)
+        print(f"resolution ceiling at {size} crop px: mIoU {m:.4f}, boundary IoU {b:.4f} "
+              "(ground truth resampled to the crop grid, pasted back at full resolution)")
     return 0
 
 
