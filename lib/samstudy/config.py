@@ -179,6 +179,12 @@ class LearningCurveSection:
     ``seed``. epochs: ``None`` = the ``custom.options`` epochs; minutes: per-run budget (``None`` =
     ``custom.minutes``); target_n: training objects the power law is projected to (default: COCO
     train2017's instances, the published training set). Needs ``custom.enabled``.
+
+    finetune: also the fine-tuned foundation arm, a second curve: per (fraction, seed) the first
+    ``finetune.models`` model's prompt encoder and mask decoder fine-tuned with box prompts on the
+    same subset (``finetune.epochs``, ``finetune.minutes`` per run, ``finetune.options``, the run's
+    seed; model selection on a validation part of the subset) and scored with the tight box.
+    Needs ``finetune.enabled`` (a ``ConfigError`` otherwise, when the section is enabled).
     """
 
     enabled: bool = False
@@ -187,6 +193,7 @@ class LearningCurveSection:
     epochs: int | None = None
     minutes: float | None = None
     target_n: float = float(COCO_TRAIN2017_INSTANCES)
+    finetune: bool = False
 
 
 @dataclass(frozen=True)
@@ -673,9 +680,11 @@ def _parse_finetune(d: dict[str, Any], fc: FoundationConfig, file: Path) -> Fine
     return ft
 
 
-def _parse_learning_curve(d: dict[str, Any], custom: CustomSection, file: Path) -> LearningCurveSection:
+def _parse_learning_curve(d: dict[str, Any], custom: CustomSection, finetune: FinetuneSection,
+                          file: Path) -> LearningCurveSection:
     """The ``learning_curve`` section: types by pydantic, then ranges (checked even when disabled:
-    they cost nothing) and, when enabled, that the custom model it trains is enabled too."""
+    they cost nothing) and, when enabled, that the custom model it trains is enabled too, and the
+    fine-tuned arm when ``finetune`` asks for it."""
     lc = _build(LearningCurveSection, d, "learning_curve", file)
     fr = [float(f) for f in lc.fractions]
     _require(all(0.0 < f <= 1.0 for f in fr), file, f"learning_curve.fractions must lie in (0, 1], got {fr}")
@@ -688,6 +697,9 @@ def _parse_learning_curve(d: dict[str, Any], custom: CustomSection, file: Path) 
     _require(lc.target_n > 0, file, f"learning_curve.target_n must be > 0, got {lc.target_n}")
     _require(not lc.enabled or custom.enabled, file,
              "learning_curve.enabled needs custom.enabled: true (the curve trains the custom model)")
+    _require(not (lc.enabled and lc.finetune) or finetune.enabled, file,
+             "learning_curve.finetune needs finetune.enabled: true (the fine-tuned arm's base model and schedule "
+             "are the finetune section's)")
     return lc
 
 
@@ -746,7 +758,7 @@ def parse_config(raw: Mapping[str, Any], file: Path, repo_root: Path | None = No
         repo_root=(repo_root or find_repo_root(file)).resolve(),
         finetune=finetune,
         run=run,
-        learning_curve=_parse_learning_curve(_section(raw, "learning_curve", file), custom_cfg, file),
+        learning_curve=_parse_learning_curve(_section(raw, "learning_curve", file), custom_cfg, finetune, file),
     )
     if check_files:
         check_checkpoints(cfg)

@@ -173,6 +173,11 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
         p.update(custom_options=dict(cfg.custom.options), device=f.device, fractions=list(lc.fractions),
                  seeds=list(lc.seeds), epochs=lc.epochs, minutes=cfg.custom.minutes if lc.minutes is None else lc.minutes,
                  target_n=lc.target_n, n_boot=c.n_boot, tight_mode=c.tight_mode, multimask=c.multimask)
+        ft = cfg.finetune  # the fine-tuned arm: the finetune stage's models, schedule, options and cache
+        p.update(finetune=lc.finetune, finetune_models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint),
+                                                         "options": dict(m.options)} for m in ft.models],
+                 finetune_epochs=ft.epochs, finetune_minutes=ft.minutes, finetune_options=dict(ft.options),
+                 cache_dir=cfg.resolve(f.cache_dir))
     return p
 
 

@@ -323,57 +323,85 @@ def done_curves(curve: pd.DataFrame, polygon_s: float, target: float,
     return fig
 
 
-def learning_curve(runs: pd.DataFrame, summary: pd.DataFrame, fit: Mapping[str, float] | None = None,
-                   references: pd.DataFrame | None = None, crossings: pd.DataFrame | None = None,
-                   title: str = "Custom model: test mIoU against training objects") -> Figure:
-    """Test mIoU against training objects (log x) for one test set.
-
-    runs: ``custom.learning`` run rows (``seed, n_train_objects, mIoU``): the per-seed points.
-    summary: ``fraction_summary`` rows (``n_train_objects, mIoU, ci_lo, ci_hi``): the mean per
-    fraction with its 95% interval. fit: a ``fit_table`` row (``a, b, n_min, n_max, target_n,
-    projection, ci_lo, ci_hi``): the power law, solid over the measured range, dashed beyond it up to
-    ``target_n``, and the projection with its interval. references: ``zero_shot_reference`` rows
-    (``model_label, prompt_mode, mIoU``): one horizontal line each. crossings: ``crossing_table`` rows
-    (``reference, crossing_n``): a dotted vertical line where the fitted curve reaches a reference
-    (when that lies in the drawn range, which ends just beyond ``target_n``).
-    """
-    fig, ax = _figure(8.5, 4.6)
-    seeds = sorted(runs["seed"].unique())
-    for seed, colour in zip(seeds, palette(len(seeds) + 1)[1:]):  # colour 0 is the mean curve's
-        d = runs[runs["seed"] == seed]
-        ax.scatter(d["n_train_objects"], d["mIoU"], s=18, alpha=0.7, color=colour, label=f"seed {seed}", zorder=3)
-    mean_colour = palette(1)[0]
+def _learning_arm_curve(ax: "object", label: str, colour: tuple[float, float, float], runs: pd.DataFrame,
+                        summary: pd.DataFrame, fit: Mapping[str, float] | None) -> tuple[float, list["object"]]:
+    """One arm of :func:`learning_curve` in ``colour``: its seeds' runs (small points), the mean per
+    fraction with its interval, and the fit (solid over the measured range, dashed to ``target_n``,
+    the projection with its interval). Returns the largest ``n`` drawn and the arm's legend handles
+    (the mean, then the fit)."""
+    ax.scatter(runs["n_train_objects"], runs["mIoU"], s=12, alpha=0.55, color=colour, lw=0, zorder=3)
     s = summary.sort_values("n_train_objects")
-    ax.errorbar(s["n_train_objects"], s["mIoU"], yerr=_yerr(s.rename(columns={"ci_lo": "lo", "ci_hi": "hi"}), "mIoU"),
-                fmt="o", color=mean_colour, capsize=3, ms=6, label="mean over seeds (95% CI, images resampled)", zorder=4)
+    handles = [ax.errorbar(s["n_train_objects"], s["mIoU"], fmt="o", color=colour, capsize=3, ms=6, zorder=4,
+                           yerr=_yerr(s.rename(columns={"ci_lo": "lo", "ci_hi": "hi"}), "mIoU"),
+                           label=_wrap(f"{label}: mean over seeds (95% CI)", 48))]
     x_hi = float(runs["n_train_objects"].max())
-    if fit is not None and np.isfinite(fit.get("a", np.nan)):
-        a, b, lo, hi, target = (float(fit[k]) for k in ("a", "b", "n_min", "n_max", "target_n"))
-        inside = np.geomspace(lo, hi, 100)
-        ax.plot(inside, 1 - a * inside ** -b, color=mean_colour, lw=1.5, label=f"power law 1 - {a:.3g} n^-{b:.3g}")
-        if target > hi:
-            beyond = np.geomspace(hi, target, 100)
-            ax.plot(beyond, 1 - a * beyond ** -b, color=mean_colour, lw=1.2, ls="--", label="extrapolated (no error floor)")
-        ax.errorbar([target], [fit["projection"]], yerr=[[max(0.0, fit["projection"] - fit["ci_lo"])],
-                                                         [max(0.0, fit["ci_hi"] - fit["projection"])]],
-                    fmt="D", color=mean_colour, mfc="white", capsize=3, label=f"projection at n = {target:,.0f}", zorder=4)
-        x_hi = max(x_hi, target)
+    if fit is None or not np.isfinite(fit.get("a", np.nan)):
+        return x_hi, handles
+    a, b, lo, hi, target = (float(fit[k]) for k in ("a", "b", "n_min", "n_max", "target_n"))
+    inside = np.geomspace(lo, hi, 100)
+    handles += ax.plot(inside, 1 - a * inside ** -b, color=colour, lw=1.5, label=f"  power law 1 - {a:.3g} n^-{b:.3g}")
+    if target > hi:
+        beyond = np.geomspace(hi, target, 100)
+        ax.plot(beyond, 1 - a * beyond ** -b, color=colour, lw=1.2, ls="--")
+    ax.errorbar([target], [fit["projection"]], yerr=[[max(0.0, fit["projection"] - fit["ci_lo"])],
+                                                     [max(0.0, fit["ci_hi"] - fit["projection"])]],
+                fmt="D", color=colour, mfc="white", capsize=3, zorder=4)
+    return max(x_hi, target), handles
+
+
+def learning_curve(runs: pd.DataFrame, summary: pd.DataFrame, fits: pd.DataFrame | None = None,
+                   references: pd.DataFrame | None = None, crossings: pd.DataFrame | None = None,
+                   title: str = "Test mIoU against training objects") -> Figure:
+    """Test mIoU against training objects (log x) for one test set, one colour per arm (in order
+    of appearance in ``runs``; legend beside the axes).
+
+    runs: ``custom.learning`` run rows (``arm, arm_label, prompt_mode, seed, n_train_objects,
+    mIoU``): each seed's run a small point. summary: ``fraction_summary`` rows (``arm,
+    n_train_objects, mIoU, ci_lo, ci_hi``): the mean per fraction with its 95% interval. fits:
+    ``fit_table`` rows (``arm, a, b, n_min, n_max, target_n, projection, ci_lo, ci_hi``; NaN ``a``:
+    none drawn): the power law, solid over the measured range, dashed beyond it up to ``target_n``,
+    and the projection (diamond) with its interval. references: ``zero_shot_reference`` rows
+    (``model_label, prompt_mode, mIoU``): one horizontal line each. crossings: ``crossing_table``
+    rows (``arm, reference, crossing_n``): a dotted vertical line in the arm's colour where its fitted
+    curve reaches a reference (when that lies in the drawn range, which ends just beyond ``target_n``).
+    """
+    from matplotlib.lines import Line2D
+
+    fig, ax = _figure(8.5, 4.6)
+    arms = list(dict.fromkeys(runs["arm"]))
+    colours = dict(zip(arms, palette(len(arms))))
+    fits = fits if fits is not None else pd.DataFrame(columns=["arm"])
+    x_hi, handles = 0.0, []
+    for arm in arms:
+        r = runs[runs["arm"] == arm]
+        fit = fits[fits["arm"] == arm]
+        x_arm, arm_handles = _learning_arm_curve(ax, f"{r['arm_label'].iloc[0]}, {r['prompt_mode'].iloc[0]}",
+                                                 colours[arm], r, summary[summary["arm"] == arm],
+                                                 fit.iloc[0].to_dict() if len(fit) else None)
+        x_hi, handles = max(x_hi, x_arm), handles + arm_handles
     refs = references if references is not None else pd.DataFrame(columns=["model_label", "mIoU"])
-    ref_colours = sns.color_palette("dark", len(refs) + 3)[3:]  # red onwards: apart from the curve's blue and the seeds
-    for (_, r), colour in zip(refs.iterrows(), ref_colours):
-        ax.axhline(r["mIoU"], color=colour, ls="-.", lw=1,
-                   label=_wrap(f"{r['model_label']}, zero-shot {r.get('prompt_mode', 'tight_box')}: {r['mIoU']:.3f}", 48))
+    ref_colours = sns.color_palette("dark", len(refs) + 3)[3:]  # red onwards: apart from the arms' blue and orange
+    for (_, ref), colour in zip(refs.iterrows(), ref_colours):
+        handles.append(ax.axhline(ref["mIoU"], color=colour, ls="-.", lw=1, label=_wrap(
+            f"{ref['model_label']}, zero-shot {ref.get('prompt_mode', 'tight_box')}: {ref['mIoU']:.3f}", 48)))
     x_lo = float(runs["n_train_objects"].min())
     for c in (crossings.itertuples() if crossings is not None else ()):
         if np.isfinite(c.crossing_n) and x_lo / 1.5 <= c.crossing_n <= x_hi * 1.5:  # others: the table says where
-            ax.axvline(c.crossing_n, color="grey", ls=":", lw=1)
+            colour = colours.get(c.arm, "grey")
+            ax.axvline(c.crossing_n, color=colour, ls=":", lw=1)
             ax.annotate(f"n = {c.crossing_n:,.0f}", (c.crossing_n, 0.03), rotation=90, fontsize=7,
-                        ha="right", va="bottom", color="grey")
+                        ha="right", va="bottom", color=colour)
+    grey = "0.45"
+    extra = [Line2D([], [], ls="", marker="o", ms=3.5, alpha=0.55, color=grey, label="small points: one run per seed")]
+    if len(fits) and fits["a"].notna().any():
+        targets = ", ".join(f"{t:,.0f}" for t in dict.fromkeys(fits.loc[fits["a"].notna(), "target_n"]))
+        extra += [Line2D([], [], color=grey, lw=1.2, ls="--", label="extrapolated (no error floor)"),
+                  Line2D([], [], ls="", marker="D", mfc="white", color=grey, label=f"projection at n = {targets} (95% CI)")]
     ax.set_xscale("log")
     ax.set_xlim(x_lo / 1.5, x_hi * 1.5)
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("training objects (log scale)")
-    ax.set_ylabel("test mIoU (extreme points, stage 1+2)")
+    ax.set_ylabel("test mIoU (single mask)")
     ax.set_title(title, fontsize=11)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.legend(handles=handles + extra, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig

@@ -1,4 +1,5 @@
-"""Learning curves of the custom model: test mIoU against the number of training objects.
+"""Learning curves: test mIoU against the number of training objects, for the custom model and,
+optionally, the fine-tuned foundation arm.
 
 :func:`subsample_train` draws a seeded share of the train split's *images* (a subset of a
 smaller draw is not required: each (fraction, seed) is its own draw); :func:`fit_power_law` fits
@@ -12,21 +13,34 @@ with diminishing returns; extrapolating it far beyond the measured range is opti
 error has a floor, so the projection is stated with that caveat and the measured range.
 
 The loop (the ``learning_curve`` stage, notebook 09, and ``bench/custom_learning_curve.py``):
-:func:`run_learning_curve` trains one model per (fraction, seed) with :func:`learning_config`
-(the train_custom stage's options), each into its own folder ``<out>/runs/f<fraction>-s<seed>/``
-(a killed stage resumes: :func:`~samstudy.custom.train.train_custom` from ``last.pt``, scoring
-per image through :func:`samstudy.engine.run_experiment`), selects the model on the validation
-part ``train_custom`` carves from the subset (never on test), and scores the refined arm
-(stage 2) with ``extreme_points`` on each test split. Tables from its result:
-:func:`fraction_summary` (mean over seeds with an image bootstrap CI), :func:`fit_table`
-(power law per test set), :func:`zero_shot_reference` (each zero-shot foundation model's tight-box
-mIoU on the same objects) and :func:`crossing_table` (:func:`crossing_n`: where the fitted curve
-reaches it).
+:func:`run_learning_curve` draws one subset per (fraction, seed) and trains on it
+
+- **the custom model** (arm ``custom_stage2``) with :func:`learning_config` (the train_custom
+  stage's options) into ``<out>/runs/f<fraction>-s<seed>/training-<key>/`` (a killed stage resumes:
+  :func:`~samstudy.custom.train.train_custom` from ``last.pt``), model selection on the validation
+  part ``train_custom`` carves from the subset (never on test); the refined arm (stage 2) is scored
+  with ``extreme_points`` (:data:`LEARNING_MODE`) into ``.../eval/<test>/``;
+- with ``finetune_config``, **the fine-tuned foundation arm** (arm ``<base>_ft-box``, see
+  :mod:`samstudy.finetune`): the base model's prompt encoder and mask decoder fine-tuned on the
+  *same* subset into ``.../finetune/train/<base>-<prompt>/training-<key>/``
+  (:func:`samstudy.finetune.train_dir`; resumed from ``last.pt``, a finished run is not trained
+  again), model selection on the validation part :func:`~samstudy.finetune.finetune` carves from
+  the subset (never on test), image embeddings through one shared
+  :class:`~samstudy.cache.EmbeddingCache`; scored with ``tight_box`` (:data:`FINETUNE_MODE`,
+  single mask) into ``.../finetune/eval/<test>/``.
+
+Scoring is per image through :func:`samstudy.engine.run_experiment` (resumed per image). Tables from
+its result, one row group per (test set, arm): :func:`fraction_summary` (mean over seeds with an
+image bootstrap CI), :func:`fit_table` (power law per test set and arm), :func:`zero_shot_reference`
+(each zero-shot foundation model's tight-box mIoU on the same objects) and :func:`crossing_table`
+(:func:`crossing_n`: where each arm's fitted curve reaches it).
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -39,15 +53,21 @@ from ..results import PRIMARY
 from ..stats import bootstrap_mean_ci
 
 if TYPE_CHECKING:
+    from ..cache import EmbeddingCache
+    from ..finetune import FinetuneConfig
+    from ..models.base import PromptableSegmenter
     from .model import CustomConfig
 
-__all__ = ["PowerLawFit", "fit_power_law", "subsample_train", "crossing_n", "learning_config", "run_folder",
-           "LearningCurve", "run_learning_curve", "fraction_summary", "fit_table", "zero_shot_reference",
-           "crossing_table", "LEARNING_MODE", "RUN_COLUMNS"]
+__all__ = ["PowerLawFit", "fit_power_law", "subsample_train", "crossing_n", "learning_config",
+           "finetune_learning_config", "run_folder", "LearningCurve", "run_learning_curve", "fraction_summary",
+           "fit_table", "zero_shot_reference", "crossing_table", "LEARNING_MODE", "FINETUNE_MODE", "RUN_COLUMNS",
+           "OBJECT_COLUMNS", "FIT_COLUMNS"]
 
 LEARNING_MODE = "extreme_points"  # the published custom model's prompt; the refined arm (stage 2) is scored
-RUN_COLUMNS = ["dataset", "fraction", "seed", "n_train_objects", "n_val_objects", "test_objects", "mIoU",
-               "ci_lo", "ci_hi", "epochs_done", "budget_limited", "checkpoint"]
+FINETUNE_MODE = "tight_box"       # the fine-tuned arm (box prompts) is scored with the tight box, single mask
+RUN_COLUMNS = ["dataset", "arm", "arm_label", "prompt_mode", "fraction", "seed", "n_train_objects", "n_val_objects",
+               "test_objects", "mIoU", "ci_lo", "ci_hi", "epochs_done", "budget_limited", "checkpoint"]
+OBJECT_COLUMNS = ["dataset", "arm", "fraction", "seed", "image_id", "ann_id", "iou"]
 
 
 @dataclass(frozen=True)
@@ -145,48 +165,106 @@ def learning_config(custom_options: Mapping[str, Any], seed: int, device: str, m
     return CustomConfig.from_dict(d)
 
 
+def finetune_learning_config(model: Mapping[str, Any], options: Mapping[str, Any], seed: int, device: str,
+                             minutes: float | None, epochs: int, prompt: str = "box") -> "FinetuneConfig":
+    """One fine-tuned run's :class:`~samstudy.finetune.FinetuneConfig`, built as the finetune stage
+    builds it (notebook 07: :func:`samstudy.finetune.run_stage` with ``{"epochs": epochs, **options}``)
+    from one ``finetune.models`` entry ``model`` (``{"name", "checkpoint", "options"}``), for
+    ``prompt`` (box by default: the arm is scored with :data:`FINETUNE_MODE`), with the run's
+    ``seed`` (it varies per run, so it wins over ``options``)."""
+    from ..finetune import FinetuneConfig
+
+    d = {"seed": seed, "device": device, "epochs": epochs, **dict(options), "model": model["name"],
+         "checkpoint": model.get("checkpoint"), "options": dict(model.get("options") or {}), "prompt": prompt,
+         "max_minutes": minutes}
+    d["seed"] = int(seed)
+    return FinetuneConfig.from_dict(d)
+
+
 def run_folder(out_dir: str | Path, fraction: float, seed: int) -> Path:
-    """``<out_dir>/runs/f<fraction>-s<seed>``: one run's training (``training-<key>/``) and scoring (``eval/``)."""
+    """``<out_dir>/runs/f<fraction>-s<seed>``: one run's custom training (``training-<key>/``) and
+    scoring (``eval/``), and the fine-tuned arm's (``finetune/train/...``, ``finetune/eval/``)."""
     return Path(out_dir) / "runs" / f"f{fraction:g}-s{seed}"
 
 
 @dataclass(frozen=True)
 class LearningCurve:
-    """The loop's result. ``runs``: one row per (test set, fraction, seed), columns
-    :data:`RUN_COLUMNS` (``mIoU`` float in [0, 1] with its image-bootstrap ``ci_lo``/``ci_hi``;
-    ``n_train_objects`` int: the objects trained on, the validation part excluded). ``objects``:
-    one row per scored test object and run: ``dataset, fraction, seed, image_id, ann_id, iou``."""
+    """The loop's result.
+
+    ``runs``: one row per (test set, arm, fraction, seed), columns :data:`RUN_COLUMNS`: ``arm`` the
+    scored model's name (``custom_stage2``; the fine-tuned arm ``<base>_ft-box``), ``arm_label`` its
+    label without the per-run checkpoint hash (one label per arm), ``prompt_mode`` the mode it was
+    scored with (``extreme_points``; ``tight_box``), ``n_train_objects`` int: the objects trained
+    on (the validation part excluded), ``n_val_objects`` int: the validation part, ``test_objects``
+    int: the test objects scored, ``mIoU`` float in [0, 1] with its image-bootstrap 95%
+    ``ci_lo``/``ci_hi``, ``epochs_done`` int, ``budget_limited`` bool (the time budget stopped the
+    training before its last epoch), ``checkpoint`` str (``best.pt``; ``finetuned.pth``).
+    ``objects``: one row per scored test object and run, columns :data:`OBJECT_COLUMNS`
+    (``dataset, arm, fraction, seed, image_id, ann_id, iou``).
+    """
 
     runs: pd.DataFrame
     objects: pd.DataFrame
 
 
-def _train_one(train: Dataset, fraction: float, seed: int, config: "CustomConfig", folder: Path,
-               data_file: Path, progress: bool) -> tuple[Path, dict[str, Any]]:
-    """Train one run into ``folder/training-<key>`` (key: config + training data, so a changed
-    config starts afresh and an unchanged one resumes); returns ``(best.pt, train_meta)``."""
-    from ..data_stage import training_dir
-    from .train import train_custom
+@dataclass(frozen=True)
+class _Trained:
+    """One arm trained on one subset: its checkpoint, training counts and scored test rows."""
 
-    sub = subsample_train(train, fraction, seed)
-    tdir = training_dir(folder, {**config.to_dict(), "fraction": fraction}, data_file)
-    best = train_custom(sub, config, tdir, progress=progress)  # validation carved from sub: never test
-    return best, json.loads((tdir / "train_meta.json").read_text())
+    checkpoint: Path
+    n_train_objects: int
+    n_val_objects: int
+    epochs_done: int
+    budget_limited: bool
+    scored: pd.DataFrame
 
 
-def _score_one(best: Path, tests: Sequence[Dataset], folder: Path, policy: str, max_skip_fraction: float | None,
-               progress: bool) -> pd.DataFrame:
-    """Result rows of the refined arm on every test set (``folder/eval/<test>``; resumed per image)."""
+def _score(arm: "PromptableSegmenter", mode: str, tests: Sequence[Dataset], eval_dir: Path,
+           cache: "EmbeddingCache | None", policy: str, max_skip_fraction: float | None, progress: bool) -> pd.DataFrame:
+    """Result rows of ``arm`` with ``mode`` (single mask) on every test set (``eval_dir/<test>``; resumed per image)."""
     from ..engine import run_experiment
-    from .arm import CustomArm
-    from .model import load_custom
 
-    arm = CustomArm(load_custom(best, num_threads=1), stage=2)
-    frames = [run_experiment(ds, arm, [LEARNING_MODE], folder / "eval" / ds.name, seed=0, split="test",
-                             policy=policy, multimask=["single"], force=True,  # force: a retrained model's parts go
+    frames = [run_experiment(ds, arm, [mode], eval_dir / ds.name, cache=cache, seed=0, split="test", policy=policy,
+                             multimask=["single"], force=True,  # force: a retrained model's parts go
                              max_skip_fraction=max_skip_fraction, progress=progress)
               for ds in tests]
     return pd.concat(frames, ignore_index=True)
+
+
+def _custom_run(sub: Dataset, fraction: float, config: "CustomConfig", folder: Path, data_file: Path,
+                tests: Sequence[Dataset], policy: str, max_skip_fraction: float | None, progress: bool) -> _Trained:
+    """Train the custom model on ``sub`` into ``folder/training-<key>`` (key: config + training data,
+    so a changed config starts afresh and an unchanged one resumes) and score its refined arm."""
+    from ..data_stage import training_dir
+    from .arm import CustomArm
+    from .model import load_custom
+    from .train import train_custom
+
+    tdir = training_dir(folder, {**config.to_dict(), "fraction": fraction}, data_file)
+    best = train_custom(sub, config, tdir, progress=progress)  # validation carved from sub: never test
+    meta = json.loads((tdir / "train_meta.json").read_text())
+    arm = CustomArm(load_custom(best, num_threads=1), stage=2)
+    scored = _score(arm, LEARNING_MODE, tests, folder / "eval", None, policy, max_skip_fraction, progress)
+    return _Trained(best, int(meta["n_train_objects"]), int(meta["n_val_objects"]), int(meta.get("epochs_done", 0)),
+                    bool(meta.get("budget_limited", False)), scored)
+
+
+def _finetuned_run(sub: Dataset, config: "FinetuneConfig", folder: Path, data_file: Path, tests: Sequence[Dataset],
+                   cache: "EmbeddingCache", policy: str, max_skip_fraction: float | None, progress: bool) -> _Trained:
+    """Fine-tune on ``sub`` into ``folder/finetune/train/<base>-<prompt>/training-<key>``
+    (:func:`samstudy.finetune.train_dir`: resumed, a finished run returns at once) and score the
+    fine-tuned arm with :data:`FINETUNE_MODE` into ``folder/finetune/eval``."""
+    from ..files import read_json
+    from ..finetune import finetune, train_dir
+    from ..models.registry import build_model
+
+    path = finetune(sub, config, train_dir(folder / "finetune", config, data_file), cache, progress=progress)
+    meta = read_json(path.parent / "train_meta.json") or {}
+    arm = build_model("finetuned", checkpoint=path, device=config.device, num_threads=config.num_threads,
+                      **dict(config.options))
+    scored = _score(arm, FINETUNE_MODE, tests, folder / "finetune" / "eval", cache, policy, max_skip_fraction, progress)
+    return _Trained(path, int(meta["n_train_objects"]), int(meta["n_val_objects"]), int(meta.get("epochs_done", 0)),
+                    bool(meta.get("stopped_by_budget", False)), scored)
 
 
 def _ok(rows: pd.DataFrame) -> pd.DataFrame:
@@ -202,74 +280,109 @@ def _miou_ci(ok: pd.DataFrame, n_boot: int, seed: int = 0) -> tuple[float, float
                              groups=ok["image_id"].to_numpy())
 
 
+def _arm_label(model_label: str) -> str:
+    """An arm's ``model_label`` without a checkpoint hash (``, sha256 1a2b3c4d)`` -> ``)``): the
+    fine-tuned arm's label names its per-run checkpoint, the curve's one label per arm must not."""
+    return re.sub(r", sha256 [0-9a-f]+\)", ")", str(model_label))
+
+
+def _run_tables(run: _Trained, fraction: float, seed: int, n_boot: int) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """``(runs row, objects rows)`` of one trained arm per test set it scored."""
+    out = []
+    for name, ok in _ok(run.scored).groupby("dataset", sort=False):
+        m, lo, hi = _miou_ci(ok, n_boot)
+        arm = str(ok["model"].iloc[0])
+        row = {"dataset": name, "arm": arm, "arm_label": _arm_label(ok["model_label"].iloc[0]),
+               "prompt_mode": str(ok["prompt_mode"].iloc[0]), "fraction": fraction, "seed": seed,
+               "n_train_objects": run.n_train_objects, "n_val_objects": run.n_val_objects, "test_objects": len(ok),
+               "mIoU": m, "ci_lo": lo, "ci_hi": hi, "epochs_done": run.epochs_done,
+               "budget_limited": run.budget_limited, "checkpoint": str(run.checkpoint)}
+        out.append((row, ok.assign(arm=arm, fraction=fraction, seed=seed)[OBJECT_COLUMNS]))
+    return out
+
+
 def run_learning_curve(train: Dataset, tests: Sequence[Dataset], make_config: Callable[[int], "CustomConfig"],
                        fractions: Sequence[float], seeds: Sequence[int], out_dir: str | Path, data_file: str | Path,
                        *, policy: str = "raw", max_skip_fraction: float | None = None, n_boot: int = 2000,
-                       progress: bool = False, log: Callable[[str], None] | None = None) -> LearningCurve:
-    """Train and score one custom model per (fraction, seed); see the module docstring.
+                       progress: bool = False, log: Callable[[str], None] | None = None,
+                       finetune_config: Callable[[int], "FinetuneConfig"] | None = None,
+                       cache: "EmbeddingCache | str | os.PathLike[str] | None" = None) -> LearningCurve:
+    """Train and score one custom model (and, with ``finetune_config``, one fine-tuned foundation
+    model) per (fraction, seed), both on the same :func:`subsample_train` subset; see the module docstring.
 
     make_config: ``seed -> CustomConfig`` of a run (e.g. ``lambda s: learning_config(options, s, ...)``).
     data_file: the file ``train`` was read from (its bytes key the training folders, so new
     training data starts afresh). policy, max_skip_fraction: as for the evaluate_custom stage.
-    Runs go in ``fractions`` x ``seeds`` order; rerunning after a crash redoes only what is missing.
+    finetune_config: ``seed -> FinetuneConfig`` of a fine-tuning run (e.g. ``lambda s:
+    finetune_learning_config(model, options, s, ...)``: box prompts); ``None`` (default): the
+    custom model only. cache: the fine-tuned arm's embedding cache (an :class:`EmbeddingCache` or its
+    folder, e.g. ``embedding_dir(foundation.cache_dir)``, so each image is encoded once for every run
+    and the scoring; ``None``: no cache, every image encoded again in each run).
+    Runs go in ``fractions`` x ``seeds`` order (custom, then fine-tuned); rerunning after a crash
+    redoes only what is missing. Returns a :class:`LearningCurve` with one ``runs`` row per (test set,
+    arm, fraction, seed).
     """
+    if finetune_config is not None:
+        from ..cache import EmbeddingCache
+
+        cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
     rows, objects = [], []
-    for fraction in fractions:
-        for seed in seeds:
-            folder = run_folder(out_dir, float(fraction), int(seed))
-            best, meta = _train_one(train, float(fraction), int(seed), make_config(int(seed)), folder,
-                                    Path(data_file), progress)
-            scored = _score_one(best, tests, folder, policy, max_skip_fraction, progress)
-            for name, ok in _ok(scored).groupby("dataset", sort=False):
-                m, lo, hi = _miou_ci(ok, n_boot)
-                rows.append({"dataset": name, "fraction": float(fraction), "seed": int(seed),
-                             "n_train_objects": int(meta["n_train_objects"]), "n_val_objects": int(meta["n_val_objects"]),
-                             "test_objects": len(ok), "mIoU": m, "ci_lo": lo, "ci_hi": hi,
-                             "epochs_done": int(meta.get("epochs_done", 0)),
-                             "budget_limited": bool(meta.get("budget_limited", False)), "checkpoint": str(best)})
-                objects.append(ok[["dataset", "image_id", "ann_id", "iou"]].assign(fraction=float(fraction), seed=int(seed)))
+    for fraction in map(float, fractions):
+        for seed in map(int, seeds):
+            folder = run_folder(out_dir, fraction, seed)
+            sub = subsample_train(train, fraction, seed)  # the one subset every arm of this run trains on
+            trained = [_custom_run(sub, fraction, make_config(seed), folder, Path(data_file), tests, policy,
+                                   max_skip_fraction, progress)]
+            if finetune_config is not None:
+                trained.append(_finetuned_run(sub, finetune_config(seed), folder, Path(data_file), tests, cache,
+                                              policy, max_skip_fraction, progress))
+            for row, obj in (t for run in trained for t in _run_tables(run, fraction, seed, n_boot)):
+                rows.append(row)
+                objects.append(obj)
                 if log:
-                    log(f"fraction {fraction:g} seed {seed}: {rows[-1]['n_train_objects']} training objects, "
-                        f"{name} mIoU {m:.3f} [{lo:.3f}, {hi:.3f}] ({len(ok)} test objects)")
-    obj = (pd.concat(objects, ignore_index=True) if objects
-           else pd.DataFrame(columns=["dataset", "image_id", "ann_id", "iou", "fraction", "seed"]))
-    return LearningCurve(pd.DataFrame(rows, columns=RUN_COLUMNS),
-                         obj[["dataset", "fraction", "seed", "image_id", "ann_id", "iou"]])
+                    log(f"{row['arm']} fraction {fraction:g} seed {seed}: {row['n_train_objects']} training objects, "
+                        f"{row['dataset']} mIoU {row['mIoU']:.3f} [{row['ci_lo']:.3f}, {row['ci_hi']:.3f}] "
+                        f"({row['test_objects']} test objects)")
+    obj = pd.concat(objects, ignore_index=True) if objects else pd.DataFrame(columns=OBJECT_COLUMNS)
+    return LearningCurve(pd.DataFrame(rows, columns=RUN_COLUMNS), obj)
 
 
 # ----------------------------------------------------------------------------------- tables
 def fraction_summary(curve: LearningCurve, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """One row per (dataset, fraction): ``seeds`` (runs), ``n_train_objects`` (mean over seeds),
-    ``test_objects`` (scored in every seed's run), ``mIoU`` and its 95% ``ci_lo``/``ci_hi``.
+    """One row per (dataset, arm, fraction), sorted by them: ``seeds`` (runs), ``n_train_objects``
+    (mean over seeds), ``test_objects`` (scored in every seed's run), ``mIoU`` and its 95%
+    ``ci_lo``/``ci_hi``.
 
     The mean is over objects of the per-object IoU averaged over seeds; its interval resamples
     whole test images (the test-set uncertainty of the mean curve; the spread between seeds is
     the per-seed points of the figure).
     """
     out = []
-    for (ds, frac), g in curve.objects.groupby(["dataset", "fraction"], sort=True):
+    for (ds, arm, frac), g in curve.objects.groupby(["dataset", "arm", "fraction"], sort=True):
         n_seeds = g["seed"].nunique()
         per_obj = g.groupby(["image_id", "ann_id"])["iou"].agg(["mean", "size"]).reset_index()
         per_obj = per_obj[per_obj["size"] == n_seeds]  # objects every run scored: the seeds are paired
         m, lo, hi = _miou_ci(per_obj.rename(columns={"mean": "iou"}), n_boot, seed)
-        runs = curve.runs[(curve.runs["dataset"] == ds) & (curve.runs["fraction"] == frac)]
-        out.append({"dataset": ds, "fraction": float(frac), "seeds": int(n_seeds),
+        r = curve.runs
+        runs = r[(r["dataset"] == ds) & (r["arm"] == arm) & (r["fraction"] == frac)]
+        out.append({"dataset": ds, "arm": arm, "fraction": float(frac), "seeds": int(n_seeds),
                     "n_train_objects": float(runs["n_train_objects"].mean()), "test_objects": len(per_obj),
                     "mIoU": m, "ci_lo": lo, "ci_hi": hi})
-    return pd.DataFrame(out, columns=["dataset", "fraction", "seeds", "n_train_objects", "test_objects",
+    return pd.DataFrame(out, columns=["dataset", "arm", "fraction", "seeds", "n_train_objects", "test_objects",
                                       "mIoU", "ci_lo", "ci_hi"])
 
 
-FIT_COLUMNS = ["dataset", "a", "b", "target_n", "projection", "ci_lo", "ci_hi", "n_min", "n_max", "runs", "note"]
+FIT_COLUMNS = ["dataset", "arm", "a", "b", "target_n", "projection", "ci_lo", "ci_hi", "n_min", "n_max", "runs",
+               "note"]
 
 
 def fit_table(runs: pd.DataFrame, target_n: float, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """:func:`fit_power_law` per test set over its runs (one row each, columns ``FIT_COLUMNS``);
-    a set the law cannot be fitted to (fewer than 2 distinct sizes, an mIoU of 0 or 1) gets NaNs
-    and the reason in ``note``."""
+    """:func:`fit_power_law` per (test set, arm) over its runs (``runs``: :attr:`LearningCurve.runs`;
+    one row each in order of appearance, columns :data:`FIT_COLUMNS`); a group the law cannot be
+    fitted to (fewer than 2 distinct sizes, an mIoU of 0 or 1) gets NaNs and the reason in ``note``."""
     out = []
-    for ds, g in runs.groupby("dataset", sort=False):
-        row: dict[str, Any] = {"dataset": ds, "target_n": float(target_n), "runs": len(g), "note": None}
+    for (ds, arm), g in runs.groupby(["dataset", "arm"], sort=False):
+        row: dict[str, Any] = {"dataset": ds, "arm": arm, "target_n": float(target_n), "runs": len(g), "note": None}
         try:
             fit = fit_power_law(g["n_train_objects"].to_numpy(float), g["mIoU"].to_numpy(float), target_n,
                                 n_boot=n_boot, seed=seed)
@@ -320,16 +433,15 @@ def _where(n: float | None, n_min: float, n_max: float, target_n: float) -> str:
 
 
 def crossing_table(fits: pd.DataFrame, references: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, reference model): the training objects at which the fitted curve reaches the
-    model's zero-shot mIoU (:func:`crossing_n`) and where that lies (``where``)."""
+    """Per (dataset, arm, reference model), in ``fits`` then ``references`` order: the training
+    objects at which the arm's fitted curve (a :func:`fit_table` row) reaches the model's zero-shot
+    mIoU (a :func:`zero_shot_reference` row; :func:`crossing_n`, NaN when never) and where that lies
+    (``where``). An arm without a fit has no row."""
     out = []
-    for _, ref in references.iterrows():
-        fit = fits[fits["dataset"] == ref["dataset"]]
-        if not len(fit) or pd.isna(fit["a"].iloc[0]):
-            continue
-        f = fit.iloc[0]
-        n = crossing_n(float(f["a"]), float(f["b"]), float(ref["mIoU"]))
-        out.append({"dataset": ref["dataset"], "reference": ref["model_label"], "reference_mIoU": ref["mIoU"],
-                    "crossing_n": math.nan if n is None else n,
-                    "where": _where(n, float(f["n_min"]), float(f["n_max"]), float(f["target_n"]))})
-    return pd.DataFrame(out, columns=["dataset", "reference", "reference_mIoU", "crossing_n", "where"])
+    for _, f in fits[fits["a"].notna()].iterrows():
+        for _, ref in references[references["dataset"] == f["dataset"]].iterrows():
+            n = crossing_n(float(f["a"]), float(f["b"]), float(ref["mIoU"]))
+            out.append({"dataset": f["dataset"], "arm": f["arm"], "reference": ref["model_label"],
+                        "reference_mIoU": ref["mIoU"], "crossing_n": math.nan if n is None else n,
+                        "where": _where(n, float(f["n_min"]), float(f["n_max"]), float(f["target_n"]))})
+    return pd.DataFrame(out, columns=["dataset", "arm", "reference", "reference_mIoU", "crossing_n", "where"])
