@@ -146,3 +146,21 @@ def test_second_writer_fails_at_once_naming_the_first_which_finishes_correctly(w
     assert first.returncode == 0, stderr[-2000:]
     pd.testing.assert_frame_equal(_comparable(truth), _comparable(results.read_results(out)))
     assert not owner.exists()  # released on a normal exit
+
+
+def test_looking_up_another_configs_training_folder_never_deletes_a_finished_one(tmp_path):
+    # The folder of one (config, data) pair is a pure function of them; computing another config's
+    # folder (a config switched, a learning-curve run) must leave a finished training in place.
+    from samstudy.data_stage import training_dir
+
+    data = tmp_path / "train.json"
+    data.write_text('{"images": []}')
+    a = training_dir(tmp_path / "t", {"epochs": 15}, data)
+    a.mkdir(parents=True)
+    (a / "best.pt").write_bytes(b"weights")
+    b = training_dir(tmp_path / "t", {"epochs": 25}, data)
+    assert b != a and b.parent == a.parent and b.name.startswith("training-")
+    assert (a / "best.pt").read_bytes() == b"weights"
+    assert training_dir(tmp_path / "t", {"epochs": 15}, data) == a  # and the first config finds it again
+    data.write_text('{"images": [1]}')
+    assert training_dir(tmp_path / "t", {"epochs": 15}, data) != a  # new training data: a new folder

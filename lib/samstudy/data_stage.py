@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -269,16 +268,15 @@ def write_stage_datasets(out_dir: str | os.PathLike, test_sets: Mapping[str, Any
 
 # ------------------------------------------------------------------------------ the training stage
 def training_dir(out_dir: str | os.PathLike, config: Mapping[str, Any], data_file: str | os.PathLike) -> Path:
-    """``<out_dir>/training-<key>`` for one (training config, training data) pair; other ones are removed.
+    """``<out_dir>/training-<key>`` for one (training config, training data) pair.
 
     key: the first 12 hex digits of SHA-256(``json.dumps(jsonable(config), sort_keys=True)`` +
     SHA-256 of ``data_file``'s bytes). The custom trainer resumes from its folder when the config
     matches: keying the folder by the training data too means a rerun after a failure resumes,
-    while new data starts afresh. The folder itself is not created.
+    while new data starts afresh. The folder itself is not created, and the folders of other
+    configs are left alone: a finished training is never deleted (switching a config back reuses
+    it; this function once removed them, and a mere lookup of another config's folder lost a
+    25-minute training). Delete stale ``training-*`` folders by hand to free disk.
     """
     text = json.dumps(jsonable(dict(config)), sort_keys=True) + file_sha256(data_file)
-    out = Path(out_dir) / f"training-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
-    for old in Path(out_dir).glob("training-*"):
-        if old != out and old.is_dir():
-            shutil.rmtree(old)
-    return out
+    return Path(out_dir) / f"training-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
