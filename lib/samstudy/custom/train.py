@@ -72,7 +72,8 @@ from ..compute import resolve_device, torch_settings
 from ..files import atomic_path, write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, forward_views,
-                    model_payload, prepare_inputs, with_interaction, read_checkpoint, read_state_file, save_checkpoint, stage_stats,
+                    model_payload, prepare_inputs, with_interaction, read_checkpoint, read_state_file,
+                    save_checkpoint, stage_stats,
                     boundary_band, crop_patches)
 from .perturb import mix_base_logits
 
@@ -475,7 +476,8 @@ def choose_flip_tta(best_path: Path, val_batches: Sequence[dict[str, torch.Tenso
     else:
         model, _ = read_checkpoint(best_path)
         model = model.to(val_batches[0]["rgb2"].device)
-        plain, flip = validate(model, val_batches, model.config)[1], validate(model, val_batches, model.config, flip=True)[1]
+        plain = validate(model, val_batches, model.config)[1]
+        flip = validate(model, val_batches, model.config, flip=True)[1]
         record = {"chosen": bool(flip > plain), "val_miou_stage2_plain": plain, "val_miou_stage2_flip": flip}
     save_checkpoint(best_path, {**payload, "meta": {**meta, "flip_tta": record}})
     return record
