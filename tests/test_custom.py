@@ -385,6 +385,23 @@ def test_default_stages_fit_the_size_limits(init):
         assert stats[stage]["bytes"] <= MAX_STAGE_BYTES
 
 
+def test_mirror_rule_is_one_for_numpy_and_torch_and_an_involution():
+    # make_sample (numpy, training) and flip_views (torch, inference) share one mirror rule.
+    from samstudy.custom.model import mirror_box, mirror_extreme_points, mirror_x
+    pts = np.array([[3.0, 10.0], [20.0, 12.0], [9.0, 2.0], [11.0, 25.0]])  # left, right, top, bottom
+    box = np.array([3.0, 2.0, 21.0, 26.0])  # edges
+    clicks = np.array([[5.0, 6.0, 1.0], [30.0, 7.0, 0.0]])
+    r = 32
+    m = mirror_extreme_points(pts, r)
+    np.testing.assert_array_equal(m, [[11.0, 12.0], [28.0, 10.0], [22.0, 2.0], [20.0, 25.0]])  # by hand
+    np.testing.assert_array_equal(mirror_box(box, r), [11.0, 2.0, 29.0, 26.0])
+    np.testing.assert_array_equal(mirror_x(clicks, r), [[26.0, 6.0, 1.0], [1.0, 7.0, 0.0]])
+    for f, a in ((mirror_extreme_points, pts), (mirror_box, box), (mirror_x, clicks)):
+        np.testing.assert_array_equal(f(f(a, r), r), a)  # mirroring twice is the identity
+        np.testing.assert_array_equal(f(torch.from_numpy(a), r).numpy(), f(a, r))  # torch = numpy
+    assert pts[0, 0] == 3.0 and box[0] == 3.0 and clicks[0, 0] == 5.0  # inputs untouched
+
+
 def test_square_max_filter_equals_the_square_pool_and_scipy():
     # Two 1-D passes give the square window's max exactly (max is order-free), borders included.
     from scipy.ndimage import maximum_filter

@@ -750,20 +750,39 @@ def load_custom(path: str | os.PathLike, device: str = "cpu", num_threads: int |
 
 
 # ----------------------------------------------------------------------------- inference
+def mirror_x(xy: Any, size: int) -> Any:
+    """Pixel-index ``x`` of ``xy (..., >= 2)`` (numpy or torch; a copy) in a ``size``-wide crop
+    mirrored left-right: ``x -> size - 1 - x``; other columns (``y``, a click's label) kept."""
+    out = xy.copy() if isinstance(xy, np.ndarray) else xy.clone()
+    out[..., 0] = size - 1 - out[..., 0]
+    return out
+
+
+def mirror_extreme_points(points: Any, size: int) -> Any:
+    """Extreme points ``(..., 4, 2)`` (order left, right, top, bottom; numpy or torch) of a crop
+    mirrored left-right: ``x`` mirrored, and the old left point is the new right one."""
+    return mirror_x(points[..., [1, 0, 2, 3], :], size)
+
+
+def mirror_box(pbox: Any, size: int) -> Any:
+    """A box ``(..., 4)`` xyxy in crop *edge* coordinates (numpy or torch) mirrored left-right:
+    ``x0, x1 -> size - x1, size - x0``."""
+    out = pbox[..., [2, 1, 0, 3]]
+    out[..., 0] = size - out[..., 0]
+    out[..., 2] = size - out[..., 2]
+    return out
+
+
 def flip_views(rgb2: torch.Tensor, points2: torch.Tensor, pbox2: torch.Tensor, clicks2: torch.Tensor | None,
                prev_logits2: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """The same crops mirrored left-right (the training flip of :func:`samstudy.custom.train.make_sample`):
-    ``rgb2 (B, 3, R, R)``, ``points2 (B, 4, 2)`` (left and right swap), ``pbox2 (B, 4)`` edges,
-    ``clicks2 (B, K, 3)`` and ``prev_logits2 (B, 1, R, R)`` (either may be ``None``)."""
+    """The same crops mirrored left-right (the training flip of :func:`samstudy.custom.train.make_sample`,
+    by the same :func:`mirror_extreme_points` / :func:`mirror_box` / :func:`mirror_x`):
+    ``rgb2 (B, 3, R, R)``, ``points2 (B, 4, 2)``, ``pbox2 (B, 4)``, ``clicks2 (B, K, 3)`` and
+    ``prev_logits2 (B, 1, R, R)`` (either may be ``None``)."""
     r = rgb2.shape[-1]
-    pts = points2[:, [1, 0, 2, 3]].clone()
-    pts[..., 0] = r - 1 - pts[..., 0]
-    box = torch.stack([r - pbox2[:, 2], pbox2[:, 1], r - pbox2[:, 0], pbox2[:, 3]], dim=1)
-    clk = None
-    if clicks2 is not None:
-        clk = clicks2.clone()
-        clk[..., 0] = r - 1 - clk[..., 0]
-    return (rgb2.flip(-1), pts, box, clk, None if prev_logits2 is None else prev_logits2.flip(-1))
+    return (rgb2.flip(-1), mirror_extreme_points(points2, r), mirror_box(pbox2, r),
+            None if clicks2 is None else mirror_x(clicks2, r),
+            None if prev_logits2 is None else prev_logits2.flip(-1))
 
 
 def _unflip_mean(logits: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -69,12 +69,11 @@ from ..masks import decode_rle, tight_crop
 from ..prompts import extreme_points
 from ..clicks import Click, next_click
 from ..compute import resolve_device, torch_settings
-from ..files import atomic_path, write_json_atomic
+from ..files import atomic_path, read_json, write_json_atomic
 from .crops import box_to_crop, crop_image, crop_mask, crop_scale, crop_spec, points_to_crop
 from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_model, forward_views,
-                    model_payload, prepare_inputs, with_interaction, read_checkpoint, read_state_file,
-                    save_checkpoint, stage_stats,
-                    boundary_band, crop_patches)
+                    mirror_box, mirror_extreme_points, model_payload, prepare_inputs, with_interaction,
+                    read_checkpoint, read_state_file, save_checkpoint, stage_stats, boundary_band, crop_patches)
 from .perturb import mix_base_logits
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
@@ -188,9 +187,7 @@ def make_sample(obj: TrainObject, image: np.ndarray, config: CustomConfig,
     scale = crop_scale(spec, s2)
     if rng is not None and rng.random() < 0.5:  # horizontal flip
         rgb, mask = rgb[:, ::-1], mask[:, ::-1]
-        points = points[[1, 0, 2, 3]].copy()  # the old left point is now the right one
-        points[:, 0] = s2 - 1 - points[:, 0]
-        pbox = np.array([s2 - pbox[2], pbox[1], s2 - pbox[0], pbox[3]])
+        points, pbox = mirror_extreme_points(points, s2), mirror_box(pbox, s2)
     return {"rgb": np.ascontiguousarray(rgb), "mask": np.ascontiguousarray(mask), "points": points, "pbox": pbox,
             "scale": scale}
 
@@ -282,8 +279,8 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 @torch.no_grad()
-def validate(model: CustomModel, val_batches: Sequence[dict[str, torch.Tensor]], config: CustomConfig,
-             flip: bool = False) -> tuple[float, float]:
+def validate(model: CustomModel, val_batches: Sequence[dict[str, torch.Tensor]], flip: bool = False
+             ) -> tuple[float, float]:
     """Mean crop-frame IoU of stage 1 (upsampled to ``R``) and stage 2 over the validation set
     (``flip``: with the flip average of :func:`samstudy.custom.model.forward_views`)."""
     model.eval()
@@ -332,7 +329,8 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
         if last_path.exists():
             state = read_state_file(last_path, "training checkpoint")
             _check_resume(state, config, last_path)
-            if state.get("done") and best_path.exists() and _flip_choice(best_path) is not None:
+            # done, and the flip choice made (train_meta.json is written after best.pt holds it)
+            if state.get("done") and best_path.exists() and "flip_tta" in (read_json(out / "train_meta.json") or {}):
                 return best_path
 
         objects, images, skips = collect_objects(train_dataset)
@@ -418,7 +416,7 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
                         f"{per_step * steps_per_epoch / 60:.1f} min; raise custom.minutes or lower the batch "
                         f"size / crop_size ({out})")
                 t_val = time.perf_counter()
-                v1, v2 = validate(model, val_batches, config) if val_batches else (float("nan"), float("nan"))
+                v1, v2 = validate(model, val_batches) if val_batches else (float("nan"), float("nan"))
                 val_s = time.perf_counter() - t_val
                 epoch += 1
                 epochs_this_call += 1
@@ -449,55 +447,48 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
         meta.update({"epochs_done": epoch, "steps_done": step, "train_seconds": round(elapsed(), 3),
                      "setup_seconds": round(setup_s, 3), "budget_limited": budget_limited,
                      "epochs_planned": config.epochs, "best": best})
-        _mark_budget_limited(best_path, budget_limited, epoch)
-        if (epoch >= config.epochs or over_budget()) and best_path.exists():
-            meta["flip_tta"] = choose_flip_tta(best_path, val_batches)
+        flip = _finish_best(best_path, budget_limited, epoch,
+                            val_batches if epoch >= config.epochs or over_budget() else None)
+        if flip is not None:
+            meta["flip_tta"] = flip
         _write_json(out / "train_meta.json", meta)
     return best_path
 
 
-def _flip_choice(best_path: Path) -> dict[str, Any] | None:
-    return read_state_file(best_path, "custom-model checkpoint").get("meta", {}).get("flip_tta")
-
-
-def choose_flip_tta(best_path: Path, val_batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+def choose_flip_tta(model: CustomModel, val_batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Decide on validation whether inference averages the crop with its mirror (the flip the model
     trains with; :func:`samstudy.custom.model.forward_views`): ``chosen`` when it raises the
-    validation mIoU of stage 2, the selection score of :func:`train_custom`. Recorded in ``best.pt``'s
-    metadata (read by :func:`samstudy.custom.model.load_custom`) once; returns the record
-    ``{"chosen", "val_miou_stage2_plain", "val_miou_stage2_flip"}``. Test data never enter: the
-    choice is part of training. Without validation objects the flip stays off."""
-    payload = read_state_file(best_path, "custom-model checkpoint")
-    meta = dict(payload.get("meta", {}))
-    if meta.get("flip_tta") is not None:
-        return meta["flip_tta"]
+    validation mIoU of stage 2, the selection score of :func:`train_custom`. Returns the record
+    ``{"chosen", "val_miou_stage2_plain", "val_miou_stage2_flip"}`` that :func:`train_custom` keeps
+    in ``best.pt``'s metadata (read by :func:`samstudy.custom.model.load_custom`). Test data never
+    enter: the choice is part of training. Without validation objects the flip stays off."""
     if not val_batches:
-        record = {"chosen": False, "val_miou_stage2_plain": None, "val_miou_stage2_flip": None}
-    else:
-        model, _ = read_checkpoint(best_path)
-        model = model.to(val_batches[0]["rgb2"].device)
-        plain = validate(model, val_batches, model.config)[1]
-        flip = validate(model, val_batches, model.config, flip=True)[1]
-        record = {"chosen": bool(flip > plain), "val_miou_stage2_plain": plain, "val_miou_stage2_flip": flip}
-    save_checkpoint(best_path, {**payload, "meta": {**meta, "flip_tta": record}})
-    return record
+        return {"chosen": False, "val_miou_stage2_plain": None, "val_miou_stage2_flip": None}
+    model = model.to(val_batches[0]["rgb2"].device)
+    plain, flip = validate(model, val_batches)[1], validate(model, val_batches, flip=True)[1]
+    return {"chosen": bool(flip > plain), "val_miou_stage2_plain": plain, "val_miou_stage2_flip": flip}
 
 
 class BudgetTooSmallError(ValueError):
     """The wall-clock budget ends before the first epoch; the message gives the time per step."""
 
 
-def _mark_budget_limited(best_path: Path, limited: bool, epochs_done: int) -> None:
-    """Record in ``best.pt``'s metadata whether the run was cut short by its budget (rewritten only
-    when the flag changes, so a finished run's checkpoint stays byte-identical)."""
+def _finish_best(best_path: Path, limited: bool, epochs_done: int,
+                 val_batches: Sequence[dict[str, torch.Tensor]] | None) -> dict[str, Any] | None:
+    """Complete ``best.pt``'s metadata in one read and at most one write: whether the budget cut the
+    run short, and, once training is done (``val_batches`` given, possibly empty), the flip choice
+    (:func:`choose_flip_tta`, made once). Rewritten only when something changes, so a finished
+    run's checkpoint stays byte-identical. Returns the flip record (``None`` before it is made)."""
     if not best_path.exists():
-        return
-    payload = read_state_file(best_path, "custom-model checkpoint")
+        return None
+    model, payload = read_checkpoint(best_path)
     meta = dict(payload.get("meta", {}))
-    if meta.get("budget_limited") == limited and meta.get("epochs_done") == epochs_done:
-        return
-    meta.update(budget_limited=limited, epochs_done=epochs_done)
-    save_checkpoint(best_path, {**payload, "meta": meta})
+    new = {**meta, "budget_limited": limited, "epochs_done": epochs_done}
+    if val_batches is not None and new.get("flip_tta") is None:
+        new["flip_tta"] = choose_flip_tta(model, val_batches)
+    if new != meta:
+        save_checkpoint(best_path, {**payload, "meta": new})
+    return new.get("flip_tta")
 
 
 def _count(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
