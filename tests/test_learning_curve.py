@@ -318,12 +318,27 @@ TINY = dict(init="scratch", crop_size=32, widths1=(8, 8, 16, 16), widths2=(4, 4,
             lr=5e-3, num_threads=1)
 
 
-def test_loop_trains_each_run_in_its_folder_scores_test_and_resumes(tmp_path):
-    train = _discs(tmp_path / "train", "discs-train", 1, 8, seed=0)
-    test = _discs(tmp_path / "test", "discs-test", 100, 3, seed=1)
+def _world(tmp_path: Path) -> tuple[Dataset, Dataset, Path, Path]:
+    """8 train and 3 test images of discs, a stand-in train file (its bytes key the training folders), the output folder."""
     data_file = tmp_path / "train.json"
     data_file.write_text("the train split")
-    out = tmp_path / "learning_curve"
+    return (_discs(tmp_path / "train", "discs-train", 1, 8, seed=0), _discs(tmp_path / "test", "discs-test", 100, 3, seed=1),
+            data_file, tmp_path / "learning_curve")
+
+
+def _check_runs_score_their_subset(curve: LearningCurve, train: Dataset, test: Dataset) -> None:
+    """Every run trained and validated on exactly its subset's objects, scored every test object, and its
+    mIoU (inside its CI) is the mean of its own object rows."""
+    for r in curve.runs.itertuples():
+        assert r.n_train_objects + r.n_val_objects == len(subsample_train(train, r.fraction, r.seed).instances)
+        assert r.test_objects == len(test.instances) and 0.0 <= r.ci_lo <= r.mIoU <= r.ci_hi <= 1.0
+        o = curve.objects
+        mine = o[(o["arm"] == r.arm) & (o["fraction"] == r.fraction) & (o["seed"] == r.seed)]
+        assert r.mIoU == pytest.approx(mine["iou"].mean())
+
+
+def test_loop_trains_each_run_in_its_folder_scores_test_and_resumes(tmp_path):
+    train, test, data_file, out = _world(tmp_path)
 
     def make_config(seed):
         return learning_config(TINY, seed, "cpu", minutes=5.0, epochs=1)
@@ -337,16 +352,12 @@ def test_loop_trains_each_run_in_its_folder_scores_test_and_resumes(tmp_path):
     assert set(runs["arm"]) == {"custom_stage2"} and set(runs["prompt_mode"]) == {"extreme_points"}
     assert list(curve.objects.columns) == OBJECT_COLUMNS and set(curve.objects["arm"]) == {"custom_stage2"}
     assert not list(out.rglob("finetune"))  # no fine-tuned arm asked for: none trained
+    _check_runs_score_their_subset(curve, train, test)  # nothing from outside the subset
     for r in runs.itertuples():
         sub = subsample_train(train, r.fraction, r.seed)
-        # trained + validation objects are the subset's objects: nothing from outside the subset
-        assert r.n_train_objects + r.n_val_objects == len(sub.instances)
         meta = json.loads(next(run_folder(out, r.fraction, r.seed).glob("training-*/train_meta.json")).read_text())
         assert set(meta["val_image_ids"]) <= set(sub.images) and not set(meta["val_image_ids"]) & set(test.images)
         assert r.epochs_done == 1 and Path(r.checkpoint).parent.parent == run_folder(out, r.fraction, r.seed)
-        assert r.test_objects == len(test.instances) and 0.0 <= r.ci_lo <= r.mIoU <= r.ci_hi <= 1.0
-        mine = curve.objects[(curve.objects["fraction"] == r.fraction) & (curve.objects["seed"] == r.seed)]
-        assert r.mIoU == pytest.approx(mine["iou"].mean())  # the run's mIoU is its objects' mean
     # half the images: about half the objects trained on
     assert runs.set_index("fraction").loc[0.5, "n_train_objects"] < runs.set_index("fraction").loc[1.0, "n_train_objects"]
     # one seed: the per-fraction mean is the run itself
@@ -363,11 +374,7 @@ def test_loop_trains_each_run_in_its_folder_scores_test_and_resumes(tmp_path):
 def test_loop_with_the_finetuned_arm_trains_both_on_the_same_subset(tmp_path, tiny_ckpt, tiny_registered):
     """Per (fraction, seed) the custom model and the fine-tuned foundation arm (tiny random SAM) train
     on the same subset, each with its validation part inside it, and are scored on the test split."""
-    train = _discs(tmp_path / "train", "discs-train", 1, 8, seed=0)
-    test = _discs(tmp_path / "test", "discs-test", 100, 3, seed=1)
-    data_file = tmp_path / "train.json"
-    data_file.write_text("the train split")
-    out = tmp_path / "learning_curve"
+    train, test, data_file, out = _world(tmp_path)
 
     def run(cache):
         return run_learning_curve(train, [test], lambda s: learning_config(TINY, s, "cpu", minutes=5.0, epochs=1),
@@ -383,12 +390,7 @@ def test_loop_with_the_finetuned_arm_trains_both_on_the_same_subset(tmp_path, ti
         ("custom_stage2", 0.5, 0), ("custom_stage2", 1.0, 0), (ft_arm, 0.5, 0), (ft_arm, 1.0, 0)]
     assert dict(zip(runs["arm"], runs["prompt_mode"])) == {"custom_stage2": "extreme_points", ft_arm: "tight_box"}
     assert runs[runs["arm"] == ft_arm]["arm_label"].nunique() == 1 and "sha256" not in runs["arm_label"].iloc[-1]
-    for r in runs.itertuples():
-        sub = subsample_train(train, r.fraction, r.seed)
-        assert r.n_train_objects + r.n_val_objects == len(sub.instances)  # the same subset for both arms
-        assert r.test_objects == len(test.instances) and 0.0 <= r.ci_lo <= r.mIoU <= r.ci_hi <= 1.0
-        mine = curve.objects[(curve.objects["arm"] == r.arm) & (curve.objects["fraction"] == r.fraction)]
-        assert r.mIoU == pytest.approx(mine["iou"].mean())
+    _check_runs_score_their_subset(curve, train, test)  # the same subset for both arms
     for r in runs[runs["arm"] == ft_arm].itertuples():
         sub = subsample_train(train, r.fraction, r.seed)
         ckpt = Path(r.checkpoint)

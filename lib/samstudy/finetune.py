@@ -109,8 +109,8 @@ from .prompts import Prompt, extreme_points, interior_point, jitter_box, loose_b
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FinetuneConfig", "PROMPT_TYPES", "EVAL_MODES", "FinetuneObject", "collect_objects",
-           "sample_prompt", "finetune", "write_finetuned_checkpoint",
+__all__ = ["FinetuneConfig", "PROMPT_TYPES", "EVAL_MODES", "arm_config", "finetuned_arm", "FinetuneObject",
+           "collect_objects", "sample_prompt", "finetune", "write_finetuned_checkpoint",
            "FinetunedSegmenter", "build_finetuned", "encoder_hash", "finetuned_paths", "CURVE_COLUMNS"]
 
 PROMPT_TYPES = ("box", "extreme_points", "clicks")
@@ -934,6 +934,22 @@ def train_dir(out_dir: str | os.PathLike, config: FinetuneConfig, data_file: str
     return training_dir(arm_dir(out_dir, config.model, config.prompt), keyed, data_file)
 
 
+def arm_config(spec: Mapping[str, Any], prompt: str, options: Mapping[str, Any] | None, minutes: float | None,
+               seed: int, device: str) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of one (base model, prompt type), as the finetune stage builds it:
+    ``spec`` a ``finetune.models`` entry (``{"name", "checkpoint", "options"}``), ``options`` the
+    section's other fields (``epochs``, ``lr``...), ``minutes`` the budget per arm."""
+    return FinetuneConfig(model=spec["name"], checkpoint=spec.get("checkpoint"), options=dict(spec.get("options") or {}),
+                          prompt=prompt, max_minutes=minutes, seed=seed, device=device, **dict(options or {}))
+
+
+def finetuned_arm(checkpoint: str | os.PathLike, config: FinetuneConfig) -> "FinetunedSegmenter":
+    """The fine-tuned arm of ``checkpoint`` (a :func:`finetune` result) with ``config``'s device,
+    threads and base-model options (e.g. ``runtime: onnxruntime`` for the frozen encoder)."""
+    return build_model("finetuned", checkpoint=checkpoint, device=config.device, num_threads=config.num_threads,
+                       **dict(config.options))
+
+
 def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: Sequence[Mapping[str, Any]],
               prompts: Sequence[str], options: Mapping[str, Any] | None = None, minutes: float | None = None,
               cache_dir: str | os.PathLike | None = None, gt_variants: Sequence[str] = ("policy",), seed: int = 0,
@@ -962,12 +978,9 @@ def run_stage(data_dir: str | os.PathLike, out_dir: str | os.PathLike, models: S
     frames, info = [], []
     for spec in models:
         for prompt in prompts:
-            cfg = FinetuneConfig(model=spec["name"], checkpoint=spec.get("checkpoint"),
-                                 options=dict(spec.get("options") or {}), prompt=prompt, max_minutes=minutes,
-                                 seed=seed, device=device, **dict(options or {}))
+            cfg = arm_config(spec, prompt, options, minutes, seed, device)
             path = finetune(train, cfg, train_dir(out_dir, cfg, train_file), cache, progress=progress)
-            arm = build_model("finetuned", checkpoint=path, device=device, num_threads=cfg.num_threads,
-                              **dict(cfg.options))
+            arm = finetuned_arm(path, cfg)
             meta = read_json(path.with_suffix(".json")) or {}
             tmeta = read_json(path.parent / "train_meta.json") or {}
             info.append({"model": arm.name, "label": arm.label, "base_model": cfg.model, "prompt": prompt,

@@ -123,6 +123,11 @@ def stage_parameters(cfg: StudyConfig, stage: Stage, layout: RunLayout) -> dict[
     return jsonable(p)
 
 
+def _model_specs(cfg: StudyConfig, models: Sequence[Any]) -> list[dict[str, Any]]:
+    """A config's model entries as notebook parameters: ``{"name", "checkpoint" (resolved), "options"}``."""
+    return [{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)} for m in models]
+
+
 def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
     """The parameters one stage takes from its config sections (none for an unknown stage)."""
     d, f, c = cfg.data, cfg.foundation, cfg.compare
@@ -142,15 +147,13 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
     elif stage == "train_custom":
         p.update(minutes=cfg.custom.minutes, custom_options=dict(cfg.custom.options), device=f.device)
     elif stage == "foundation":
-        p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)}
-                         for m in f.models],
+        p.update(models=_model_specs(cfg, f.models),
                  modes=list(f.modes), buffer_sweep=list(f.buffer_sweep), multimask=list(f.multimask),
                  gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device,
                  executor=dataclasses.asdict(cfg.run))
     elif stage == "finetune":
         ft = cfg.finetune
-        p.update(models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint), "options": dict(m.options)}
-                         for m in ft.models],
+        p.update(models=_model_specs(cfg, ft.models),
                  prompts=list(ft.prompts), epochs=ft.epochs, minutes=ft.minutes, options=dict(ft.options),
                  gt_variants=list(f.gt_variants), cache_dir=cfg.resolve(f.cache_dir), device=f.device)
     elif stage == "evaluate_custom":
@@ -174,8 +177,7 @@ def _section_parameters(cfg: StudyConfig, stage: str) -> dict[str, Any]:
                  seeds=list(lc.seeds), epochs=lc.epochs, minutes=cfg.custom.minutes if lc.minutes is None else lc.minutes,
                  target_n=lc.target_n, n_boot=c.n_boot, tight_mode=c.tight_mode, multimask=c.multimask)
         ft = cfg.finetune  # the fine-tuned arm: the finetune stage's models, schedule, options and cache
-        p.update(finetune=lc.finetune, finetune_models=[{"name": m.name, "checkpoint": cfg.resolve(m.checkpoint),
-                                                         "options": dict(m.options)} for m in ft.models],
+        p.update(finetune=lc.finetune, finetune_models=_model_specs(cfg, ft.models),
                  finetune_epochs=ft.epochs, finetune_minutes=ft.minutes, finetune_options=dict(ft.options),
                  cache_dir=cfg.resolve(f.cache_dir))
     return p

@@ -167,18 +167,15 @@ def learning_config(custom_options: Mapping[str, Any], seed: int, device: str, m
 
 def finetune_learning_config(model: Mapping[str, Any], options: Mapping[str, Any], seed: int, device: str,
                              minutes: float | None, epochs: int, prompt: str = "box") -> "FinetuneConfig":
-    """One fine-tuned run's :class:`~samstudy.finetune.FinetuneConfig`, built as the finetune stage
-    builds it (notebook 07: :func:`samstudy.finetune.run_stage` with ``{"epochs": epochs, **options}``)
-    from one ``finetune.models`` entry ``model`` (``{"name", "checkpoint", "options"}``), for
-    ``prompt`` (box by default: the arm is scored with :data:`FINETUNE_MODE`), with the run's
-    ``seed`` (it varies per run, so it wins over ``options``)."""
-    from ..finetune import FinetuneConfig
+    """One fine-tuned run's :class:`~samstudy.finetune.FinetuneConfig`: the finetune stage's
+    (:func:`samstudy.finetune.arm_config` with ``{"epochs": epochs, **options}``, as notebook 07
+    passes them) for one ``finetune.models`` entry ``model``, ``prompt`` (box by default: the arm is
+    scored with :data:`FINETUNE_MODE`) and the run's ``seed`` (it varies per run, so it wins over
+    ``options``)."""
+    from ..finetune import arm_config
 
-    d = {"seed": seed, "device": device, "epochs": epochs, **dict(options), "model": model["name"],
-         "checkpoint": model.get("checkpoint"), "options": dict(model.get("options") or {}), "prompt": prompt,
-         "max_minutes": minutes}
-    d["seed"] = int(seed)
-    return FinetuneConfig.from_dict(d)
+    opts = {"epochs": epochs, **{k: v for k, v in dict(options).items() if k != "seed"}}
+    return arm_config(model, prompt, opts, minutes, int(seed), device)
 
 
 def run_folder(out_dir: str | Path, fraction: float, seed: int) -> Path:
@@ -255,13 +252,11 @@ def _finetuned_run(sub: Dataset, config: "FinetuneConfig", folder: Path, data_fi
     (:func:`samstudy.finetune.train_dir`: resumed, a finished run returns at once) and score the
     fine-tuned arm with :data:`FINETUNE_MODE` into ``folder/finetune/eval``."""
     from ..files import read_json
-    from ..finetune import finetune, train_dir
-    from ..models.registry import build_model
+    from ..finetune import finetune, finetuned_arm, train_dir
 
     path = finetune(sub, config, train_dir(folder / "finetune", config, data_file), cache, progress=progress)
     meta = read_json(path.parent / "train_meta.json") or {}
-    arm = build_model("finetuned", checkpoint=path, device=config.device, num_threads=config.num_threads,
-                      **dict(config.options))
+    arm = finetuned_arm(path, config)
     scored = _score(arm, FINETUNE_MODE, tests, folder / "finetune" / "eval", cache, policy, max_skip_fraction, progress)
     return _Trained(path, int(meta["n_train_objects"]), int(meta["n_val_objects"]), int(meta.get("epochs_done", 0)),
                     bool(meta.get("stopped_by_budget", False)), scored)
