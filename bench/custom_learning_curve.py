@@ -9,7 +9,11 @@ custom options (:func:`~samstudy.custom.learning.learning_config`), then the pow
 (:func:`~samstudy.custom.learning.fit_table`) and its projection at ``--target-n`` training objects
 (default: the 860,001 instance annotations of COCO train2017, the published model's training set).
 Writes ``<run>/learning_curve/{runs,fit}.csv`` (the stage's own folder: a later stage run resumes
-these trainings when its options match).
+these trainings when its options match); ``runs.csv`` keeps an earlier call's other (fraction, seed)
+rows, so calls with different ``--seeds`` add up and the fit covers them all. ``--reference
+LABEL=MIOU`` (repeatable) also prints where the fitted curve reaches that mIoU
+(:func:`~samstudy.custom.learning.crossing_table`; ``crossings.csv``), e.g. a zero-shot model's score
+measured on the same test objects, or a published figure (then on another test set: an orientation only).
 """
 from __future__ import annotations
 
@@ -17,12 +21,26 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
 from samstudy import data_stage  # noqa: E402
 from samstudy.config import COCO_TRAIN2017_INSTANCES, load_config  # noqa: E402
-from samstudy.custom.learning import fit_table, learning_config, run_learning_curve  # noqa: E402
+from samstudy.custom.learning import crossing_table, fit_table, learning_config, run_learning_curve  # noqa: E402
+
+
+def merged_runs(path: Path, new: pd.DataFrame) -> pd.DataFrame:
+    """The runs of ``path`` (an earlier call's ``runs.csv``, say with other seeds) with ``new``'s rows
+    in place of theirs for the same (dataset, arm, fraction, seed): calls with different
+    ``--seeds`` or ``--fractions`` add up instead of overwriting each other."""
+    if not path.exists():
+        return new
+    old = pd.read_csv(path)
+    key = ["dataset", "arm", "fraction", "seed"]
+    stale = old[key].apply(tuple, axis=1).isin(set(new[key].apply(tuple, axis=1)))
+    return pd.concat([old[~stale], new], ignore_index=True).sort_values(key, kind="stable", ignore_index=True)
 
 
 def main() -> int:
@@ -34,6 +52,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=None, help="training budget per run (default: the config's)")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--target-n", type=float, default=COCO_TRAIN2017_INSTANCES)
+    ap.add_argument("--reference", action="append", default=[], help="LABEL=MIOU: where the curve reaches it")
     args = ap.parse_args()
     run = Path(args.run)
     cfg = load_config(args.config or REPO / "configs" / f"{run.name}.yaml")
@@ -48,10 +67,11 @@ def main() -> int:
         max_skip_fraction=data_stage.max_skip_fraction(data_dir), log=lambda m: print(m, flush=True))
     out = run / "learning_curve"
     out.mkdir(parents=True, exist_ok=True)
-    curve.runs.to_csv(out / "runs.csv", index=False)
-    fits = fit_table(curve.runs, args.target_n)
+    runs = merged_runs(out / "runs.csv", curve.runs)
+    runs.to_csv(out / "runs.csv", index=False)
+    fits = fit_table(runs, args.target_n)
     fits.to_csv(out / "fit.csv", index=False)
-    print(curve.runs.groupby(["dataset", "fraction"])[["n_train_objects", "mIoU"]].mean().to_string())
+    print(runs.groupby(["dataset", "fraction"])[["n_train_objects", "mIoU"]].mean().to_string())
     for f in fits.itertuples():
         if f.note:
             print(f"{f.dataset}: no power law ({f.note})")
@@ -59,6 +79,13 @@ def main() -> int:
         print(f"{f.dataset}: power law 1 - mIoU = {f.a:.3f} n^-{f.b:.3f}; projected mIoU at {f.target_n:,.0f} objects: "
               f"{f.projection:.3f} [{f.ci_lo:.3f}, {f.ci_hi:.3f}] (measured n {f.n_min:.0f}-{f.n_max:.0f}; an "
               "extrapolation without an error floor, so optimistic)")
+    if args.reference:
+        refs = pd.DataFrame([{"dataset": ds, "model": label, "model_label": label, "prompt_mode": None, "objects": None,
+                              "mIoU": float(level)} for label, _, level in (r.rpartition("=") for r in args.reference)
+                             for ds in fits["dataset"].unique()])
+        cross = crossing_table(fits, refs)
+        cross.to_csv(out / "crossings.csv", index=False)
+        print(cross.to_string(index=False, float_format=lambda v: f"{v:,.3f}"))
     return 0
 
 

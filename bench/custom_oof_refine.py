@@ -26,17 +26,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
 from samstudy import data_stage  # noqa: E402
 from samstudy.custom import CustomConfig, train_custom  # noqa: E402
-from samstudy.custom.model import (Stage2Net, boundary_band, crop_patches, model_payload, prepare_inputs,  # noqa: E402
-                                   read_checkpoint, save_checkpoint, stage_stats, with_interaction)
-from samstudy.custom.train import (_lr_at, boundary_corners, collect_objects, make_batch,  # noqa: E402
-                                   make_sample, simulate_clicks, stage_losses, validate)
+from samstudy.custom.model import (Stage2Net, model_payload, prepare_inputs, read_checkpoint,  # noqa: E402
+                                   save_checkpoint, stage_stats, with_interaction)
+from samstudy.custom.train import (_lr_at, collect_objects, make_batch, make_sample, refine_windows,  # noqa: E402
+                                   simulate_clicks, stage_losses, validate)
 from custom_variants import score_variant  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
@@ -105,7 +104,7 @@ def train_stage2(model, bank: dict[str, torch.Tensor], val_batches, epochs: int,
     v1, v2 = validate(model, val_batches)
     curve = [{"epoch": 0, "val_miou_stage1": v1, "val_miou_stage2": v2, "train_loss2": float("nan")}]
     best = (v2, {k: t.clone() for k, t in model.stage2.state_dict().items()})
-    step, r = 0, config.refine_size
+    step = 0
     for epoch in range(1, epochs + 1):
         rng = np.random.default_rng([seed, 1000 + epoch])
         order = rng.permutation(n)
@@ -117,12 +116,8 @@ def train_stage2(model, bank: dict[str, torch.Tensor], val_batches, epochs: int,
             idx = torch.from_numpy(order[k * batch_size:(k + 1) * batch_size])
             x2, logits1 = bank["x2"][idx].float(), bank["logits1"][idx].float()
             target = bank["mask2"][idx].float()
-            up = F.interpolate(logits1, size=(r, r), mode="bilinear", align_corners=False)
-            where = boundary_band(target > 0.5, 1) | boundary_band(up > 0, config.refine_band)
-            corners = boundary_corners(where, config.stage2_patch, rng)
-            logits2 = model.refine({"x2": x2}, logits1, corners, config.stage2_patch)
-            _, loss2 = stage_losses(logits1, logits2, target, crop_patches(target, corners, config.stage2_patch),
-                                    config.boundary_weight)
+            logits2, target_patch = refine_windows(model, {"x2": x2}, logits1, target, rng)
+            _, loss2 = stage_losses(logits1, logits2, target, target_patch, config.boundary_weight)
             opt.zero_grad(set_to_none=True)
             loss2.backward()
             opt.step()

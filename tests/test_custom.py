@@ -18,7 +18,7 @@ from samstudy.custom.crops import CropSpec, crop_image, crop_mask, crop_spec, pa
 from samstudy.custom.model import (MAX_STAGE_BYTES, MAX_STAGE_PARAMS, CheckpointError, CustomConfig, CustomModel,
                                    CustomSegmenter, build_custom_model, load_custom, prepare_inputs, quad_mask,
                                    stage_stats)
-from samstudy.custom.train import train_custom
+from samstudy.custom.train import refine_windows, train_custom
 from samstudy.custom.arm import STAGE_MODELS, CustomArm, custom_arms
 from samstudy.data import Dataset, ImageRecord, Instance, read_image
 from samstudy.engine import run_experiment
@@ -228,6 +228,34 @@ def test_training_reduces_loss_and_resume_is_identical(discs, tmp_path):
     assert rec["chosen"] == (rec["val_miou_stage2_flip"] > rec["val_miou_stage2_plain"])
     assert load_custom(best).flip_tta == rec["chosen"] and not load_custom(best, flip_tta=False).flip_tta
     assert torch.load(killed / "best.pt", map_location="cpu", weights_only=True)["meta"]["flip_tta"] == rec
+
+
+def test_refine_windows_sit_on_the_boundary_and_cut_the_target_where_the_logits_are():
+    cfg = CustomConfig(**TINY, seed=0)  # R = 64, windows of 32
+    model = build_custom_model(cfg).eval()
+    r, b = cfg.refine_size, 3
+    yy, xx = torch.meshgrid(torch.arange(r), torch.arange(r), indexing="ij")
+    radii = torch.tensor([10.0, 18.0, 26.0])[:, None, None]
+    target = (((yy - 30.0) ** 2 + (xx - 34.0) ** 2) < radii ** 2).float()[:, None]  # (3, 1, 64, 64) discs
+    base1 = F.avg_pool2d(target, cfg.refine_scale) * 8 - 4  # stage 2's input agrees with the ground truth
+    rgb = torch.rand(b, 3, r, r, generator=torch.Generator().manual_seed(0))
+    pts = torch.tensor([[20.0, 30.0], [48.0, 30.0], [34.0, 16.0], [34.0, 44.0]]).expand(b, 4, 2)
+    inputs = prepare_inputs(rgb, pts, torch.tensor([[16.0, 16.0, 52.0, 48.0]]).expand(b, 4), cfg)
+    logits2, window = refine_windows(model, inputs, base1, target, np.random.default_rng(0))
+    assert logits2.shape == window.shape == (b, 1, cfg.stage2_patch, cfg.stage2_patch)
+    # each window is centred on a boundary pixel, so it holds object and background
+    assert all(w.min() == 0 and w.max() == 1 for w in window)
+    # logits and target are cut at the same place: an untrained stage 2 (zero head = identity) gives the
+    # upsampled input logits, so some window position matches both
+    up = F.interpolate(base1, size=(r, r), mode="bilinear", align_corners=False)
+    p = cfg.stage2_patch
+    for i in range(b):
+        assert any(torch.equal(target[i, :, y:y + p, x:x + p], window[i]) and
+                   torch.allclose(up[i, :, y:y + p, x:x + p], logits2[i].detach())
+                   for y in range(r - p + 1) for x in range(r - p + 1))
+    whole = CustomConfig(**{**TINY, "stage2_patch": 64})
+    logits2, same = refine_windows(build_custom_model(whole).eval(), inputs, base1, target, np.random.default_rng(0))
+    assert same is target and logits2.shape == target.shape
 
 
 def test_stage2_trained_on_deformed_ground_truth_is_deterministic(discs, tmp_path):

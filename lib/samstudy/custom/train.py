@@ -77,7 +77,7 @@ from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_m
 from .perturb import mix_base_logits
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
-           "simulate_clicks", "BudgetTooSmallError",
+           "simulate_clicks", "refine_windows", "BudgetTooSmallError",
            "train_custom", "main"]
 
 TRAIN_FORMAT = CHECKPOINT_FORMAT + "+train"
@@ -532,6 +532,22 @@ def simulate_clicks(model: CustomModel, batch: dict[str, torch.Tensor], config: 
     return torch.from_numpy(clicks).to(batch["rgb2"].device), prev, base
 
 
+def refine_windows(model: CustomModel, inputs: dict[str, torch.Tensor], base1: torch.Tensor, target: torch.Tensor,
+                   rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 2's training pass: on one ``stage2_patch`` window per object centred on a random pixel of
+    the GT boundary or of stage 2's band around ``base1`` (where it acts), or on the whole crop when
+    the window is not smaller. ``base1 (B, 1, S, S)`` stage 2's input logits, ``target (B, 1, R, R)``
+    the soft ground truth. Returns ``(logits2, target)`` of the windows, ``(B, 1, P, P)`` each."""
+    config = model.config
+    r, patch = config.refine_size, config.stage2_patch
+    if patch >= r:
+        return model.refine(inputs, base1), target
+    up = F.interpolate(base1, size=(r, r), mode="bilinear", align_corners=False)
+    where = boundary_band(target > 0.5, 1) | boundary_band(up > 0, config.refine_band)
+    corners = boundary_corners(where, patch, rng)
+    return model.refine(inputs, base1, corners, patch), crop_patches(target, corners, patch)
+
+
 def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
                 config: CustomConfig, rng: np.random.Generator) -> tuple[float, float, float]:
     if config.max_train_clicks > 0 and rng.random() < config.click_prob:
@@ -539,23 +555,13 @@ def _train_step(model: CustomModel, opt: torch.optim.Optimizer, batch: dict[str,
         inputs = with_interaction(base, config, clicks, prev)
     else:
         inputs = prepare_inputs(batch["rgb2"], batch["points2"], batch["pbox2"], config, batch["scale2"])
-    s2 = config.refine_size
     target = batch["mask2"]
     logits1 = model.stage1(inputs["x1"], inputs.get("rgb01_half"))
     # Stage 2's input: stage 1's logits, or for a share of objects a deformed ground truth
     # (samstudy.custom.perturb: the errors stage 1 makes on unseen objects, not on these).
     base1 = mix_base_logits(logits1, F.avg_pool2d(target, config.refine_scale), rng, config.stage2_perturb,
                             config.perturb_shift_px, config.perturb_morph_px)
-    if config.stage2_patch < s2:
-        # Windows centred on the GT boundary or on stage 2's band around its input: where it acts.
-        up = F.interpolate(base1, size=(s2, s2), mode="bilinear", align_corners=False)
-        where = boundary_band(target > 0.5, 1) | boundary_band(up > 0, config.refine_band)
-        corners = boundary_corners(where, config.stage2_patch, rng)
-        logits2 = model.refine(inputs, base1, corners, config.stage2_patch)
-        target_patch = crop_patches(target, corners, config.stage2_patch)
-    else:
-        logits2 = model.refine(inputs, base1)
-        target_patch = target
+    logits2, target_patch = refine_windows(model, inputs, base1, target, rng)
     loss1, loss2 = stage_losses(logits1, logits2, target, target_patch, config.boundary_weight)
     loss = loss1 + loss2
     opt.zero_grad(set_to_none=True)
