@@ -3,8 +3,8 @@
     PYTHONPATH=lib .venv/bin/python bench/custom_oof_refine.py --run results/shared-coco \\
         --checkpoint results/shared-coco/train_custom/<training>/best.pt [--folds 2] [--samples 4]
 
-Why: stage 2 trains on stage 1's output *on its own training objects*, which stage 1 has fitted
-(239 images), so stage 2 learns to trust it and corrects almost nothing on unseen objects. Here the
+The hypothesis tested: stage 2 trains on stage 1's output *on its own training objects*, which stage 1
+has fitted (239 images), so stage 2 may learn to trust it and correct little on unseen objects. Here the
 train split minus the checkpoint's validation images is cut into ``--folds`` folds by image; a model
 is trained on all folds but one (:func:`samstudy.custom.train.train_custom`, the checkpoint's config),
 and its stage 1 predicts the held-out fold (``--samples`` augmented samples per object, the training
@@ -12,7 +12,9 @@ augmentation): stage 1's real errors on objects it never saw. A new stage 2 is t
 bank and scored on the checkpoint's validation images with the checkpoint's stage 1 (engine,
 ``extreme_points``, full resolution), against the checkpoint's own stage 2. Never reads the test split.
 
-Writes ``<run>/oof/``: ``fold<k>/`` (trainings, resumable), ``stage2-<variant>.pt``, ``table.csv``.
+Writes ``<run>/oof/``: ``fold<k>/`` (trainings, resumable), ``<variant>/{best.pt,curve.csv,train_meta.json}``
+(the checkpoint with the new stage 2), ``val/`` (engine rows) and ``table.csv``. Measured on shared-coco
+(2026-12-07, README): no variant beat the jointly trained stage 2 on validation.
 """
 from __future__ import annotations
 
