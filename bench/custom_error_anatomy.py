@@ -35,7 +35,7 @@ sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another
 from samstudy import data_stage  # noqa: E402
 from samstudy.custom.model import prepare_inputs, read_checkpoint  # noqa: E402
 from samstudy.custom.crops import crop_mask, crop_spec, paste_back  # noqa: E402
-from samstudy.custom.train import collect_objects, make_batch, make_sample  # noqa: E402
+from samstudy.custom.train import collect_objects, eval_batches  # noqa: E402
 from samstudy.metrics import boundary_iou, iou  # noqa: E402
 from samstudy.prompts import extreme_points  # noqa: E402
 
@@ -96,9 +96,7 @@ def main() -> int:
     objects, images, _ = collect_objects(val)
     rows = {1: [], 2: []}
     with torch.no_grad():
-        for i in range(0, len(objects), 32):
-            b = make_batch([make_sample(o, images[o.image_id], config, None) for o in objects[i:i + 32]],
-                           None, torch.device("cpu"))
+        for b in eval_batches(objects, images, config, torch.device("cpu"), size=32):
             inputs = prepare_inputs(b["rgb2"], b["points2"], b["pbox2"], config, b["scale2"])
             logits1, logits2 = model(inputs)
             up1 = F.interpolate(logits1, size=logits2.shape[-2:], mode="bilinear", align_corners=False)

@@ -36,8 +36,8 @@ from samstudy import data_stage  # noqa: E402
 from samstudy.custom import CustomConfig, train_custom  # noqa: E402
 from samstudy.custom.model import (Stage2Net, model_payload, prepare_inputs, read_checkpoint,  # noqa: E402
                                    save_checkpoint, stage_stats, with_interaction)
-from samstudy.custom.train import (_lr_at, collect_objects, make_batch, make_sample, refine_windows,  # noqa: E402
-                                   simulate_clicks, stage_losses, validate)
+from samstudy.custom.train import (_lr_at, collect_objects, eval_batches, make_batch, make_sample,  # noqa: E402
+                                   refine_windows, simulate_clicks, stage_losses, validate)
 from custom_variants import score_variant  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
@@ -137,8 +137,7 @@ def train_stage2(model, bank: dict[str, torch.Tensor], val_batches, epochs: int,
 def val_batches_of(train, meta: dict, config: CustomConfig) -> list[dict[str, torch.Tensor]]:
     """The checkpoint's validation objects as un-augmented crop batches (as in ``train_custom``)."""
     objects, images, _ = collect_objects(train.subset(meta["val_image_ids"]))
-    return [make_batch([make_sample(o, images[o.image_id], config, None) for o in objects[i:i + 64]], None,
-                       torch.device("cpu")) for i in range(0, len(objects), 64)]
+    return eval_batches(objects, images, config, torch.device("cpu"))
 
 
 def main() -> int:

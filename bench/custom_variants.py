@@ -57,9 +57,11 @@ def score_variant(name: str, best: Path, train, out: Path, n_boot: int, flip_tta
     for model, g in ok.groupby("model"):
         table.append({"variant": name, "arm": model, "flip_tta": flip_tta, "val_objects": len(g), "val_mIoU": g.iou.mean(),
                       "val_boundary_IoU": g.boundary_iou.mean(), "s_per_object": g.time_decode_s.median(),
-                      "refine_gain_iou": gain.loc["iou", "diff"], "refine_gain_iou_ci": (gain.loc["iou", "ci_lo"], gain.loc["iou", "ci_hi"]),
+                      "refine_gain_iou": gain.loc["iou", "diff"], "refine_gain_iou_lo": gain.loc["iou", "ci_lo"],
+                      "refine_gain_iou_hi": gain.loc["iou", "ci_hi"],
                       "refine_gain_biou": gain.loc["boundary_iou", "diff"],
-                      "refine_gain_biou_ci": (gain.loc["boundary_iou", "ci_lo"], gain.loc["boundary_iou", "ci_hi"]),
+                      "refine_gain_biou_lo": gain.loc["boundary_iou", "ci_lo"],
+                      "refine_gain_biou_hi": gain.loc["boundary_iou", "ci_hi"],
                       "params_stage1": stats["stage1"]["params"], "params_stage2": stats["stage2"]["params"],
                       "train_minutes": meta["train_seconds"] / 60, "epochs_done": meta["epochs_done"],
                       "budget_limited": meta["budget_limited"], "options": json.dumps(meta["config"], sort_keys=True)})

@@ -47,9 +47,9 @@ def main() -> int:
     base = build_model(spec.name, spec.checkpoint, **dict(spec.options))
     modes = sorted(tuned["prompt_mode"].unique())
     policy = data_stage.read_datasets_manifest(run / "data")["policy"]
-    frames = [run_experiment(ds, base, modes, out_dir=tuned_dir / "zero-shot" / ds.name,
-                             cache=EmbeddingCache(embedding_dir(args.cache_dir)), seed=cfg.seed, split="test",
-                             policy=policy, multimask=("single",), progress=False, force=False)
+    cache = EmbeddingCache(embedding_dir(args.cache_dir))
+    frames = [run_experiment(ds, base, modes, out_dir=tuned_dir / "zero-shot" / ds.name, cache=cache, seed=cfg.seed,
+                             split="test", policy=policy, multimask=("single",), progress=False, force=False)
               for ds in data_stage.load_test_sets(run / "data")]
     zero = pd.concat(frames, ignore_index=True)
     tables = [finetune_gain_table(zero, tuned, np.random.default_rng(0), args.n_boot).assign(size="all")]

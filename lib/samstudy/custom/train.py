@@ -77,7 +77,7 @@ from .model import (CHECKPOINT_FORMAT, CustomConfig, CustomModel, build_custom_m
 from .perturb import mix_base_logits
 
 __all__ = ["TrainObject", "collect_objects", "carve_validation", "make_sample", "make_batch",
-           "simulate_clicks", "refine_windows", "BudgetTooSmallError",
+           "eval_batches", "simulate_clicks", "refine_windows", "BudgetTooSmallError",
            "train_custom", "main"]
 
 TRAIN_FORMAT = CHECKPOINT_FORMAT + "+train"
@@ -213,6 +213,14 @@ def make_batch(samples: Sequence[dict[str, np.ndarray]], rng: np.random.Generato
             "scale2": torch.from_numpy(np.stack([s["scale"] for s in samples])).float().to(device)}
 
 
+def eval_batches(objects: Sequence[TrainObject], images: dict[int, np.ndarray], config: CustomConfig,
+                 device: torch.device, size: int = 64) -> list[dict[str, torch.Tensor]]:
+    """``objects`` as un-augmented samples (:func:`make_sample` with ``rng=None``) in batches of
+    ``size`` (:func:`make_batch`): the validation input of :func:`train_custom` and of the benches."""
+    return [make_batch([make_sample(o, images[o.image_id], config, None) for o in objects[i:i + size]], None, device)
+            for i in range(0, len(objects), size)]
+
+
 def boundary_corners(where: torch.Tensor, patch: int, rng: np.random.Generator) -> torch.Tensor:
     """Per object, the top-left ``(x, y)`` of a ``patch`` window centred on a random pixel of
     ``where (B, 1, 2S, 2S)`` bool (the crop centre when it is empty), clamped inside the crop.
@@ -340,8 +348,7 @@ def train_custom(train_dataset: Dataset, config: CustomConfig, out_dir: str | Pa
         bs = max(2, min(config.batch_size, len(train_objs)))  # BatchNorm needs 2 samples
         steps_per_epoch = max(1, len(train_objs) // bs)
         total_steps = config.epochs * steps_per_epoch
-        val_batches = [make_batch([make_sample(o, images[o.image_id], config, None) for o in val_objs[i:i + 64]],
-                                  None, device) for i in range(0, len(val_objs), 64)]
+        val_batches = eval_batches(val_objs, images, config, device)
 
         model = build_custom_model(config).to(device)
         model.train()
