@@ -87,7 +87,7 @@ def main() -> int:
             return b, [sample_prompt("box", o, rng) for o in b]
 
         b0, p0 = batch()
-        across_ok = batches_across_images(seg, [embs[o.image_id] for o in b0[:2]], p0[:2])
+        across_ok = batches_across_images(seg, [embs[o.key] for o in b0[:2]], p0[:2])
         rate = matmul_gflops()
         results = []
 

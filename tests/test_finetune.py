@@ -119,8 +119,8 @@ def test_decode_train_equals_the_models_own_decode(tiny_ckpt, world):
         o = objs[0]
         p = sample_prompt(kind, o, rng)
         with torch.no_grad():
-            low, iou = seg.decode_train(embs[o.image_id], [p])
-        dec = seg.decode(embs[o.image_id], [p], multimask=False)
+            low, iou = seg.decode_train(embs[o.key], [p])
+        dec = seg.decode(embs[o.key], [p], multimask=False)
         np.testing.assert_allclose(low[:, :1].numpy(), dec.low_res_logits, atol=1e-5)
         np.testing.assert_allclose(iou[:, :1].numpy(), dec.iou_pred, atol=1e-5)
 
@@ -304,7 +304,7 @@ def test_one_decoder_call_across_images_gives_the_per_image_loss(tiny_ckpt, worl
     rng = np.random.default_rng(0)
     batch = [objs[0], objs[-1], objs[2]]
     prompts = [sample_prompt("box", o, rng) for o in batch]
-    across = batches_across_images(seg, [embs[o.image_id] for o in batch[:2]], prompts[:2])
+    across = batches_across_images(seg, [embs[o.key] for o in batch[:2]], prompts[:2])
     # segment_anything's decoder repeats one image embedding per prompt: the probe must say so
     import inspect
     from segment_anything.modeling import MaskDecoder
@@ -317,6 +317,102 @@ def test_one_decoder_call_across_images_gives_the_per_image_loss(tiny_ckpt, worl
         opt = torch.optim.SGD(_trainable(s), lr=0.0)
         losses.append(train_step(s, opt, batch, prompts, embs, flag))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+# --------------------------------------------------------------------------------- augmentation
+def l_world(root: Path) -> Dataset:
+    """Two 40x64 (H x W) images with L-shaped objects: no symmetry, and not square."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    images, instances = {}, []
+    for i in (1, 2):
+        img = rng.normal(40, 10, (40, 64, 3)).clip(0, 255)
+        m = np.zeros((40, 64), bool)
+        m[5 + i:30, 10:16] = True
+        m[24:30, 10:40 + 3 * i] = True
+        img[m] = 220
+        instances.append(Instance(image_id=i, ann_id=i, category_id=1, category="L", rle=encode_rle(m),
+                                  area=int(m.sum()), box_xyxy=tuple(float(v) for v in mask_box_xyxy(m))))
+        path = root / "images" / f"{i}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2BGR))
+        images[i] = ImageRecord(image_id=i, file_name=path.name, path=path, height=40, width=64)
+    return Dataset(name="ls", images=images, categories={1: "L"}, instances=instances)
+
+
+def test_the_eight_views_are_the_symmetries_of_the_rectangle():
+    from samstudy.finetune import AUGMENTS, view_array
+
+    a = np.arange(6).reshape(2, 3)
+    got = [view_array(a, v) for v in range(8)]
+    # the dihedral group generated another way: four rotations of the array and of its mirror image
+    group = [np.rot90(b, k) for b in (a, np.fliplr(a)) for k in range(4)]
+    assert sorted(g.tobytes() + bytes(g.shape) for g in got) == sorted(g.tobytes() + bytes(g.shape) for g in group)
+    np.testing.assert_array_equal(got[1], np.fliplr(a))
+    np.testing.assert_array_equal(got[2], np.flipud(a))
+    np.testing.assert_array_equal(got[3], np.rot90(a, 2))
+    assert [got[v].shape for v in AUGMENTS["flips"]] == [(2, 3)] * 4
+    img = np.arange(24).reshape(2, 3, 4)  # an image's views: every channel viewed alike
+    assert all(np.array_equal(view_array(img, v)[..., c], view_array(img[..., c], v)) for v in range(8) for c in range(4))
+
+
+def test_an_object_view_has_the_viewed_mask_box_and_area(tiny_ckpt, tmp_path):
+    from samstudy.finetune import object_view, view_array
+
+    seg = tiny_model(tiny_ckpt)
+    objs, _, _ = collect_objects(l_world(tmp_path), seg, EmbeddingCache(None))
+    o = objs[0]
+    (x0, y0), (h, w) = o.offset, o.window.shape
+    x1, y1 = x0 + w, y0 + h
+    # hand-derived boxes in the 40 x 64 image: left-right flip, up-down flip, transpose (-> 64 x 40)
+    want = {1: ((64 - x1, y0), (40, 64)), 2: ((x0, 40 - y1), (40, 64)), 4: ((y0, x0), (64, 40))}
+    for v in range(8):
+        ov = object_view(o, v, seg)
+        assert ov.key == (o.image_id, v) and ov.ann_id == o.ann_id
+        np.testing.assert_array_equal(ov.full_mask(), view_array(o.full_mask(), v))
+        assert ov.window.sum() == o.window.sum()
+        # the low-res target keeps the object's area (the image is resized by the same factor)
+        assert ov.target.astype(float).sum() == pytest.approx(o.target.astype(float).sum(), rel=0.02)
+        if v in want:
+            assert (ov.offset, ov.image_hw) == want[v]
+
+
+def test_augmented_training_draws_views_with_their_own_embeddings(tiny_ckpt, tiny_registered, world, tmp_path,
+                                                                   monkeypatch):
+    """Each training sample is an object in one view of its image, decoded on that view's embedding
+    (the encoder's output on the viewed pixels); validation stays on the images themselves; the
+    run is deterministic and differs from the run without augmentation."""
+    import samstudy.finetune as ft
+    from samstudy.data import read_image
+
+    seen_train, seen_val = [], []
+    real_step, real_val = ft.train_step, ft.validate
+
+    def step_spy(seg, opt, objs, prompts, embeddings, across=False):
+        seen_train.extend((o.key, embeddings[o.key].features.clone()) for o in objs)
+        return real_step(seg, opt, objs, prompts, embeddings, across)
+
+    def val_spy(seg, objs, embeddings, modes, seed):
+        seen_val.extend(o.view for o in objs)
+        return real_val(seg, objs, embeddings, modes, seed)
+
+    monkeypatch.setattr(ft, "train_step", step_spy)
+    monkeypatch.setattr(ft, "validate", val_spy)
+    cfg = tiny_config(tiny_ckpt, augment="dihedral", epochs=4)
+    a = finetune(world, cfg, tmp_path / "a", model=tiny_model(tiny_ckpt), progress=False)
+    views = {key[1] for key, _ in seen_train}
+    assert views <= set(range(8)) and len(views) >= 4
+    assert seen_val and set(seen_val) == {0}
+    plain = tiny_model(tiny_ckpt)
+    for (image_id, v), feats in dict(seen_train).items():
+        image = ft.view_array(read_image(world.images[image_id].path), v)
+        torch.testing.assert_close(feats, plain.encode(image).features, rtol=0, atol=1e-6)
+    monkeypatch.setattr(ft, "train_step", real_step)
+    b = finetune(world, cfg, tmp_path / "b", model=tiny_model(tiny_ckpt), progress=False)
+    c = finetune(world, dataclasses.replace(cfg, augment="none"), tmp_path / "c", model=tiny_model(tiny_ckpt),
+                 progress=False)
+    sa, sb, sc = trained_parts(a), trained_parts(b), trained_parts(c)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa if k.startswith("mask_decoder."))
 
 
 # ------------------------------------------------------------------------------ comparison tables
@@ -378,6 +474,11 @@ def test_train_dir_is_keyed_by_schedule_and_data_not_by_threads_or_budget(tmp_pa
     assert train_dir(tmp_path / "ft", dataclasses.replace(cfg, lr=5e-4), data) != d
     data.write_text('{"images": [1]}')
     assert train_dir(tmp_path / "ft", cfg, data) != d
+    flips = dataclasses.replace(cfg, augment="flips")
+    assert flips.to_dict()["augment"] == "flips" and "augment" not in cfg.to_dict()
+    assert train_dir(tmp_path / "ft", flips, data) != train_dir(tmp_path / "ft", cfg, data)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        FinetuneConfig(augment="rot45")
 
 
 def test_training_progress_reaches_the_runners_progress_file(tiny_ckpt, tiny_registered, world, tmp_path,

@@ -74,12 +74,13 @@ def test_rank_0_is_the_decoder_only_run_bit_for_bit(tiny_ckpt, tiny_registered, 
     plain = tiny_config(tiny_ckpt, epochs=2)
     zero = dataclasses.replace(plain, encoder_lora_alpha=3.0, encoder_lora_targets=("attn.qkv",))
     assert zero.to_dict() == plain.to_dict() and not any(k.startswith("encoder_lora") for k in plain.to_dict())
-    # the training key is the one of the config without the LoRA fields (decoder-only folders are kept)
+    # the training key is the one of the config without the LoRA fields and augment "none" (folders
+    # written before those fields existed are kept)
     data = tmp_path / "train.json"
     data.write_text("{}")
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"num_threads", "device", "max_minutes",
                                                                       "encoder_lora_rank", "encoder_lora_alpha",
-                                                                      "encoder_lora_targets"}
+                                                                      "encoder_lora_targets", "augment"}
     pre_lora = {k: (dict(v) if k == "options" else v) for k, v in dataclasses.asdict(plain).items() if k in fields}
     assert train_dir(tmp_path, zero, data) == training_dir(arm_dir(tmp_path, TINY_NAME, "box"), pre_lora, data)
     a = finetune(world, plain, tmp_path / "plain", model=tiny_model(tiny_ckpt), progress=False)
@@ -109,7 +110,7 @@ def test_only_the_adapters_and_the_decoder_parts_get_gradients(tiny_ckpt, world)
     _train_mode(seg)
     for _ in range(3):  # A's gradient is 0 while B is 0: after the first step both move
         prompts = [sample_prompt("box", o, rng) for o in batch]
-        encoder_train_step(seg, opt, batch, prompts, images.__getitem__)
+        encoder_train_step(seg, opt, batch, prompts, lambda key: images[key[0]])  # reader: (image_id, view)
     seg.model.eval()
     adapters = {id(p) for p in lora.parameters()}
     graded = set()
@@ -178,7 +179,7 @@ def test_validation_runs_with_the_adapted_encoder(tiny_ckpt, tiny_registered, wo
     real = ft.validate
 
     def spy(seg, objs, embeddings, modes, seed):
-        seen.update({o.image_id: embeddings[o.image_id].features.clone() for o in objs})
+        seen.update({o.image_id: embeddings[o.key].features.clone() for o in objs})
         return real(seg, objs, embeddings, modes, seed)
 
     monkeypatch.setattr(ft, "validate", spy)

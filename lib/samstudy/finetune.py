@@ -129,6 +129,11 @@ _RESUME_FREE = ("num_threads", "device", "max_minutes")
 # Hiera all call them attn.qkv / attn.proj; EfficientViT's attention has no nn.Linear)
 LORA_TARGETS = ("attn.qkv", "attn.proj")
 _LORA_FIELDS = ("encoder_lora_rank", "encoder_lora_alpha", "encoder_lora_targets")
+# Training-image views (see :func:`view_array`): 0 = the image, 1 = left-right flip, 2 = up-down
+# flip, 3 = both (180 degree rotation), 4-7 = the same after a transpose (the 90 degree rotations
+# and the two diagonal mirrors). Labeling policies (fill holes, merge) commute with all of them.
+AUGMENTS: dict[str, tuple[int, ...]] = {"none": (0,), "hflip": (0, 1), "flips": (0, 1, 2, 3),
+                                        "dihedral": tuple(range(8))}
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,11 @@ class FinetuneConfig:
         the element-wise work around the decoder's matmuls (about 1.4x faster steps on a CPU here,
         ``bench/bench_finetune.py``); costs a minute or two of compilation per run, and rounds
         differently from eager mode (so it is part of the training key).
+    augment: train on flipped / rotated copies of the training images (:data:`AUGMENTS`: ``none``,
+        ``hflip``, ``flips``, ``dihedral``; each sample draws one view): each view of a training image
+        is encoded once through the embedding cache like the image itself (``flips``: 4x the
+        encodings and embedding memory), the decoder step costs the same. ``none`` (default) keeps
+        the field out of the config's dict (existing training folders keep their key).
     encoder_lora_rank: > 0 also trains low-rank adapters on the image encoder (:mod:`samstudy.lora`;
         meant for GPUs: the encoder then runs forward and backward at every step, no embedding
         cache); 0 (default) = decoder only, exactly as without these fields. encoder_lora_alpha: the
@@ -173,6 +183,7 @@ class FinetuneConfig:
     num_threads: int | None = 1
     device: str = "cpu"
     compile: bool = False
+    augment: str = "none"
     encoder_lora_rank: int = 0
     encoder_lora_alpha: float = 8.0
     encoder_lora_targets: tuple[str, ...] = LORA_TARGETS
@@ -188,6 +199,8 @@ class FinetuneConfig:
             raise ValueError("finetune: val_fraction must be in [0, 1)")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError("finetune: max_minutes must be > 0 or null")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"finetune: augment must be one of {sorted(AUGMENTS)}, got {self.augment!r}")
         self._check_lora()
 
     def _check_lora(self) -> None:
@@ -214,6 +227,8 @@ class FinetuneConfig:
         else:
             for k in _LORA_FIELDS:
                 d.pop(k)
+        if self.augment == "none":
+            d.pop("augment")
         return d
 
     @classmethod
@@ -225,7 +240,8 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class FinetuneObject:
     """One training object: mask ``window bool (h, w)`` at ``offset (x0, y0)`` of an image of
-    ``image_hw``, and its soft target ``uint8 (L, L)`` in the decoder's low-res frame."""
+    ``image_hw``, and its soft target ``uint8 (L, L)`` in the decoder's low-res frame; ``view``: of
+    the image's view (:data:`AUGMENTS`; 0 = the image itself), whose embedding is ``embeddings[key]``."""
 
     image_id: int
     ann_id: int
@@ -233,12 +249,40 @@ class FinetuneObject:
     offset: tuple[int, int]
     image_hw: tuple[int, int]
     target: np.ndarray
+    view: int = 0
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(image_id, view)``: the key of this object's image embedding."""
+        return (self.image_id, self.view)
 
     def full_mask(self) -> np.ndarray:
         m = np.zeros(self.image_hw, dtype=bool)
         x0, y0 = self.offset
         m[y0:y0 + self.window.shape[0], x0:x0 + self.window.shape[1]] = self.window
         return m
+
+
+def view_array(a: np.ndarray, view: int) -> np.ndarray:
+    """View ``view`` (0-7, :data:`AUGMENTS`) of an image ``(H, W[, C])`` or mask ``(H, W)``: bit 4
+    transposes rows and columns (-> ``(W, H[, C])``), then bit 1 flips left-right, bit 2 up-down."""
+    if not 0 <= view < 8:
+        raise ValueError(f"view must be in 0..7, got {view}")
+    if view & 4:
+        a = a.swapaxes(0, 1)
+    if view & 1:
+        a = a[:, ::-1]
+    if view & 2:
+        a = a[::-1]
+    return np.ascontiguousarray(a)
+
+
+def object_view(obj: FinetuneObject, view: int, seg: Any) -> FinetuneObject:
+    """``obj`` (of view 0) in view ``view`` of its image: mask, offset, image size and target."""
+    full = view_array(obj.full_mask(), view)
+    window, offset = tight_crop(full)  # type: ignore[misc]  # a view of a non-empty mask is non-empty
+    return FinetuneObject(obj.image_id, obj.ann_id, window, offset, (int(full.shape[0]), int(full.shape[1])),
+                          low_res_target(full, seg), view)
 
 
 def low_res_target(mask: np.ndarray, seg: Any) -> np.ndarray:
@@ -252,16 +296,17 @@ def low_res_target(mask: np.ndarray, seg: Any) -> np.ndarray:
 
 def collect_objects(dataset: Dataset, seg: Any, cache: EmbeddingCache,
                     images: Mapping[int, np.ndarray] | None = None, *, encode: bool = True
-                    ) -> tuple[list[FinetuneObject], dict[int, Embedding], list[dict[str, Any]]]:
-    """Trainable objects of ``dataset``, the embedding of each of their images (through ``cache``,
-    so each image is encoded at most once ever) and skip rows ``{"image_id", "ann_id", "reason"}``.
+                    ) -> tuple[list[FinetuneObject], dict[tuple[int, int], Embedding], list[dict[str, Any]]]:
+    """Trainable objects of ``dataset``, the embedding of each of their images by ``(image_id, 0)``
+    (through ``cache``, so each image is encoded at most once ever) and skip rows
+    ``{"image_id", "ann_id", "reason"}``.
 
     Crowd annotations, empty masks and masks whose size differs from their image are skipped.
     ``images``: decoded images by id (default: read from the records' paths). ``encode=False``: no
     embeddings (``{}``; encoder LoRA encodes at every step instead).
     """
     objects: list[FinetuneObject] = []
-    embeddings: dict[int, Embedding] = {}
+    embeddings: dict[tuple[int, int], Embedding] = {}
     skips: list[dict[str, Any]] = []
     for image_id, insts in sorted(dataset.instances_by_image().items()):
         usable = [t for t in sorted(insts, key=lambda t: t.ann_id) if not t.iscrowd]
@@ -279,7 +324,7 @@ def collect_objects(dataset: Dataset, seg: Any, cache: EmbeddingCache,
                 found.append(obj)
         if found:
             if encode:
-                embeddings[image_id] = cache.get_or_encode(seg, image, image_sha256(image))[0]
+                embeddings[(image_id, 0)] = cache.get_or_encode(seg, image, image_sha256(image))[0]
             objects += found
     return objects, embeddings, skips
 
@@ -354,12 +399,13 @@ def batches_across_images(seg: Any, embeddings: Sequence[Embedding], prompts: Se
         torch.allclose(low[i], one[i][0], atol=1e-4) for i in range(2))
 
 
-def _groups(prompts: Sequence[Prompt], image_ids: Sequence[int] | None) -> dict[tuple[int, bool, int], list[int]]:
-    """Prompt indices per decoder call: by (image, box presence, point count); ``image_ids=None``
-    puts every image in one call (decoders that take per-prompt embeddings)."""
-    out: dict[tuple[int, bool, int], list[int]] = {}
+def _groups(prompts: Sequence[Prompt], keys: Sequence[tuple[int, int]] | None
+            ) -> dict[tuple[tuple[int, int] | None, bool, int], list[int]]:
+    """Prompt indices per decoder call: by (embedding key ``(image_id, view)``, box presence, point
+    count); ``keys=None`` puts every image in one call (decoders that take per-prompt embeddings)."""
+    out: dict[tuple[tuple[int, int] | None, bool, int], list[int]] = {}
     for i, p in enumerate(prompts):
-        im = -1 if image_ids is None else int(image_ids[i])
+        im = None if keys is None else keys[i]
         key = (im, p.box is not None, 0 if p.points is None else len(p.points))
         out.setdefault(key, []).append(i)
     return out
@@ -372,11 +418,11 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _group_losses(seg: Any, objs: Sequence[FinetuneObject], prompts: Sequence[Prompt],
-                  embeddings: Mapping[int, Embedding], across_images: bool) -> Iterator[tuple[torch.Tensor, int]]:
+                  embeddings: Mapping[tuple[int, int], Embedding], across_images: bool) -> Iterator[tuple[torch.Tensor, int]]:
     """``(loss, number of objects)`` of each decoder call of a batch (scalar loss with autograd:
     BCE + soft Dice on token 0's low-res logits + MSE of its IoU head), in call order."""
-    for (image_id, _, _), idx in _groups(prompts, None if across_images else [o.image_id for o in objs]).items():
-        emb = [embeddings[objs[i].image_id] for i in idx] if across_images else embeddings[image_id]
+    for (key, _, _), idx in _groups(prompts, None if across_images else [o.key for o in objs]).items():
+        emb = [embeddings[objs[i].key] for i in idx] if across_images else embeddings[key]
         low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
         logits = low[:, 0]
         target = torch.from_numpy(np.stack([objs[i].target for i in idx])).float().div_(255.0).to(logits.device)
@@ -390,7 +436,8 @@ def _group_losses(seg: Any, objs: Sequence[FinetuneObject], prompts: Sequence[Pr
 
 
 def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
-               prompts: Sequence[Prompt], embeddings: Mapping[int, Embedding], across_images: bool = False) -> float:
+               prompts: Sequence[Prompt], embeddings: Mapping[tuple[int, int], Embedding],
+               across_images: bool = False) -> float:
     """One optimiser step on a batch; the loss is the batch mean. ``across_images``: one decoder
     call for every image (see :func:`batches_across_images`), else one per image group (the same
     loss up to float rounding). Each call's backward runs before the next call (the embeddings
@@ -406,14 +453,14 @@ def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObje
 
 
 def encoder_train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
-                       prompts: Sequence[Prompt], images: Callable[[int], np.ndarray],
+                       prompts: Sequence[Prompt], images: Callable[[tuple[int, int]], np.ndarray],
                        across_images: bool = False) -> float:
-    """:func:`train_step` with the image encoder in the graph (encoder LoRA): each image of the
-    batch is encoded once with autograd (``seg.encode_train(images(image_id))``, ascending id), and
+    """:func:`train_step` with the image encoder in the graph (encoder LoRA): each image (view) of the
+    batch is encoded once with autograd (``seg.encode_train(images(key))``, ascending key), and
     one backward runs through the summed batch loss (a second backward per call would need the
     encoder's graph kept). Returns the batch-mean loss."""
     opt.zero_grad(set_to_none=True)
-    embeddings = {i: seg.encode_train(images(i)) for i in sorted({o.image_id for o in objs})}
+    embeddings = {k: seg.encode_train(images(k)) for k in sorted({o.key for o in objs})}
     n = len(objs)
     losses = list(_group_losses(seg, objs, prompts, embeddings, across_images))
     sum(loss * (k / n) for loss, k in losses).backward()
@@ -422,7 +469,7 @@ def encoder_train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[Fine
 
 
 @torch.no_grad()
-def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, Embedding],
+def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[tuple[int, int], Embedding],
              modes: Sequence[str], seed: int) -> float:
     """Mean full-resolution IoU over ``objs`` x ``modes`` (fixed prompts), the model's single output
     as the arm is scored (``seg.single_output``: token 0; SAM 2.1 may fall back to a multimask one).
@@ -432,15 +479,15 @@ def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, 
     time; the IoUs are averaged in mode-major order as before (the same float sum)."""
     from .metrics import iou as mask_iou
 
-    ids = [o.image_id for o in objs]
+    ids = [o.key for o in objs]
     per_mode = [[_eval_prompt(mode, o, seed) for o in objs] for mode in modes]
     grouped = [_groups(prompts, ids) for prompts in per_mode]
     scores: dict[tuple[int, int], float] = {}
-    for image_id in dict.fromkeys(ids):
-        emb = embeddings[image_id]
+    for key in dict.fromkeys(ids):
+        emb = embeddings[key]
         for m, prompts in enumerate(per_mode):
             for (im, _, _), idx in grouped[m].items():
-                if im != image_id:
+                if im != key:
                     continue
                 low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
                 masks = seg.low_res_masks(seg.single_output(low, iou)[0].float().cpu(), emb)
@@ -449,17 +496,17 @@ def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[int, 
     return float(np.mean(ious)) if ious else float("nan")
 
 
-class _EncodedImages(Mapping[int, Embedding]):
-    """Image id -> ``seg.encode_train(read(image_id))``, computed on every access and not kept
+class _EncodedImages(Mapping[tuple[int, int], Embedding]):
+    """``(image_id, view)`` -> ``seg.encode_train(read(key))``, computed on every access and not kept
     (validation with the adapted encoder: one image's maps in memory at a time)."""
 
-    def __init__(self, seg: Any, read: Callable[[int], np.ndarray], ids: Sequence[int]) -> None:
-        self.seg, self.read, self.ids = seg, read, list(ids)
+    def __init__(self, seg: Any, read: Callable[[tuple[int, int]], np.ndarray], keys: Sequence[tuple[int, int]]) -> None:
+        self.seg, self.read, self.ids = seg, read, list(keys)
 
-    def __getitem__(self, image_id: int) -> Embedding:
-        return self.seg.encode_train(self.read(image_id))
+    def __getitem__(self, key: tuple[int, int]) -> Embedding:
+        return self.seg.encode_train(self.read(key))
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self.ids)
 
     def __len__(self) -> int:
@@ -658,12 +705,30 @@ def _load_lora(lora: Any, state: Mapping[str, Any], path: Path) -> None:
         raise CheckpointError(f"{path}: its encoder LoRA adapters do not fit this image encoder ({e})") from e
 
 
-def _image_reader(dataset: Dataset, images: Mapping[int, np.ndarray] | None) -> Callable[[int], np.ndarray]:
-    """Image id -> RGB ``uint8 (H, W, 3)``: from ``images`` when given, else read from disk each time
-    (encoder LoRA re-encodes every step; decoded images are not kept)."""
-    if images is not None:
-        return lambda image_id: images[image_id]
-    return lambda image_id: read_image(dataset.images[image_id].path)
+def _image_reader(dataset: Dataset, images: Mapping[int, np.ndarray] | None
+                  ) -> Callable[[tuple[int, int]], np.ndarray]:
+    """``(image_id, view)`` -> that view (:func:`view_array`) of the RGB ``uint8 (H, W, 3)`` image:
+    from ``images`` when given, else read from disk each time (encoder LoRA re-encodes every step;
+    decoded images are not kept)."""
+    def read(key: tuple[int, int]) -> np.ndarray:
+        image = images[key[0]] if images is not None else read_image(dataset.images[key[0]].path)
+        return image if key[1] == 0 else view_array(image, key[1])
+    return read
+
+
+def add_views(objs: Sequence[FinetuneObject], views: Sequence[int], seg: Any, cache: EmbeddingCache,
+              embeddings: dict[tuple[int, int], Embedding] | None, read: Callable[[tuple[int, int]], np.ndarray]
+              ) -> list[list[FinetuneObject]]:
+    """Per object of ``objs`` (view 0), the object in each of ``views`` (first: 0, itself); with
+    ``embeddings`` (decoder-only training) each new view's image is encoded through ``cache``
+    (once ever, keyed by the view's pixels) and added under ``(image_id, view)``."""
+    if embeddings is not None:
+        for image_id in sorted({o.image_id for o in objs}):
+            for v in views:
+                if (image_id, v) not in embeddings:
+                    image = read((image_id, v))
+                    embeddings[(image_id, v)] = cache.get_or_encode(seg, image, image_sha256(image))[0]
+    return [[o if v == 0 else object_view(o, v, seg) for v in views] for o in objs]
 
 
 # ------------------------------------------------------------------------------------- training
@@ -709,11 +774,13 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
         t_data = time.perf_counter()
         objects, embeddings, skips = collect_objects(train_dataset, seg, cache, images, encode=lora is None)
         if lora is not None:  # the encoder changes every step: encode on use, never from the cache
-            embeddings = _EncodedImages(seg, read, sorted({o.image_id for o in objects}))
-        data_s = time.perf_counter() - t_data
+            embeddings = _EncodedImages(seg, read, sorted({o.key for o in objects}))
         if not objects:
             raise ValueError(f"dataset {train_dataset.name!r} has no trainable (non-crowd, non-empty) object")
         train_objs, val_objs = carve_validation(objects, config.val_fraction, config.seed, config.max_val_objects)
+        views = AUGMENTS[config.augment]  # validation stays on the images themselves (view 0)
+        train_views = add_views(train_objs, views, seg, cache, embeddings if lora is None else None, read)
+        data_s = time.perf_counter() - t_data
         bs = min(config.batch_size, len(train_objs))
         steps_per_epoch = max(1, len(train_objs) // bs)
         if config.objects_per_epoch is not None:
@@ -722,7 +789,7 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
         modes = EVAL_MODES[config.prompt]
         probe = [o for o in train_objs if o.image_id != train_objs[0].image_id][:1] + train_objs[:1]
         with torch.no_grad():
-            probe_embs = [embeddings[o.image_id] for o in probe]
+            probe_embs = [embeddings[o.key] for o in probe]
         across = batches_across_images(seg, probe_embs, [sample_prompt("box", o, np.random.default_rng(0))
                                                          for o in probe])
 
@@ -777,7 +844,11 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                         lr = _lr_at(step / max(1, total_steps), config.lr)
                         for g in opt.param_groups:
                             g["lr"] = lr
-                        batch = [train_objs[i] for i in order[k * bs:(k + 1) * bs]]
+                        idx = order[k * bs:(k + 1) * bs]
+                        if len(views) == 1:  # no draw: runs without augmentation keep their random stream
+                            batch = [train_objs[i] for i in idx]
+                        else:
+                            batch = [train_views[i][v] for i, v in zip(idx, rng.integers(len(views), size=len(idx)))]
                         prompts = [sample_prompt(config.prompt, o, rng, config.jitter_px) for o in batch]
                         if lora is None:
                             losses.append(train_step(seg, opt, batch, prompts, embeddings, across))
@@ -1018,6 +1089,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--max-val-objects", type=int, default=FinetuneConfig.max_val_objects)
     ap.add_argument("--objects-per-epoch", type=int, default=None)
+    ap.add_argument("--augment", default="none", choices=sorted(AUGMENTS), help="training-image views (FinetuneConfig.augment)")
     ap.add_argument("--eval-modes", nargs="+", default=None, help="score with these modes only (default: EVAL_MODES)")
     ap.add_argument("--cache-dir", default=".cache/embeddings")
     ap.add_argument("--gt-variants", nargs="+", default=["policy"])
@@ -1026,7 +1098,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                       "options": {"runtime": args.runtime}}],
                            args.prompt or ["box"], {"epochs": args.epochs, "batch_size": args.batch_size,
                                                     "lr": args.lr, "max_val_objects": args.max_val_objects,
-                                                    "objects_per_epoch": args.objects_per_epoch},
+                                                    "objects_per_epoch": args.objects_per_epoch,
+                                                    **({"augment": args.augment} if args.augment != "none" else {})},
                            args.minutes, args.cache_dir, args.gt_variants, eval_modes=args.eval_modes)
     rows.to_parquet(Path(args.out) / "rows.parquet")
     write_json_atomic(Path(args.out) / "arms.json", info)
