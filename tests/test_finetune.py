@@ -530,3 +530,23 @@ def test_compile_needs_a_decoder_with_predict_masks(tiny_ckpt):
     object.__setattr__(seg, "trainable_parts", ("prompt_encoder",))
     with pytest.raises(ValueError, match="no mask decoder with predict_masks"):
         compiled_decoder(seg)
+
+
+def test_the_command_line_passes_augment_and_encoder_lora_to_the_config(tmp_path, monkeypatch):
+    """``python -m samstudy.finetune`` builds the config the stage would: the defaults give the plain
+    decoder-only config (same training key), the flags set augment and the LoRA fields."""
+    import pandas as pd
+
+    import samstudy.finetune as ft
+
+    seen = []
+    monkeypatch.setattr(ft, "run_stage", lambda *a, **k: seen.append(a) or (pd.DataFrame({"x": [1]}), []))
+    base = ["--data-dir", str(tmp_path), "--out", str(tmp_path), "--epochs", "4", "--lr", "5e-4"]
+    assert ft.main(base) == 0
+    assert ft.main(base + ["--augment", "flips", "--encoder-lora-rank", "4", "--encoder-lora-targets",
+                           "layers.3.blocks.0.attn.qkv", "layers.3.blocks.1.attn.qkv", "--threads", "2"]) == 0
+    plain, tuned = (ft.arm_config(a[2][0], a[3][0], a[4], a[5], 0, "cpu") for a in seen)
+    assert plain.to_dict() == FinetuneConfig(epochs=4, lr=5e-4, options={"runtime": "onnxruntime"}).to_dict()
+    assert (tuned.augment, tuned.encoder_lora_rank, tuned.num_threads) == ("flips", 4, 2)
+    assert tuned.encoder_lora_targets == ("layers.3.blocks.0.attn.qkv", "layers.3.blocks.1.attn.qkv")
+    assert seen[0][6] is None  # the cache: the cache root's, as `samstudy run` uses

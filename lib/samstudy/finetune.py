@@ -21,6 +21,13 @@ with the encoder), ``low_res_frame`` / ``low_res_masks`` (target frame, postproc
   the mask area-resampled (``cv2.INTER_AREA``) to the model's resized input frame scaled to the
   low-res logits (LiteMedSAM: the 256 px input frame itself; SAM: 1/4 of the 1024 px frame; SAM 2.1:
   the whole ``(L, L)``, its resize is square), zero-padded bottom/right to ``(L, L)`` (``L = 256``), stored as ``uint8`` (soft target * 255).
+- **Augmentation** (``config.augment``, :data:`AUGMENTS`): ``hflip``, ``flips`` (+ up-down and
+  both) or ``dihedral`` (+ the four transposed views) give each training image more views
+  (:func:`view_array`); each sample draws one for its object (the seeded epoch generator), and its
+  prompt and target are made in that view. Every view is encoded once through the cache (keyed by
+  its pixels), so a step costs the same and the views cost encodings and embedding memory (x4 for
+  ``flips``). The encoder is frozen, so views are the only image augmentation that reaches the
+  decoder; they teach shape and orientation, not appearance. Validation uses the images themselves.
 - **Prompt types** (``config.prompt``, :data:`PROMPT_TYPES`): ``box`` draws one of the test's box
   modes per sample (tight box, ``loose_box[b=0.2]``, ``jitter_box[noise=0.2]``; the definitions of
   :mod:`samstudy.prompts`); ``extreme_points`` the four extreme points jittered by up to
@@ -1090,8 +1097,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-val-objects", type=int, default=FinetuneConfig.max_val_objects)
     ap.add_argument("--objects-per-epoch", type=int, default=None)
     ap.add_argument("--augment", default="none", choices=sorted(AUGMENTS), help="training-image views (FinetuneConfig.augment)")
+    ap.add_argument("--encoder-lora-rank", type=int, default=0, help="> 0: also LoRA on the image encoder (GPU)")
+    ap.add_argument("--encoder-lora-targets", nargs="+", default=list(LORA_TARGETS),
+                    help="Linear layers (dotted name suffixes) that get adapters")
+    ap.add_argument("--threads", type=int, default=FinetuneConfig.num_threads)
     ap.add_argument("--eval-modes", nargs="+", default=None, help="score with these modes only (default: EVAL_MODES)")
-    ap.add_argument("--cache-dir", default=".cache/embeddings")
+    ap.add_argument("--cache-dir", default=None, help="embedding cache (default: the cache root's, as samstudy run)")
     ap.add_argument("--gt-variants", nargs="+", default=["policy"])
     args = ap.parse_args(argv)
     rows, info = run_stage(args.data_dir, args.out, [{"name": args.model, "checkpoint": args.checkpoint,
@@ -1099,7 +1110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            args.prompt or ["box"], {"epochs": args.epochs, "batch_size": args.batch_size,
                                                     "lr": args.lr, "max_val_objects": args.max_val_objects,
                                                     "objects_per_epoch": args.objects_per_epoch,
-                                                    **({"augment": args.augment} if args.augment != "none" else {})},
+                                                    "num_threads": args.threads, "augment": args.augment,
+                                                    "encoder_lora_rank": args.encoder_lora_rank,
+                                                    "encoder_lora_targets": tuple(args.encoder_lora_targets)},
                            args.minutes, args.cache_dir, args.gt_variants, eval_modes=args.eval_modes)
     rows.to_parquet(Path(args.out) / "rows.parquet")
     write_json_atomic(Path(args.out) / "arms.json", info)
