@@ -8,7 +8,8 @@ Each DIR is what ``python -m samstudy.finetune --out DIR`` wrote (``arms.json``,
 training folder's ``curve.csv``). One row per variant: the decision columns first -- the best
 validation mIoU (the validation part of the train split, every box mode; the epoch the checkpoint
 is from), the validation mIoU of each epoch -- then the test split's tight-box mIoU against the
-primary (policy) ground truth, overall, for the objects the policy filled and per category, with
+primary (policy) ground truth, overall, for the objects the policy filled (and did not merge:
+``compare.policy_change``) and per category, with
 the training time. Pick on the validation columns; the test columns are reported, not selected on.
 """
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
+
+from samstudy.compare import policy_change  # noqa: E402
 
 
 def _variant(text: str) -> tuple[str, Path]:
@@ -41,7 +45,7 @@ def variant_row(name: str, folder: Path, categories: list[str]) -> dict:
     tight = rows[(rows.prompt_mode == "tight_box") & (rows.gt_variant == "primary") & (rows.status == "ok")]
     if tight.empty:
         raise SystemExit(f"{folder}/rows.parquet has no scored tight-box rows against the primary ground truth")
-    filled = tight[tight.tags.fillna("").str.contains("policy:filled")]
+    filled = tight[policy_change(tight.tags) == "filled"]  # as policy_effect_table counts them
     by_cat = tight.groupby("category").iou.agg(["mean", "size"])
     row = {"variant": name, "val_best": arm["val_miou"], "best_epoch": arm["best_epoch"],
            "epochs": arm["epochs_done"], "val_by_epoch": " ".join(f"{v:.3f}" for v in curve.val_miou),

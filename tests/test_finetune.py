@@ -425,6 +425,17 @@ def _rows(model, label, ious, variant="primary", tags=("", "policy:filled", "pol
                           "status": "ok", "iou": v} for i, v in enumerate(ious)])
 
 
+def test_policy_change_of_each_object_from_its_tags():
+    import pandas as pd
+
+    from samstudy.compare import policy_change
+    from samstudy.policies import FILLED_TAG, MERGED_TAG
+
+    tags = pd.Series([f"a,{FILLED_TAG}", f"{MERGED_TAG},{FILLED_TAG}", "small", None, MERGED_TAG], index=[4, 5, 6, 7, 8])
+    got = policy_change(tags)
+    assert got.tolist() == ["filled", "merged", "unchanged", "unchanged", "merged"] and got.index.tolist() == [4, 5, 6, 7, 8]
+
+
 def test_policy_tables_for_the_finetuned_arm_by_hand():
     import pandas as pd
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # heavy imports stay out of the CLI's start-up path
 __all__ = [
     "OBJECT_KEYS", "OBJECT_INFO", "Arm", "load_rows", "load_study_rows", "headline_arms", "comparison_pairs",
     "loose_buffer", "arm_matrix", "mean_table", "headline_table", "ci_table", "paired_diff_table",
-    "buffer_sweep_table", "click_rows", "click_curve_table", "noc_summary", "policy_gap_table", "policy_changes",
+    "buffer_sweep_table", "click_rows", "click_curve_table", "noc_summary", "policy_gap_table", "policy_changes", "policy_change",
     "dataset_stats", "split_image_counts", "ours_for_published", "published_key", "finetuned_arms", "finetuned_base",
     "policy_effect_table", "finetune_gain_table",
 ]
@@ -446,6 +446,20 @@ def policy_gap_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str
     return pd.DataFrame(out)
 
 
+def policy_change(tags: "pd.Series") -> "pd.Series":
+    """What the labeling policy did to each object, from its ``tags``: ``merged`` (tag
+    ``policies.MERGED_TAG``; a merged object may also have had holes filled), else ``filled``
+    (``FILLED_TAG``), else ``unchanged``."""
+    import numpy as np
+    import pandas as pd
+
+    from .policies import FILLED_TAG, MERGED_TAG
+
+    t = tags.fillna("").astype(str)
+    merged, filled = t.str.contains(MERGED_TAG, regex=False), t.str.contains(FILLED_TAG, regex=False)
+    return pd.Series(np.where(merged, "merged", np.where(filled, "filled", "unchanged")), index=tags.index)
+
+
 def policy_effect_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: str = "raw") -> "pd.DataFrame":
     """Does an arm fill the holes the policy fills and merge the objects the policy merges?
 
@@ -461,16 +475,11 @@ def policy_effect_table(rows: "pd.DataFrame", arms: Sequence[Arm], raw_variant: 
     """
     import pandas as pd
 
-    from .policies import FILLED_TAG, MERGED_TAG
-
     def scored(arm: Arm) -> "pd.DataFrame":
         p = _arm_rows(rows, arm, PRIMARY)[OBJECT_KEYS + ["tags", "iou"]].rename(columns={"iou": "policy"})
         r = _arm_rows(rows, arm, raw_variant)[OBJECT_KEYS + ["iou"]].rename(columns={"iou": "raw"})
         both = p.merge(r, on=OBJECT_KEYS)
-        tags = both["tags"].fillna("").astype(str)
-        both["change"] = "unchanged"
-        both.loc[tags.str.contains(FILLED_TAG, regex=False), "change"] = "filled"
-        both.loc[tags.str.contains(MERGED_TAG, regex=False), "change"] = "merged"
+        both["change"] = policy_change(both["tags"])
         return both
 
     cols = ["arm", "change", "n", "mIoU policy GT", "mIoU raw GT", "follows the policy (%)", "shortfall recovered (%)"]
