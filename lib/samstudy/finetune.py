@@ -247,8 +247,8 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class FinetuneObject:
     """One training object: mask ``window bool (h, w)`` at ``offset (x0, y0)`` of an image of
-    ``image_hw``, and its soft target ``uint8 (L, L)`` in the decoder's low-res frame; ``view``: of
-    the image's view (:data:`AUGMENTS`; 0 = the image itself), whose embedding is ``embeddings[key]``."""
+    ``image_hw``, and its soft target ``uint8 (L, L)`` in the decoder's low-res frame, all in view
+    ``view`` of its image (:func:`view_array`; 0 = the image itself), embedded as ``embeddings[key]``."""
 
     image_id: int
     ann_id: int
