@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
 from samstudy import data_stage  # noqa: E402
+from _args import named  # noqa: E402  (bench/, the script's own folder)
 from samstudy.config import load_config  # noqa: E402
 from samstudy.custom import CustomConfig, custom_arms, load_custom, train_custom  # noqa: E402
 from samstudy.custom.evaluate import refinement_gain_table  # noqa: E402
@@ -34,9 +35,7 @@ from samstudy.engine import run_experiment  # noqa: E402
 
 
 def _variant(text: str) -> tuple[str, dict]:
-    name, _, js = text.partition("=")
-    if not name or not js:
-        raise SystemExit(f"--variant must be NAME=JSON, got {text!r}")
+    name, js = named(text, "--variant", "JSON")
     opts = json.loads(js)
     if not isinstance(opts, dict):
         raise SystemExit(f"--variant {name}: the JSON must be an object of CustomConfig fields")

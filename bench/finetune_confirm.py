@@ -24,6 +24,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
+from _args import named  # noqa: E402  (bench/, the script's own folder)
 from samstudy import data_stage  # noqa: E402
 from samstudy.cache import EmbeddingCache, embedding_dir  # noqa: E402
 from samstudy.compare import Arm, arm_matrix, paired_diff_table  # noqa: E402
@@ -33,9 +34,9 @@ from samstudy.models import build_model  # noqa: E402
 
 
 def _arm(text: str) -> tuple[str, Path]:
-    name, _, path = text.partition("=")
-    if not name or not path or not Path(path).is_file():
-        raise SystemExit(f"--arm must be NAME=<existing finetuned.pth>, got {text!r}")
+    name, path = named(text, "--arm", "finetuned.pth")
+    if not Path(path).is_file():
+        raise SystemExit(f"--arm {name}: checkpoint file not found: {path}")
     return name, Path(path)
 
 

@@ -24,13 +24,12 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
+from _args import named  # noqa: E402  (bench/, the script's own folder)
 from samstudy.compare import policy_change  # noqa: E402
 
 
 def _variant(text: str) -> tuple[str, Path]:
-    name, _, path = text.partition("=")
-    if not name or not path:
-        raise SystemExit(f"--variant must be NAME=DIR, got {text!r}")
+    name, path = named(text, "--variant", "DIR")
     return name, Path(path)
 
 

@@ -24,15 +24,14 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another checkout first
 
+from _args import named  # noqa: E402  (bench/, the script's own folder)
 from samstudy import data_stage  # noqa: E402
 from samstudy.masks import decode_rle  # noqa: E402
 
 
 def _arm(text: str) -> tuple[str, Path, str | None]:
-    name, _, rest = text.partition("=")
+    name, rest = named(text, "--arm", "PREDICTIONS.parquet[:MODEL]")
     path, _, model = rest.partition(":")
-    if not name or not path:
-        raise SystemExit(f"--arm must be NAME=PREDICTIONS.parquet[:MODEL], got {text!r}")
     return name, Path(path), model or None
 
 
