@@ -11,7 +11,8 @@ On LiteMedSAM (the shipped checkpoint; image encoder frozen, embeddings computed
    machine's fp32 matmul rate measured in the same run with the same thread count
    (2048^3 ``torch.mm``, best of 5): ``ratio = step wall time / (step FLOPs / matmul rate)``
    (target <= 2);
-3. the same with ``FinetuneConfig.compile`` (the decoder's training pass through ``torch.compile``,
+3. ``--chunk N``: also the training path with ``FinetuneConfig.decoder_chunk = N`` (eager and compiled);
+4. the same with ``FinetuneConfig.compile`` (the decoder's training pass through ``torch.compile``,
    inductor; compilation time printed separately, FLOPs those of the eager pass). ``--no-compile``
    skips it.
 
@@ -70,6 +71,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="also measure training's decoder_chunk (objects per decoder call), eager and compiled")
     args = ap.parse_args()
     print(f"== setup ({load_avg()}, torch {torch.__version__}, {args.threads} thread(s))", flush=True)
     seg = build_model("litemedsam", num_threads=args.threads)
@@ -91,37 +94,43 @@ def main() -> int:
         rate = matmul_gflops()
         results = []
 
-        def measure(across: bool, block) -> tuple[float, float, float]:
+        def measure(across: bool, block, chunk: int | None) -> tuple[float, float, float]:
             t0 = time.perf_counter()
             with block():
                 for _ in range(2):  # warm-up (and compilation)
-                    train_step(seg, opt, *batch(), embs, across)
+                    train_step(seg, opt, *batch(), embs, across, chunk)
                 warm = time.perf_counter() - t0
                 times = []
                 for _ in range(args.steps):
                     b, p = batch()
                     t0 = time.perf_counter()
-                    train_step(seg, opt, b, p, embs, across)
+                    train_step(seg, opt, b, p, embs, across, chunk)
                     times.append(time.perf_counter() - t0)
             return float(np.median(times)), float(np.percentile(times, 90)), warm
 
         from torch.utils.flop_counter import FlopCounterMode
 
-        variants = [("eager", a, contextlib.nullcontext) for a in ([False, True] if across_ok else [False])]
+        variants = [("eager", a, contextlib.nullcontext, None) for a in ([False, True] if across_ok else [False])]
         if not args.no_compile:
-            variants.append(("torch.compile", across_ok, compiled_decoder(seg)))
-        for how, across, block in variants:
-            step_s, p90, warm = measure(across, block)
+            variants.append(("torch.compile", across_ok, compiled_decoder(seg), None))
+        if args.chunk:
+            variants.append(("eager", across_ok, contextlib.nullcontext, args.chunk))
+            if not args.no_compile:
+                variants.append(("torch.compile", across_ok, compiled_decoder(seg), args.chunk))
+        for how, across, block, chunk in variants:
+            step_s, p90, warm = measure(across, block, chunk)
             b, p = batch()
             with FlopCounterMode(display=False) as fc:  # eager: the compiled graphs do the same math
-                train_step(seg, opt, b, p, embs, across)
-            results.append((how, across, step_s, p90, warm, fc.get_total_flops() / 1e9))
+                train_step(seg, opt, b, p, embs, across, chunk)
+            results.append((how, across, chunk, step_s, p90, warm, fc.get_total_flops() / 1e9))
         rate = max(rate, matmul_gflops())  # best of two measurements, before and after the steps
     print(f"== results ({load_avg()})")
     print(f"  trainable parameters        {sum(q.numel() for q in params):,}")
     print(f"  fp32 matmul rate            {rate:.1f} GFLOP/s (2048^3 torch.mm, {args.threads} thread(s), best of 2x5)")
-    for how, across, step_s, p90, warm, gflop in results:
+    for how, across, chunk, step_s, p90, warm, gflop in results:
         calls = "one decoder call for all images" if across else "one decoder call per image"
+        if chunk:
+            calls += f", at most {chunk} objects per call (decoder_chunk)"
         ideal = gflop / rate
         print(f"  [{how}, {calls}] {args.batch_size} objects/step, median of {args.steps} steps {step_s:.3f} s "
               f"(p90 {p90:.3f} s; 2 warm-up steps incl. compilation {warm:.1f} s)")

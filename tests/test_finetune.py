@@ -319,6 +319,36 @@ def test_one_decoder_call_across_images_gives_the_per_image_loss(tiny_ckpt, worl
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
 
+def test_decoder_chunks_give_the_same_loss_in_more_calls(tiny_ckpt, tiny_registered, world, tmp_path, monkeypatch):
+    """``decoder_chunk`` only cuts the decoder calls: the same batch loss (float rounding), one call
+    per chunk; a run with it trains (its own training key) and differs from none only by rounding."""
+    from samstudy.finetune import _trainable, train_dir, train_step
+
+    seg = tiny_model(tiny_ckpt)
+    objs, embs, _ = collect_objects(world, seg, EmbeddingCache(None))
+    two = [o for o in objs if o.image_id == 2][:2]  # ring_world: even images hold two rings
+    assert len(two) == 2
+    prompts = [Prompt(mode="tight_box", box=sample_prompt("box", o, np.random.default_rng(0)).box) for o in two]
+    calls, real = [], seg.decode_train
+    monkeypatch.setattr(seg, "decode_train", lambda e, p: calls.append(len(p)) or real(e, p))
+    losses = []
+    for chunk in (None, 1):
+        opt = torch.optim.SGD(_trainable(seg), lr=0.0)
+        losses.append(train_step(seg, opt, two, prompts, embs, False, chunk))
+    assert calls == [2, 1, 1] and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    cfg = tiny_config(tiny_ckpt, decoder_chunk=1, epochs=2)
+    assert cfg.to_dict()["decoder_chunk"] == 1 and "decoder_chunk" not in tiny_config(tiny_ckpt).to_dict()
+    data = tmp_path / "train.json"
+    data.write_text("{}")
+    assert train_dir(tmp_path, cfg, data) != train_dir(tmp_path, tiny_config(tiny_ckpt, epochs=2), data)
+    with pytest.raises(ValueError, match="decoder_chunk"):
+        tiny_config(tiny_ckpt, decoder_chunk=0)
+    a = trained_parts(finetune(world, cfg, tmp_path / "a", model=tiny_model(tiny_ckpt), progress=False))
+    b = trained_parts(finetune(world, tiny_config(tiny_ckpt, epochs=2), tmp_path / "b", model=tiny_model(tiny_ckpt),
+                               progress=False))
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 # --------------------------------------------------------------------------------- augmentation
 def l_world(root: Path) -> Dataset:
     """Two 40x64 (H x W) images with L-shaped objects: no symmetry, and not square."""
@@ -387,9 +417,9 @@ def test_augmented_training_draws_views_with_their_own_embeddings(tiny_ckpt, tin
     seen_train, seen_val = [], []
     real_step, real_val = ft.train_step, ft.validate
 
-    def step_spy(seg, opt, objs, prompts, embeddings, across=False):
+    def step_spy(seg, opt, objs, prompts, embeddings, across=False, chunk=None):
         seen_train.extend((o.key, embeddings[o.key].features.clone()) for o in objs)
-        return real_step(seg, opt, objs, prompts, embeddings, across)
+        return real_step(seg, opt, objs, prompts, embeddings, across, chunk)
 
     def val_spy(seg, objs, embeddings, modes, seed):
         seen_val.extend(o.view for o in objs)

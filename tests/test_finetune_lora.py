@@ -74,13 +74,13 @@ def test_rank_0_is_the_decoder_only_run_bit_for_bit(tiny_ckpt, tiny_registered, 
     plain = tiny_config(tiny_ckpt, epochs=2)
     zero = dataclasses.replace(plain, encoder_lora_alpha=3.0, encoder_lora_targets=("attn.qkv",))
     assert zero.to_dict() == plain.to_dict() and not any(k.startswith("encoder_lora") for k in plain.to_dict())
-    # the training key is the one of the config without the LoRA fields and augment "none" (folders
+    # the training key is the one of the config without the LoRA fields, augment "none" and no decoder chunk (folders
     # written before those fields existed are kept)
     data = tmp_path / "train.json"
     data.write_text("{}")
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"num_threads", "device", "max_minutes",
                                                                       "encoder_lora_rank", "encoder_lora_alpha",
-                                                                      "encoder_lora_targets", "augment"}
+                                                                      "encoder_lora_targets", "augment", "decoder_chunk"}
     pre_lora = {k: (dict(v) if k == "options" else v) for k, v in dataclasses.asdict(plain).items() if k in fields}
     assert train_dir(tmp_path, zero, data) == training_dir(arm_dir(tmp_path, TINY_NAME, "box"), pre_lora, data)
     a = finetune(world, plain, tmp_path / "plain", model=tiny_model(tiny_ckpt), progress=False)

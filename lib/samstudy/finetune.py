@@ -164,6 +164,10 @@ class FinetuneConfig:
         is encoded once through the embedding cache like the image itself (``flips``: 4x the
         encodings and embedding memory), the decoder step costs the same. ``none`` (default) keeps
         the field out of the config's dict (existing training folders keep their key).
+    decoder_chunk: at most this many objects per decoder call in a training step (None: one call
+        per image, or one for the whole batch when the decoder takes one embedding per prompt, as
+        LiteMedSAM's). The loss is the same up to float rounding; smaller calls keep the image
+        embeddings in the CPU cache (``bench/bench_finetune.py --chunk``). In the training key when set.
     encoder_lora_rank: > 0 also trains low-rank adapters on the image encoder (:mod:`samstudy.lora`;
         meant for GPUs: the encoder then runs forward and backward at every step, no embedding
         cache); 0 (default) = decoder only, exactly as without these fields. encoder_lora_alpha: the
@@ -191,6 +195,7 @@ class FinetuneConfig:
     device: str = "cpu"
     compile: bool = False
     augment: str = "none"
+    decoder_chunk: int | None = None
     encoder_lora_rank: int = 0
     encoder_lora_alpha: float = 8.0
     encoder_lora_targets: tuple[str, ...] = LORA_TARGETS
@@ -208,6 +213,9 @@ class FinetuneConfig:
             raise ValueError("finetune: max_minutes must be > 0 or null")
         if self.augment not in AUGMENTS:
             raise ValueError(f"finetune: augment must be one of {sorted(AUGMENTS)}, got {self.augment!r}")
+        chunk = self.decoder_chunk
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1):
+            raise ValueError(f"finetune: decoder_chunk must be an integer >= 1 or null, got {chunk!r}")
         self._check_lora()
 
     def _check_lora(self) -> None:
@@ -236,6 +244,8 @@ class FinetuneConfig:
                 d.pop(k)
         if self.augment == "none":
             d.pop("augment")
+        if self.decoder_chunk is None:
+            d.pop("decoder_chunk")
         return d
 
     @classmethod
@@ -406,16 +416,17 @@ def batches_across_images(seg: Any, embeddings: Sequence[Embedding], prompts: Se
         torch.allclose(low[i], one[i][0], atol=1e-4) for i in range(2))
 
 
-def _groups(prompts: Sequence[Prompt], keys: Sequence[tuple[int, int]] | None
-            ) -> dict[tuple[tuple[int, int] | None, bool, int], list[int]]:
+def _groups(prompts: Sequence[Prompt], keys: Sequence[tuple[int, int]] | None, chunk: int | None = None
+            ) -> dict[tuple[tuple[int, int] | None, bool, int, int], list[int]]:
     """Prompt indices per decoder call: by (embedding key ``(image_id, view)``, box presence, point
-    count); ``keys=None`` puts every image in one call (decoders that take per-prompt embeddings)."""
-    out: dict[tuple[tuple[int, int] | None, bool, int], list[int]] = {}
+    count, part); ``keys=None`` puts every image in one call (decoders that take per-prompt
+    embeddings); ``chunk`` cuts each group into parts of at most that many prompts."""
+    whole: dict[tuple[tuple[int, int] | None, bool, int], list[int]] = {}
     for i, p in enumerate(prompts):
         im = None if keys is None else keys[i]
-        key = (im, p.box is not None, 0 if p.points is None else len(p.points))
-        out.setdefault(key, []).append(i)
-    return out
+        whole.setdefault((im, p.box is not None, 0 if p.points is None else len(p.points)), []).append(i)
+    size = chunk or max(1, len(prompts))
+    return {(*key, j // size): idx[j:j + size] for key, idx in whole.items() for j in range(0, len(idx), size)}
 
 
 def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -425,10 +436,11 @@ def _dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _group_losses(seg: Any, objs: Sequence[FinetuneObject], prompts: Sequence[Prompt],
-                  embeddings: Mapping[tuple[int, int], Embedding], across_images: bool) -> Iterator[tuple[torch.Tensor, int]]:
+                  embeddings: Mapping[tuple[int, int], Embedding], across_images: bool,
+                  chunk: int | None = None) -> Iterator[tuple[torch.Tensor, int]]:
     """``(loss, number of objects)`` of each decoder call of a batch (scalar loss with autograd:
     BCE + soft Dice on token 0's low-res logits + MSE of its IoU head), in call order."""
-    for (key, _, _), idx in _groups(prompts, None if across_images else [o.key for o in objs]).items():
+    for (key, *_), idx in _groups(prompts, None if across_images else [o.key for o in objs], chunk).items():
         emb = [embeddings[objs[i].key] for i in idx] if across_images else embeddings[key]
         low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
         logits = low[:, 0]
@@ -444,15 +456,15 @@ def _group_losses(seg: Any, objs: Sequence[FinetuneObject], prompts: Sequence[Pr
 
 def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
                prompts: Sequence[Prompt], embeddings: Mapping[tuple[int, int], Embedding],
-               across_images: bool = False) -> float:
+               across_images: bool = False, chunk: int | None = None) -> float:
     """One optimiser step on a batch; the loss is the batch mean. ``across_images``: one decoder
-    call for every image (see :func:`batches_across_images`), else one per image group (the same
-    loss up to float rounding). Each call's backward runs before the next call (the embeddings
+    call for every image (see :func:`batches_across_images`), else one per image group; ``chunk``:
+    at most that many objects per call (all give the same loss up to float rounding). Each call's backward runs before the next call (the embeddings
     are constants: only the decoder's graph is kept, one call at a time)."""
     opt.zero_grad(set_to_none=True)
     total = 0.0
     n = len(objs)
-    for loss, k in _group_losses(seg, objs, prompts, embeddings, across_images):
+    for loss, k in _group_losses(seg, objs, prompts, embeddings, across_images, chunk):
         (loss * (k / n)).backward()
         total += float(loss.detach()) * k / n
     opt.step()
@@ -461,7 +473,7 @@ def train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObje
 
 def encoder_train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[FinetuneObject],
                        prompts: Sequence[Prompt], images: Callable[[tuple[int, int]], np.ndarray],
-                       across_images: bool = False) -> float:
+                       across_images: bool = False, chunk: int | None = None) -> float:
     """:func:`train_step` with the image encoder in the graph (encoder LoRA): each image (view) of the
     batch is encoded once with autograd (``seg.encode_train(images(key))``, ascending key), and
     one backward runs through the summed batch loss (a second backward per call would need the
@@ -469,7 +481,7 @@ def encoder_train_step(seg: Any, opt: torch.optim.Optimizer, objs: Sequence[Fine
     opt.zero_grad(set_to_none=True)
     embeddings = {k: seg.encode_train(images(k)) for k in sorted({o.key for o in objs})}
     n = len(objs)
-    losses = list(_group_losses(seg, objs, prompts, embeddings, across_images))
+    losses = list(_group_losses(seg, objs, prompts, embeddings, across_images, chunk))
     sum(loss * (k / n) for loss, k in losses).backward()
     opt.step()
     return sum(float(loss.detach()) * k / n for loss, k in losses)
@@ -493,7 +505,7 @@ def validate(seg: Any, objs: Sequence[FinetuneObject], embeddings: Mapping[tuple
     for key in dict.fromkeys(ids):
         emb = embeddings[key]
         for m, prompts in enumerate(per_mode):
-            for (im, _, _), idx in grouped[m].items():
+            for (im, *_), idx in grouped[m].items():
                 if im != key:
                     continue
                 low, iou = seg.decode_train(emb, [prompts[i] for i in idx])
@@ -858,9 +870,11 @@ def finetune(train_dataset: Dataset, config: FinetuneConfig, out_dir: str | os.P
                             batch = [train_views[i][v] for i, v in zip(idx, rng.integers(len(views), size=len(idx)))]
                         prompts = [sample_prompt(config.prompt, o, rng, config.jitter_px) for o in batch]
                         if lora is None:
-                            losses.append(train_step(seg, opt, batch, prompts, embeddings, across))
+                            losses.append(train_step(seg, opt, batch, prompts, embeddings, across,
+                                                     config.decoder_chunk))
                         else:
-                            losses.append(encoder_train_step(seg, opt, batch, prompts, read, across))
+                            losses.append(encoder_train_step(seg, opt, batch, prompts, read, across,
+                                                             config.decoder_chunk))
                         step += 1
                         bar.update(1)
                         bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", refresh=False)
