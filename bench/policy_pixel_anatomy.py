@@ -27,6 +27,7 @@ sys.path.append(str(REPO / "lib"))  # after PYTHONPATH: a caller may put another
 from _args import named  # noqa: E402  (bench/, the script's own folder)
 from samstudy import data_stage  # noqa: E402
 from samstudy.masks import decode_rle  # noqa: E402
+from samstudy.results import prediction_mask  # noqa: E402
 
 
 def _arm(text: str) -> tuple[str, Path, str | None]:
@@ -35,23 +36,14 @@ def _arm(text: str) -> tuple[str, Path, str | None]:
     return name, Path(path), model or None
 
 
-def _rle(value) -> dict:
-    import json
-
-    rle = json.loads(value) if isinstance(value, str) else dict(value)
-    if isinstance(rle["counts"], str):
-        rle["counts"] = rle["counts"].encode()
-    return rle
-
-
 def anatomy(preds: pd.DataFrame, policy_masks: dict[int, np.ndarray], raw_masks: dict[int, np.ndarray]) -> dict:
     """Pixel sums over the filled objects of ``preds`` (one row per object: ``ann_id``, ``rle``)."""
     s = dict.fromkeys(("objects", "drawn", "filled", "missed_drawn", "missed_filled", "extra"), 0)
-    for ann_id, rle in zip(preds.ann_id, preds.rle):
-        gt, raw = policy_masks.get(int(ann_id)), raw_masks.get(int(ann_id))
+    for _, row in preds.iterrows():
+        gt, raw = policy_masks.get(int(row.ann_id)), raw_masks.get(int(row.ann_id))
         if gt is None or raw is None or not (gt & ~raw).any():
             continue
-        pred = decode_rle(_rle(rle)).astype(bool)
+        pred = prediction_mask(row)
         filled = gt & ~raw
         s["objects"] += 1
         s["drawn"] += int(raw.sum())
@@ -79,8 +71,8 @@ def main() -> int:
         raw = data_stage.raw_gt_variant(data_dir, ds.name)
         if raw is None:
             raise SystemExit(f"{data_dir}: test set {ds.name} has no raw ground truth (a run without a policy?)")
-        policy_masks = {i.ann_id: decode_rle(i.rle).astype(bool) for i in ds.instances}
-        raw_masks = {int(k): decode_rle(v.rle).astype(bool) for k, v in raw.items()}
+        policy_masks = {i.ann_id: decode_rle(i.rle) for i in ds.instances}
+        raw_masks = {int(k): decode_rle(v.rle) for k, v in raw.items()}
         for name, path, model in map(_arm, args.arm):
             p = pd.read_parquet(path)
             p = p[(p.prompt_mode == args.mode) & (p.multimask == "single") & (p.dataset == ds.name)]

@@ -136,6 +136,9 @@ _RESUME_FREE = ("num_threads", "device", "max_minutes")
 # Hiera all call them attn.qkv / attn.proj; EfficientViT's attention has no nn.Linear)
 LORA_TARGETS = ("attn.qkv", "attn.proj")
 _LORA_FIELDS = ("encoder_lora_rank", "encoder_lora_alpha", "encoder_lora_targets")
+# Fields added after training folders existed: left out of the config's dict (training key, last.pt,
+# metadata) at their default, so those folders still resume.
+_KEYED_WHEN_SET: dict[str, Any] = {"augment": "none", "decoder_chunk": None}
 # Training-image views (see :func:`view_array`): 0 = the image, 1 = left-right flip, 2 = up-down
 # flip, 3 = both (180 degree rotation), 4-7 = the same after a transpose (the 90 degree rotations
 # and the two diagonal mirrors). Labeling policies (fill holes, merge) commute with all of them.
@@ -242,10 +245,9 @@ class FinetuneConfig:
         else:
             for k in _LORA_FIELDS:
                 d.pop(k)
-        if self.augment == "none":
-            d.pop("augment")
-        if self.decoder_chunk is None:
-            d.pop("decoder_chunk")
+        for k, default in _KEYED_WHEN_SET.items():
+            if d[k] == default:
+                d.pop(k)
         return d
 
     @classmethod
@@ -743,10 +745,11 @@ def add_views(objs: Sequence[FinetuneObject], views: Sequence[int], seg: Any, ca
     (once ever, keyed by the view's pixels) and added under ``(image_id, view)``."""
     if embeddings is not None:
         for image_id in sorted({o.image_id for o in objs}):
-            for v in views:
-                if (image_id, v) not in embeddings:
-                    image = read((image_id, v))
-                    embeddings[(image_id, v)] = cache.get_or_encode(seg, image, image_sha256(image))[0]
+            new = [v for v in views if (image_id, v) not in embeddings]
+            image = read((image_id, 0)) if new else None  # read once, viewed per view
+            for v in new:
+                viewed = view_array(image, v)
+                embeddings[(image_id, v)] = cache.get_or_encode(seg, viewed, image_sha256(viewed))[0]
     return [[o if v == 0 else object_view(o, v, seg) for v in views] for o in objs]
 
 
